@@ -1,0 +1,48 @@
+"""Shared test configuration: markers, the real-data location, and fixtures that start real servers.
+
+Server fixtures live in `crypto_platform_tests/fixtures/` (one module per kind of server) and are
+session-scoped: each server starts once per test run on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = [
+    "crypto_platform_tests.fixtures.exchange",
+    "crypto_platform_tests.fixtures.servers",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_OHLCV_DIR = Path(os.environ.get("CRYPTO_SHARED_OHLCV", REPO_ROOT.parent / "shared" / "data" / "ohlcv"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, text in (
+        ("integration", "talks to a real server started by a fixture (exchange replay, Postgres, S3, MLflow)"),
+        ("e2e", "drives a whole process end to end (CLI, Dagster webserver)"),
+        ("real_data", "needs ../shared/data/ohlcv (skipped with a reason when absent)"),
+        ("slow", "takes more than a few seconds"),
+    ):
+        config.addinivalue_line("markers", f"{marker}: {text}")
+
+
+@pytest.fixture(scope="session")
+def shared_ohlcv_dir() -> Path:
+    """Directory of real Binance hourly candles; tests that need it skip when it is absent."""
+    if not (SHARED_OHLCV_DIR / "binance_BTCUSDT_1h.csv.gz").exists():
+        pytest.skip(f"real OHLCV data not found at {SHARED_OHLCV_DIR} (../shared/data/ohlcv beside the repo)")
+    return SHARED_OHLCV_DIR
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch: pytest.MonkeyPatch):
+    """Settings are cached per process; every test starts from a clean cache."""
+    from crypto_platform.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
