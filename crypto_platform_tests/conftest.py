@@ -22,7 +22,10 @@ SHARED_OHLCV_DIR = Path(os.environ.get("CRYPTO_SHARED_OHLCV", REPO_ROOT.parent /
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker, text in (
-        ("integration", "talks to a real server started by a fixture (exchange replay, Postgres, S3, MLflow)"),
+        (
+            "integration",
+            "talks to a real server started by a fixture (exchange replay, Postgres, S3, MLflow)",
+        ),
         ("e2e", "drives a whole process end to end (CLI, Dagster webserver)"),
         ("real_data", "needs ../shared/data/ohlcv (skipped with a reason when absent)"),
         ("slow", "takes more than a few seconds"),

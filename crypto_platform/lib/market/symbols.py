@@ -8,9 +8,34 @@ import re
 KNOWN_QUOTES: tuple[str, ...] = tuple(
     sorted(
         (
-            "USDT", "USDC", "FDUSD", "TUSD", "BUSD", "USDP", "DAI", "USD",
-            "BTC", "ETH", "BNB", "XRP", "TRX", "DOGE", "SOL",
-            "EUR", "GBP", "TRY", "BRL", "AUD", "JPY", "RUB", "UAH", "ZAR", "PLN", "RON", "ARS", "MXN",
+            "USDT",
+            "USDC",
+            "FDUSD",
+            "TUSD",
+            "BUSD",
+            "USDP",
+            "DAI",
+            "USD",
+            "BTC",
+            "ETH",
+            "BNB",
+            "XRP",
+            "TRX",
+            "DOGE",
+            "SOL",
+            "EUR",
+            "GBP",
+            "TRY",
+            "BRL",
+            "AUD",
+            "JPY",
+            "RUB",
+            "UAH",
+            "ZAR",
+            "PLN",
+            "RON",
+            "ARS",
+            "MXN",
         ),
         key=len,
         reverse=True,
@@ -41,9 +66,7 @@ def normalize_symbol(symbol: str, known_quotes: tuple[str, ...] = KNOWN_QUOTES) 
         compact = parts[0]
         quote = next((q for q in known_quotes if compact.endswith(q) and len(compact) > len(q)), "")
         if not quote:
-            raise InvalidSymbolError(
-                f"symbol {symbol!r} has no known quote currency; write it as BASE/QUOTE"
-            )
+            raise InvalidSymbolError(f"symbol {symbol!r} has no known quote currency; write it as BASE/QUOTE")
         base = compact[: -len(quote)]
     else:
         raise InvalidSymbolError(f"symbol {symbol!r} must be BASE/QUOTE")
