@@ -14,6 +14,7 @@ import pytest
 pytest_plugins = [
     "crypto_platform_tests.fixtures.exchange",
     "crypto_platform_tests.fixtures.servers",
+    "crypto_platform_tests.fixtures.mlflow_server",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
