@@ -1,0 +1,277 @@
+"""The `market` asset group: OHLCV bars → features, plus a daily data-quality report.
+
+All three assets share the (UTC day × symbol) partitions and a single-run backfill policy: a backfill
+of a year for a symbol is one run whose assets see all 365 partition keys at once. `ohlcv` turns each
+symbol's contiguous range into ONE paginated fetch (⌈8760 / 1000⌉ = 9 klines requests for a year of
+hourly bars, not 365 runs × 1 request) and the IO manager splits the result back into daily files.
+"""
+
+# No `from __future__ import annotations` here: Dagster checks the `context` annotation unevaluated.
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    Failure,
+    MetadataValue,
+    MultiPartitionsDefinition,
+    Output,
+    asset,
+)
+
+from crypto_platform.defs.market.checks import CheckUnit, evaluate_ohlcv_checks, ohlcv_check_specs
+from crypto_platform.defs.market.partitions import (
+    contiguous_ranges,
+    lookback_days,
+    market_partitions_def,
+    previous_days_mapping,
+    split_partition_key,
+    symbol_for_id,
+)
+from crypto_platform.defs.resources import DataStoreResource, MarketDataResource
+from crypto_platform.lib.features import FEATURE_COLUMNS, LOOKBACK_BARS, READY_COLUMN, compute_features
+from crypto_platform.lib.market.schema import OHLCV_COLUMNS, empty_ohlcv, find_gaps, normalize_ohlcv
+from crypto_platform.lib.market.symbols import exchange_symbol_id
+from crypto_platform.lib.market.timeframes import timeframe_ms, validate_timeframe
+from crypto_platform.lib.quality import build_quality_report, iso_utc, render_markdown_summary
+from crypto_platform.lib.storage import DAY_MS, day_start_ms, quality_report_keys
+from crypto_platform.settings import Settings
+
+GROUP = "market"
+IO_MANAGER_KEY = "parquet_io_manager"
+OHLCV_KEY = AssetKey("ohlcv")
+_MAX_GAPS_LISTED = 50
+_SYM_ID, _DAY, _POS = "__symbol_id", "__day", "__pos"
+
+
+def _with_partition_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    ids = {s: exchange_symbol_id(s) for s in frame.get_column("symbol").unique().to_list()}
+    return frame.with_columns(
+        pl.col("symbol").replace_strict(ids, return_dtype=pl.String).alias(_SYM_ID),
+        pl.from_epoch(pl.col("ts"), time_unit="ms").dt.date().cast(pl.String).alias(_DAY),
+    )
+
+
+def _targets_frame(partition_keys: list[str]) -> pl.DataFrame:
+    pairs = [split_partition_key(k) for k in partition_keys]
+    return pl.DataFrame(
+        {_SYM_ID: [p[0] for p in pairs], _DAY: [p[1] for p in pairs]},
+        schema={_SYM_ID: pl.String, _DAY: pl.String},
+    )
+
+
+def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
+    """The market assets for the symbols, start day and timeframe in `settings`."""
+    partitions_def: MultiPartitionsDefinition = market_partitions_def(settings)
+    timeframe = validate_timeframe(settings.timeframe)
+    bar_ms = timeframe_ms(timeframe)
+    features_lookback_days = lookback_days(LOOKBACK_BARS, timeframe)
+
+    @asset(
+        name="ohlcv",
+        group_name=GROUP,
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        io_manager_key=IO_MANAGER_KEY,
+        check_specs=ohlcv_check_specs(OHLCV_KEY),
+        kinds={"polars", "parquet"},
+        description=(
+            "Closed OHLCV bars per UTC day and symbol (ts = bar open, UTC ms), from the exchange via "
+            "ccxt or from the seeded simulator; the `source` column and metadata say which."
+        ),
+    )
+    def ohlcv(
+        context: AssetExecutionContext, market_data: MarketDataResource
+    ) -> Iterator[Output[pl.DataFrame] | AssetCheckResult]:
+        if validate_timeframe(market_data.timeframe) != timeframe:
+            raise Failure(
+                f"market_data resource is configured for {market_data.timeframe} bars but the asset graph "
+                f"(partitions, look-backs) for {timeframe}"
+            )
+        frames: list[pl.DataFrame] = []
+        units: list[CheckUnit] = []
+        sources: set[str] = set()
+        gaps: list[dict[str, Any]] = []
+        requests = 0
+        for day_range in contiguous_ranges(list(context.partition_keys)):
+            symbol = symbol_for_id(day_range.symbol_id)
+            start_ms = day_start_ms(day_range.first_day)
+            end_ms = day_start_ms(day_range.last_day) + DAY_MS
+            data = market_data.load(symbol, start_ms, end_ms)
+            for warning in data.warnings:
+                context.log.warning(warning)
+            units.append(CheckUnit(symbol, data.frame, start_ms, end_ms, market_data.now_ms()))
+            try:
+                bars = normalize_ohlcv(
+                    data.frame.select([c for c in OHLCV_COLUMNS if c in data.frame.columns])
+                )
+            except (ValueError, pl.exceptions.PolarsError) as exc:
+                raise Failure(f"{symbol}: {data.source} bars cannot be read as OHLCV: {exc}") from exc
+            range_gaps = find_gaps(bars, bar_ms)
+            gaps += [
+                {"symbol": symbol, "after": iso_utc(g.after_ts), "missing_bars": g.missing_bars}
+                for g in range_gaps
+            ]
+            sources.add(data.source)
+            requests += data.requests
+            context.log.info(
+                f"{symbol} {day_range.first_day}..{day_range.last_day}: {bars.height} bars from "
+                f"{data.source} in {data.requests} request(s), {len(range_gaps)} gap(s)"
+            )
+            frames.append(
+                bars.with_columns(pl.lit(symbol).alias("symbol"), pl.lit(data.source).alias("source")).select(
+                    "symbol", *OHLCV_COLUMNS, "source"
+                )
+            )
+
+        frame = pl.concat(frames) if frames else empty_ohlcv(with_symbol=True)
+        # Run-level figures: with a single-run backfill every partition's event carries them, hence
+        # the "run_" prefix; per-partition row counts and paths come from the IO manager.
+        metadata: dict[str, Any] = {
+            "run_rows": frame.height,
+            "run_partitions": len(context.partition_keys),
+            "run_sources": ", ".join(sorted(sources)),
+            "run_requests": requests,
+            "run_first_bar": iso_utc(int(frame["ts"].min())) if frame.height else "none",
+            "run_last_bar": iso_utc(int(frame["ts"].max())) if frame.height else "none",
+            "run_gaps": len(gaps),
+            "run_gap_list": MetadataValue.json(gaps[:_MAX_GAPS_LISTED]),
+        }
+        yield Output(frame, metadata=metadata)
+        yield from evaluate_ohlcv_checks(OHLCV_KEY, units, timeframe)
+
+    @asset(
+        name="features",
+        group_name=GROUP,
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        io_manager_key=IO_MANAGER_KEY,
+        ins={"ohlcv": AssetIn(partition_mapping=previous_days_mapping(features_lookback_days))},
+        kinds={"polars", "parquet"},
+        description=(
+            "OHLCV rows plus the model and heuristic features (lib.features), computed per symbol over "
+            f"the partitions' days and {features_lookback_days} earlier days of look-back."
+        ),
+    )
+    def features(context: AssetExecutionContext, ohlcv: pl.DataFrame) -> Output[pl.DataFrame]:
+        targets = _targets_frame(list(context.partition_keys))
+        if "ts" not in ohlcv.columns:
+            # Not one upstream file exists (an empty day still has a file): nothing was ever fetched.
+            raise Failure("no stored ohlcv partitions for these days: materialize `ohlcv` first")
+        computed = compute_features(ohlcv, timeframe)
+        # Position of each row in its symbol's loaded history: rows before LOOKBACK_BARS had too little
+        # history in this run to have every feature, so their nulls are warm-up, not a problem.
+        computed = _with_partition_columns(computed).with_columns(
+            pl.int_range(pl.len()).over("symbol").alias(_POS)
+        )
+        kept = computed.join(targets, on=[_SYM_ID, _DAY], how="semi")
+        warm = kept.filter(pl.col(_POS) >= LOOKBACK_BARS)
+        nulls = warm.select(FEATURE_COLUMNS).null_count().row(0, named=True) if warm.height else {}
+        result = kept.drop(_SYM_ID, _DAY, _POS)
+        empty_targets = targets.join(kept, on=[_SYM_ID, _DAY], how="anti").height
+        return Output(
+            result,
+            metadata={
+                "run_rows": result.height,
+                "feature_columns": MetadataValue.json(list(FEATURE_COLUMNS)),
+                "lookback_bars": LOOKBACK_BARS,
+                "run_history_rows_loaded": computed.height - kept.height,
+                "run_warmup_rows": kept.height - warm.height,
+                "run_ready_rows": int(result.get_column(READY_COLUMN).sum()) if result.height else 0,
+                "run_null_counts_after_warmup": MetadataValue.json({k: int(v) for k, v in nulls.items()}),
+                "run_partitions_without_bars": empty_targets,
+            },
+        )
+
+    @asset(
+        name="quality_report",
+        group_name=GROUP,
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        io_manager_key=IO_MANAGER_KEY,
+        ins={"ohlcv": AssetIn(partition_mapping=previous_days_mapping(1))},
+        kinds={"polars", "parquet"},
+        description=(
+            "Per symbol and UTC day: gaps, duplicates, OHLC violations, zero-volume bars, return and "
+            "volume outliers (robust, with the previous day as context). Markdown + JSON under "
+            "quality-reports/ in the data location; one summary row per partition here."
+        ),
+    )
+    def quality_report(
+        context: AssetExecutionContext, ohlcv: pl.DataFrame, data_store: DataStoreResource
+    ) -> Output[pl.DataFrame]:
+        store = data_store.store()
+        now_ms = _now_ms()
+        if ohlcv.is_empty() or "ts" not in ohlcv.columns:
+            ohlcv = empty_ohlcv(with_symbol=True).with_columns(pl.lit(None, dtype=pl.String).alias("source"))
+        reports = []
+        rows = []
+        for key in sorted(context.partition_keys):
+            symbol_id, day = split_partition_key(key)
+            symbol = symbol_for_id(symbol_id)
+            bars = ohlcv.filter(pl.col("symbol") == symbol)
+            start_ms = day_start_ms(day)
+            in_day = bars.filter(pl.col("ts").is_between(start_ms, start_ms + DAY_MS, closed="left"))
+            report = build_quality_report(
+                in_day.select(OHLCV_COLUMNS),
+                timeframe,
+                now_ms,
+                symbol,
+                day,
+                context=bars.filter(pl.col("ts") < start_ms).select(OHLCV_COLUMNS),
+            )
+            found = in_day.get_column("source").unique().to_list() if "source" in in_day.columns else []
+            source = ", ".join(sorted(s for s in found if s)) or "none"
+            markdown = report.to_markdown() + f"\nSource of the bars: **{source}**\n"
+            md_key, json_key = quality_report_keys(symbol, day)
+            store.write_bytes(md_key, markdown.encode("utf-8"))
+            store.write_bytes(json_key, json.dumps({**report.to_dict(), "source": source}, indent=2).encode())
+            context.add_asset_metadata(
+                {
+                    "report": MetadataValue.md(markdown),
+                    "status": report.status,
+                    "report_path": store.uri(md_key),
+                },
+                partition_key=key,
+            )
+            reports.append(report)
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "date": day,
+                    "status": report.status,
+                    "passed": report.passed,
+                    "failed_checks": ",".join(report.failed_checks),
+                    "warnings": ",".join(report.warnings),
+                    "bars": report.unique_bars,
+                    "expected_bars": report.expected_rows,
+                    "missing_bars": len(report.missing_ts),
+                    "source": source,
+                    "report_md": md_key,
+                    "report_json": json_key,
+                    "generated_at_ms": now_ms,
+                }
+            )
+        summary = pl.DataFrame(rows)
+        return Output(
+            summary,
+            metadata={
+                "run_summary": MetadataValue.md(render_markdown_summary(reports)),
+                "run_failing_days": sum(not r.passed for r in reports),
+                "run_days_with_warnings": sum(bool(r.warnings) for r in reports),
+            },
+        )
+
+    return [ohlcv, features, quality_report]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

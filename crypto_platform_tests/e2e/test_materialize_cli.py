@@ -1,0 +1,132 @@
+"""`crypto-platform materialize` as a user runs it: a subprocess on a fresh DAGSTER_HOME and data dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import DagsterInstance
+
+from crypto_platform.lib.market.simulator import simulate_ohlcv
+from crypto_platform.lib.market.timeframes import HOUR_MS
+from crypto_platform.lib.storage import LocalStore, day_start_ms, list_partitions
+from crypto_platform_tests.fixtures.servers import venv_bin
+from crypto_platform_tests.integration.market_runs import RANGE_END_TAG, RANGE_START_TAG
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_", "DAGSTER_"))},
+        "DAGSTER_HOME": str(tmp_path / "home"),  # does not exist yet: the command creates it
+        "CRYPTO_DATA_LOCATION": str(tmp_path / "data"),
+        "CRYPTO_SYMBOLS": "BTC/USDT,ETH/USDT",
+        **env,
+    }
+    return subprocess.run(
+        [venv_bin("crypto-platform"), "materialize", *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_materialize_simulated_two_days(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "--source", "simulated", "--days", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "OK: 2 run(s) succeeded" in out
+    for asset in ("ohlcv", "features", "quality_report"):
+        assert sum(line.strip().startswith(asset) for line in out.splitlines()) == 2, out
+    assert out.count("check ohlcv:ohlc_consistency     passed") == 2
+    assert "source: simulated" in out
+
+    today = datetime.now(UTC).date()
+    store = LocalStore(tmp_path / "data")
+    stored = list_partitions(store, "ohlcv")
+    days = sorted({d for _, d in stored})
+    assert len(days) == 3 and days[-1] in (today.isoformat(), (today - timedelta(days=1)).isoformat())
+    assert {s for s, _ in stored} == {"BTCUSDT", "ETHUSDT"}
+    assert list_partitions(store, "features") == stored
+
+    # one run per symbol over the whole range, recorded on the instance the UI reads
+    with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2 and all(r.is_success for r in runs)
+        ranges = {(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs}
+        assert ranges == {(f"{days[0]}|{s}", f"{days[-1]}|{s}") for s in ("BTCUSDT", "ETHUSDT")}
+
+
+def _bad_replay_dir(root: Path, first_day: date) -> Path:
+    """A replay data dir whose BTCUSDT file has one bar with high below low."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    start = day_start_ms(first_day)
+    bars = simulate_ohlcv("BTC/USDT", "1h", start, max(start + 6 * HOUR_MS, now_ms // HOUR_MS * HOUR_MS))
+    bad = bars.with_columns(
+        pl.when(pl.col("ts") == start + 3 * HOUR_MS)
+        .then(pl.col("low") - 5.0)
+        .otherwise(pl.col("high"))
+        .alias("high")
+    )
+    root.mkdir()
+    bad.write_parquet(root / "binance_BTCUSDT_1h.parquet")
+    return root
+
+
+def test_materialize_exits_nonzero_when_a_blocking_check_fails(tmp_path: Path) -> None:
+    from crypto_platform.lib.market.replay_server import ReplayServer
+
+    first_day = datetime.now(UTC).date() - timedelta(days=1)
+    server = ReplayServer(data_dir=_bad_replay_dir(tmp_path / "replay", first_day)).start()
+    try:
+        done = _cli(
+            tmp_path,
+            "--source",
+            "exchange",
+            "--days",
+            "1",
+            "--symbols",
+            "BTC/USDT",
+            CRYPTO_EXCHANGE_API_URL=server.url,
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "check ohlcv:ohlc_consistency     FAILED (ERROR)" in done.stdout
+    assert "FAILED: 1 of 1 run(s) failed (BTCUSDT)" in done.stderr
+    store = LocalStore(tmp_path / "data")
+    assert len(list_partitions(store, "ohlcv")) == 2  # stored, and its check failed …
+    assert list_partitions(store, "features") == []  # … so nothing downstream was built
+
+
+def test_materialize_exits_nonzero_when_the_exchange_is_unreachable(
+    tmp_path: Path, closed_port_url: str
+) -> None:
+    done = _cli(
+        tmp_path,
+        "--source",
+        "exchange",
+        "--days",
+        "0",
+        "--symbols",
+        "ETHUSDT",
+        CRYPTO_EXCHANGE_API_URL=closed_port_url,
+        CRYPTO_EXCHANGE_RETRY_BUDGET_S="1",
+        CRYPTO_EXCHANGE_TIMEOUT_MS="1000",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "! ohlcv:" in done.stdout
+    assert list_partitions(LocalStore(tmp_path / "data"), "ohlcv") == []
+
+
+def test_materialize_rejects_unknown_symbol(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "--symbols", "DOGE/USDT")
+    assert done.returncode == 2
+    assert "not one of the configured symbols" in done.stderr

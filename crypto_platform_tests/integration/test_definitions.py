@@ -1,0 +1,177 @@
+"""The code location loads, its graph is the reviewed one, and the schedule asks for the right runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, BackfillPolicy, Definitions, MultiPartitionsDefinition, build_schedule_context
+
+from crypto_platform.defs.market.partitions import (
+    DayRange,
+    contiguous_ranges,
+    lookback_days,
+    market_partition_key,
+    split_partition_key,
+)
+from crypto_platform.lib.features import LOOKBACK_BARS
+from crypto_platform_tests.integration.market_runs import build, market_settings
+
+# The reviewed shape of the graph: a change here is a change of the platform's contract
+# (asset keys are storage paths, check names show in the UI, the schedule drives production).
+EXPECTED_GRAPH = {
+    "assets": {
+        "ohlcv": {"deps": [], "group": "market"},
+        "features": {"deps": ["ohlcv"], "group": "market"},
+        "quality_report": {"deps": ["ohlcv"], "group": "market"},
+    },
+    "checks": {
+        ("ohlcv", "schema"): True,
+        ("ohlcv", "ohlc_consistency"): True,
+        ("ohlcv", "uniqueness"): True,
+        ("ohlcv", "continuity"): False,
+        ("ohlcv", "freshness"): False,
+    },
+    "jobs": ["market_job"],
+    "schedules": {"market_hourly_refresh": ("5 * * * *", "UTC", "market_job")},
+    "resources": ["data_store", "market_data", "parquet_io_manager"],
+}
+
+
+def _graph_snapshot(defs: Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "deps": sorted(p.to_user_string() for p in node.parent_keys),
+            "group": node.group_name,
+        }
+    checks = {}
+    for check_key in graph.asset_check_keys:
+        spec = graph.get_check_spec(check_key)
+        checks[(check_key.asset_key.to_user_string(), check_key.name)] = spec.blocking
+    repo = defs.get_repository_def()
+    return {
+        "assets": assets,
+        "checks": checks,
+        "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+        "schedules": {
+            s.name: (s.cron_schedule, s.execution_timezone, s.job_name) for s in repo.schedule_defs
+        },
+        "resources": sorted(k for k in repo.get_top_level_resources() if k != "io_manager"),
+    }
+
+
+def test_module_defs_load() -> None:
+    from crypto_platform.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    assert repo.has_job("market_job")
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} >= {
+        "ohlcv",
+        "features",
+        "quality_report",
+    }
+
+
+def test_graph_matches_reviewed_snapshot(tmp_path: Path) -> None:
+    defs = build(market_settings(tmp_path))
+    Definitions.validate_loadable(defs)
+    assert _graph_snapshot(defs) == EXPECTED_GRAPH
+
+
+def test_all_assets_share_one_partitioning_with_single_run_backfills(tmp_path: Path) -> None:
+    defs = build(market_settings(tmp_path, CRYPTO_SYMBOLS="BTC/USDT,SOL/USDT,ETH/BTC"))
+    graph = defs.resolve_asset_graph()
+    partitions = {
+        graph.get(AssetKey(name)).partitions_def for name in ("ohlcv", "features", "quality_report")
+    }
+    assert len(partitions) == 1
+    (partitions_def,) = partitions
+    assert isinstance(partitions_def, MultiPartitionsDefinition)
+    assert partitions_def.get_partitions_def_for_dimension("symbol").get_partition_keys() == [
+        "BTCUSDT",
+        "SOLUSDT",
+        "ETHBTC",
+    ]
+    date_dim = partitions_def.get_partitions_def_for_dimension("date")
+    assert date_dim.get_first_partition_key() == "2020-01-01"
+    # end_offset=1: today's partition exists, so the hourly refresh can write it
+    assert date_dim.get_last_partition_key() == datetime.now(UTC).date().isoformat()
+    for name in ("ohlcv", "features", "quality_report"):
+        policy = graph.get(AssetKey(name)).backfill_policy
+        assert policy == BackfillPolicy.single_run()
+
+
+def test_features_read_enough_history_across_day_partitions(tmp_path: Path) -> None:
+    defs = build(market_settings(tmp_path))
+    graph = defs.resolve_asset_graph()
+    features, ohlcv = AssetKey("features"), AssetKey("ohlcv")
+    mapping = graph.get_partition_mapping(features, ohlcv)
+    pdef = graph.get(ohlcv).partitions_def
+    upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        pdef.subset_with_partition_keys([market_partition_key("2024-03-10", "ETHUSDT")]), pdef, pdef
+    ).partitions_subset.get_partition_keys()
+    # LOOKBACK_BARS hourly bars (720 for the monthly realized volatility) = 30 days before the day,
+    # same symbol only
+    days = lookback_days(LOOKBACK_BARS, "1h")
+    assert days == 30
+    expected = [f"{(date(2024, 3, 10) - timedelta(days=d)).isoformat()}|ETHUSDT" for d in range(days, -1, -1)]
+    assert sorted(upstream) == expected
+    # the first day has no earlier partitions: the mapping must not fail, just give less history
+    first = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        pdef.subset_with_partition_keys([market_partition_key("2020-01-01", "BTCUSDT")]), pdef, pdef
+    ).partitions_subset.get_partition_keys()
+    assert list(first) == ["2020-01-01|BTCUSDT"]
+
+
+def test_lookback_days_and_contiguous_ranges() -> None:
+    assert lookback_days(168, "1h") == 7
+    assert lookback_days(169, "1h") == 8
+    assert lookback_days(168, "4h") == 28
+    keys = [
+        "2024-01-01|BTCUSDT",
+        "2024-01-03|BTCUSDT",
+        "2024-01-02|BTCUSDT",
+        "2024-01-05|BTCUSDT",
+        "2024-01-02|ETHUSDT",
+    ]
+    assert contiguous_ranges(keys) == [
+        DayRange("BTCUSDT", date(2024, 1, 1), date(2024, 1, 3)),
+        DayRange("BTCUSDT", date(2024, 1, 5), date(2024, 1, 5)),
+        DayRange("ETHUSDT", date(2024, 1, 2), date(2024, 1, 2)),
+    ]
+    assert split_partition_key(market_partition_key("2024-01-02", "ETH/USDT")) == ("ETHUSDT", "2024-01-02")
+    with pytest.raises(ValueError):
+        split_partition_key("2024-01-02")
+
+
+def test_hourly_schedule_requests_today_for_every_symbol(tmp_path: Path) -> None:
+    defs = build(market_settings(tmp_path, CRYPTO_SYMBOLS="BTC/USDT,ETH/USDT,SOL/USDT"))
+    schedule = defs.resolve_schedule_def("market_hourly_refresh")
+    repo = defs.get_repository_def()
+
+    def tick_at(when: datetime):
+        # with the repository, evaluate_tick also resolves each request against the job's partitions
+        return schedule.evaluate_tick(
+            build_schedule_context(scheduled_execution_time=when, repository_def=repo)
+        )
+
+    tick = datetime(2024, 3, 10, 7, 5, tzinfo=UTC)
+    data = tick_at(tick)
+    requests = data.run_requests or []
+    assert all(r.job_name in (None, "market_job") for r in requests)
+    assert [r.partition_key for r in requests] == [
+        "2024-03-10|BTCUSDT",
+        "2024-03-10|ETHUSDT",
+        "2024-03-10|SOLUSDT",
+    ]
+    # distinct run keys per tick, so the next hour's refresh is not deduplicated away
+    later = tick_at(tick.replace(hour=8))
+    assert {r.run_key for r in requests}.isdisjoint({r.run_key for r in later.run_requests or []})
+    # just after midnight UTC the refresh moves to the new day's partition
+    midnight = tick_at(datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
+    assert {r.partition_key.split("|")[0] for r in midnight.run_requests or []} == {"2024-03-11"}
