@@ -48,8 +48,10 @@ class Settings:
     exchange: str = "binance"
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     timeframe: str = "1h"
-    # Days of history `crypto-platform materialize` loads besides today.
-    history_days: int = 30
+    # Days of history `crypto-platform materialize` loads besides today. Features need 30 days of
+    # look-back (the 720-bar monthly realized volatility), so 90 leaves ~60 days of complete features
+    # for the model to train and be evaluated on.
+    history_days: int = 90
     # First day of the `ohlcv` date partitions (UTC).
     partitions_start: str = "2017-08-17"
     # Local directory or s3://bucket/prefix for Parquet, reports and other platform data.
@@ -85,7 +87,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         exchange=env.get("CRYPTO_EXCHANGE", "binance").strip().lower(),
         symbols=symbols,
         timeframe=env.get("CRYPTO_TIMEFRAME", "1h").strip(),
-        history_days=_env_int(env, "CRYPTO_HISTORY_DAYS", 30),
+        history_days=_env_int(env, "CRYPTO_HISTORY_DAYS", 90),
         partitions_start=env.get("CRYPTO_PARTITIONS_START", "2017-08-17").strip(),
         data_location=env.get("CRYPTO_DATA_LOCATION", "data").strip(),
         s3_endpoint_url=(env.get("CRYPTO_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None),
