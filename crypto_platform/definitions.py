@@ -9,6 +9,14 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor
 
 from crypto_platform.defs.market import build_market_definitions
+from crypto_platform.defs.ml import (
+    ML_ASSET_CHECKS,
+    ML_ASSETS,
+    ML_JOBS,
+    ML_SCHEDULES,
+    ML_SENSORS,
+    ml_resources,
+)
 from crypto_platform.defs.resources import build_resources
 from crypto_platform.settings import Settings, get_settings
 
@@ -17,7 +25,14 @@ def build_definitions(settings: Settings) -> Definitions:
     return Definitions.merge(
         build_market_definitions(settings),
         Definitions(
-            resources=build_resources(settings),
+            assets=ML_ASSETS,
+            asset_checks=ML_ASSET_CHECKS,
+            jobs=ML_JOBS,
+            sensors=ML_SENSORS,
+            schedules=ML_SCHEDULES,
+        ),
+        Definitions(
+            resources={**build_resources(settings), **ml_resources(settings)},
             # Steps run inside the run's own process. The default multiprocess executor starts a Python
             # process per step, each re-importing Dagster, polars and ccxt (~5 s of CPU): for a graph this
             # small, whose steps mostly wait on one another, that tripled the time of an hourly refresh.

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from crypto_platform.lib.market.symbols import normalize_symbol
 from crypto_platform.settings import MARKET_SOURCES, Settings, get_settings
 
 # The repository's instance config, present in a source checkout (editable install).
@@ -42,6 +43,22 @@ class RunSummary:
     sources: set[str] = field(default_factory=set)
     checks: list[tuple[str, bool, str, str]] = field(default_factory=list)  # (check, passed, severity, text)
     failures: list[str] = field(default_factory=list)
+    headlines: dict[str, str] = field(default_factory=dict)
+
+
+# What a whole-history asset (a model, a report) says in one line instead of a row count.
+HEADLINE_METADATA = (
+    "model_version",
+    "lstm_holdout_qlike",
+    "best_baseline",
+    "best_baseline_holdout_qlike",
+    "promoted",
+    "champion_version",
+    "champion_family",
+    "feature_drift_detected",
+    "label_drift_detected",
+    "path",
+)
 
 
 def _dagster_home(settings: Settings) -> Path:
@@ -102,6 +119,9 @@ def _summarise(symbol_id: str, result: Any) -> RunSummary:
             row_count = mat.metadata.get("dagster/row_count")
             if row_count is not None:
                 summary.rows[asset] += int(row_count.value)
+            facts = [f"{key}={mat.metadata[key].value}" for key in HEADLINE_METADATA if key in mat.metadata]
+            if facts:
+                summary.headlines[asset] = ", ".join(facts)
             source = mat.metadata.get("source")
             if source is not None:
                 summary.sources.add(str(source.value))
@@ -126,9 +146,15 @@ def _print_summary(summary: RunSummary) -> None:
     status = "OK" if summary.success else "FAILED"
     click.echo(f"  run {summary.run_id}: {status}")
     for asset in sorted(summary.partitions):
-        click.echo(
-            f"    {asset:<16} {summary.rows[asset]:>8} rows in {summary.partitions[asset]} partition(s)"
-        )
+        if asset in summary.rows:
+            click.echo(
+                f"    {asset:<16} {summary.rows[asset]:>8} rows in {summary.partitions[asset]} partition(s)"
+            )
+        else:
+            click.echo(
+                f"    {asset:<16} materialized"
+                + (f": {summary.headlines[asset]}" if asset in summary.headlines else "")
+            )
     if summary.sources:
         click.echo(f"    source: {', '.join(sorted(summary.sources))}")
     for name, passed, severity, text in summary.checks:
@@ -159,8 +185,22 @@ def _print_summary(summary: RunSummary) -> None:
     help="Dagster asset selection, e.g. 'group:market' or 'key:ohlcv'.",
 )
 @click.option("--symbols", default=None, help="Comma-separated subset of the configured symbols.")
+@click.option(
+    "--model-config",
+    type=click.Choice(["fast", "default"]),
+    default=None,
+    help="LSTM size for trained_model: 'fast' (seconds, for demos and offline runs) or 'default'; "
+    "default: fast when CRYPTO_ML_FAST is set, else default.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show Dagster's INFO log of each run.")
-def command(source: str | None, days: int | None, selection: str, symbols: str | None, verbose: bool) -> None:
+def command(
+    source: str | None,
+    days: int | None,
+    selection: str,
+    symbols: str | None,
+    model_config: str | None,
+    verbose: bool,
+) -> None:
     """Materialize the asset graph for today plus N days, one run per symbol."""
     settings = get_settings()
     if source:
@@ -224,8 +264,25 @@ def command(source: str | None, days: int | None, selection: str, symbols: str |
             # Unpartitioned assets (whole-history ones, e.g. a model) come after the day partitions
             # they read, in one run.
             click.echo(f"▶ {', '.join(k.to_user_string() for k in whole)}")
+            whole_config = dict(run_config)
+            if any(k.to_user_string() == "trained_model" for k in whole):
+                from crypto_platform.defs.ml.config import training_run_config
+
+                fast = (
+                    model_config == "fast"
+                    if model_config
+                    else os.environ.get("CRYPTO_ML_FAST", "").strip().lower() in ("1", "true", "yes")
+                )
+                # Train on the window just materialized (+ today), not the config's default window.
+                whole_config.update(
+                    training_run_config(
+                        fast=fast,
+                        training_days=history_days + 1,
+                        symbols=[normalize_symbol(s) for s in symbol_ids] if symbols else None,
+                    )
+                )
             result = defs.resolve_implicit_job_def_def_for_assets(whole).execute_in_process(
-                instance=instance, run_config=run_config, asset_selection=whole, raise_on_error=False
+                instance=instance, run_config=whole_config, asset_selection=whole, raise_on_error=False
             )
             summaries.append(_summarise("unpartitioned", result))
             _print_summary(summaries[-1])
