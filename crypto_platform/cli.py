@@ -14,6 +14,7 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "materialize": ("materialize", "Materialize the asset graph once on the current Dagster instance."),
     "exchange-replay": ("exchange_replay", "Serve Binance REST endpoints from files or the simulator."),
+    "serve": ("serve", "Run the Litestar risk API and web UI."),
 }
 
 

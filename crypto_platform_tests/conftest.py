@@ -15,6 +15,7 @@ pytest_plugins = [
     "crypto_platform_tests.fixtures.exchange",
     "crypto_platform_tests.fixtures.servers",
     "crypto_platform_tests.fixtures.mlflow_server",
+    "crypto_platform_tests.fixtures.api",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,299 @@
+"""Serving latency and throughput: the Litestar API vs `mlflow models serve`, same model, same run.
+
+Set-up (all local, nothing reaches the network): simulated BTC/USDT and ETH/USDT bars for 40 days up to
+the last closed hour, stored the way the pipeline stores them; an LSTM forecaster of the default
+production shape (2 LSTM layers × 32 units, 12 features, 48 bars; weights drawn at random: speed does
+not depend on them) logged with lib.model.packaging and registered as `crypto-volatility@champion` in a
+SQLite-backed MLflow registry. Two servers on loopback, one uvicorn worker each:
+
+  * the API (`serving.api.app:create_app_from_env` under uvicorn), which for every ml-signal request
+    resolves the symbol, looks up cached features (per last closed bar), runs the forecaster, builds
+    the answer and writes it to the SQLite history;
+  * `mlflow models serve --env-manager local` on the same registered model, sent the ready-made 48×12
+    window as JSON (it does less work per request: no features, no history).
+
+Clients are threads with keep-alive HTTP connections (http.client), 1 and 16 concurrent, a bounded
+number of requests each after warm-up. Client and servers share this machine's cores, so absolute
+numbers include client overhead; the ratios compare like with like.
+
+    .venv/bin/python benchmarks/serving.py [--requests 400] [--concurrent-requests 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+HOUR_MS = 3_600_000
+SYMBOLS = ("BTC/USDT", "ETH/USDT")
+MODEL = "crypto-volatility"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_store(root: Path, end_ms: int, days: int = 40) -> pl.DataFrame:
+    from crypto_platform.lib.features import compute_features
+    from crypto_platform.lib.market.simulator import simulate_ohlcv
+    from crypto_platform.lib.storage import ohlcv_key, open_store, with_day_column, write_parquet
+
+    store = open_store(str(root))
+    frames = []
+    for symbol in SYMBOLS:
+        bars = simulate_ohlcv(symbol, "1h", end_ms - days * 24 * HOUR_MS, end_ms)
+        frames.append(bars.with_columns(pl.lit(symbol).alias("symbol"), pl.lit("simulated").alias("source")))
+    ohlcv = pl.concat(frames)
+    for (symbol, day), part in with_day_column(ohlcv, "__day").group_by("symbol", "__day"):
+        write_parquet(store, ohlcv_key(symbol, day), part.drop("__day").sort("ts"))
+    return compute_features(ohlcv.filter(pl.col("symbol") == "BTC/USDT").drop("source"), "1h")
+
+
+def register_model(tracking_uri: str, artifacts: Path, features: pl.DataFrame) -> tuple[str, np.ndarray]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from crypto_platform.lib.features import MODEL_FEATURES
+    from crypto_platform.lib.model import registry
+    from crypto_platform.lib.model.inference import FastVolatilityPredictor, LSTMWeights
+    from crypto_platform.lib.model.packaging import FAST_LSTM_CLASS, log_forecaster
+    from crypto_platform.lib.model.windows import latest_window
+
+    window = latest_window(features, MODEL_FEATURES).X
+    rng = np.random.default_rng(0)
+    n, units = len(MODEL_FEATURES), 32
+
+    def layer(n_in: int) -> LSTMWeights:
+        return LSTMWeights(
+            rng.normal(0, 0.2, (n_in, 4 * units)), rng.normal(0, 0.2, (units, 4 * units)), np.zeros(4 * units)
+        )
+
+    ready = features.drop_nulls(list(MODEL_FEATURES)).select(MODEL_FEATURES).to_numpy()
+    predictor = FastVolatilityPredictor(
+        mean=ready.mean(axis=0),
+        std=ready.std(axis=0) + 1e-6,
+        lstm_layers=[layer(n), layer(units)],
+        dense_kernel=rng.normal(0, 0.1, (units, 1)),
+        dense_bias=np.array([-8.0]),
+        sequence_length=48,
+        feature_columns=MODEL_FEATURES,
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    # Artifacts beside the temporary registry, not in ./mlruns of the working directory.
+    experiment = MlflowClient(tracking_uri).create_experiment(
+        "serving-benchmark", artifact_location=artifacts.as_uri()
+    )
+    mlflow.set_experiment(experiment_id=experiment)
+    with mlflow.start_run() as run:
+        info = log_forecaster(predictor, "model", window, FAST_LSTM_CLASS)
+    client = MlflowClient(tracking_uri)
+    version = registry.register_version(
+        client, info.model_uri, run.info.run_id, {"model_family": "lstm", "timeframe": "1h"}
+    )
+    registry.move_alias(client, registry.CHAMPION, version.version)
+    return version.version, window
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server on {port} not ready: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def load(port: int, path: str, body: bytes, clients: int, per_client: int, warmup: int = 20) -> dict:
+    """p50 / p99 latency (ms) and requests per second with `clients` threads, keep-alive connections."""
+    latencies: list[float] = []
+    errors: list[int] = []
+    barrier = threading.Barrier(clients + 1)
+    headers = {"content-type": "application/json"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(warmup):
+            conn.request("POST", path, body, headers)
+            conn.getresponse().read()
+        barrier.wait()
+        mine = []
+        for _ in range(per_client):
+            started = time.perf_counter()
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - started)
+            if response.status != 200:
+                errors.append(response.status)
+        latencies.extend(mine)
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {
+        "clients": clients,
+        "requests": len(ordered),
+        "errors": len(errors),
+        "p50_ms": round(statistics.median(ordered) * 1000, 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 3),
+        "req_per_s": round(len(ordered) / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="requests measured with one client")
+    parser.add_argument(
+        "--concurrent-requests", type=int, default=60, help="requests per client at 16 clients"
+    )
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    end = int(time.time() * 1000) // HOUR_MS * HOUR_MS
+    features = write_store(root / "data", end)
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    version, window = register_model(tracking_uri, root / "artifacts", features)
+
+    env = {
+        **os.environ,
+        "CRYPTO_DATA_LOCATION": str(root / "data"),
+        "CRYPTO_SYMBOLS": ",".join(SYMBOLS),
+        "CRYPTO_MARKET_SOURCE": "simulated",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "CRYPTO_API_HISTORY_URL": f"sqlite:///{root / 'history.db'}",
+        "CRYPTO_API_RATE_LIMIT": "0",
+        "CRYPTO_API_MODEL_POLL_S": "0",
+        # `mlflow models serve` runs `uvicorn` from PATH: the venv's, like an activated environment.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    api_port, mlflow_port = free_port(), free_port()
+    bin_dir = Path(sys.executable).parent
+    api = start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "serving.api.app:create_app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env,
+        root / "api.log",
+    )
+    served = start(
+        [
+            str(bin_dir / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        env,
+        root / "mlflow-serve.log",
+    )
+    try:
+        wait_http(api_port, "/ready", api, root / "api.log")
+        wait_http(mlflow_port, "/health", served, root / "mlflow-serve.log")
+        ml_body = json.dumps({"symbol": "BTC/USDT"}).encode()
+        signal_body = json.dumps({"symbol": "BTC/USDT"}).encode()
+        mlflow_body = json.dumps({"inputs": window.tolist()}).encode()
+        results: dict[str, dict] = {"api_ml_signal": {}, "api_signal": {}, "mlflow_serve": {}}
+        for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
+            key = f"c{clients}"
+            results["api_ml_signal"][key] = load(
+                api_port, "/v1/crypto/ml-signal", ml_body, clients, per_client
+            )
+            results["api_signal"][key] = load(api_port, "/v1/crypto/signal", signal_body, clients, per_client)
+            results["mlflow_serve"][key] = load(mlflow_port, "/invocations", mlflow_body, clients, per_client)
+    finally:
+        stop(api)
+        stop(served)
+        shutil.rmtree(root, ignore_errors=True)
+
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 2) if b else float("nan")
+
+    ml, mf = results["api_ml_signal"], results["mlflow_serve"]
+    report = {
+        "benchmark": "serving",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "model": {"name": MODEL, "version": version, "shape": "LSTM 2x32, 48 bars x 12 features"},
+        **results,
+        "ratios": {
+            "ml_signal_throughput_vs_mlflow_c1": ratio(ml["c1"]["req_per_s"], mf["c1"]["req_per_s"]),
+            "ml_signal_throughput_vs_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"]),
+            "ml_signal_p50_vs_mlflow_c1": ratio(ml["c1"]["p50_ms"], mf["c1"]["p50_ms"]),
+        },
+        "goals": {
+            "ml_signal_p50_le_2ms_c1": ml["c1"]["p50_ms"] <= 2.0,
+            "ml_signal_throughput_ge_10x_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"])
+            >= 10,
+        },
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`crypto-platform serve` as a real process (env configuration, probes, shutdown); the store on S3 (moto)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import requests
+
+from crypto_platform_tests.fixtures.ports import free_port
+from crypto_platform_tests.fixtures.servers import stop_process_group, venv_bin, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_serve_command_answers_probes_and_signals(api_data_dir, tmp_path, closed_port_url):
+    port = free_port()
+    env = {
+        **os.environ,
+        "CRYPTO_DATA_LOCATION": str(api_data_dir),
+        "CRYPTO_SYMBOLS": "BTC/USDT,ETH/USDT",
+        "CRYPTO_MARKET_SOURCE": "simulated",
+        "CRYPTO_API_HISTORY_URL": f"sqlite:///{tmp_path / 'history.db'}",
+        # MLflow unreachable: the API must come up anyway and say why it is not ready.
+        "MLFLOW_TRACKING_URI": closed_port_url,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "CRYPTO_API_MODEL_STARTUP_S": "5",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [venv_bin("crypto-platform"), "serve", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=2).ok, 90, "crypto-platform serve", proc, log
+        )
+        assert requests.get(f"{url}/ready", timeout=5).status_code == 503
+        # The stored bars end at the fixtures' frozen clock, hours or days ago by now: the API goes to
+        # the live (here: simulated) source for the newest bars.
+        response = requests.post(f"{url}/v1/crypto/signal", json={"symbol": "ETH/USDT"}, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["source"] == "simulated"
+        assert requests.get(url, timeout=5).headers["content-type"].startswith("text/html")
+    finally:
+        stop_process_group(proc)
+    assert proc.returncode is not None
+
+
+def test_api_reads_the_stored_asset_from_s3(make_api_client, api_settings, s3_location, api_last_closed_ms):
+    from crypto_platform_tests.fixtures.api import API_SYMBOLS, write_pipeline_store
+
+    write_pipeline_store(
+        s3_location.url,
+        API_SYMBOLS,
+        api_last_closed_ms + 3_600_000,
+        33,
+        endpoint_url=s3_location.endpoint_url,
+    )
+    settings = api_settings(
+        platform={"data_location": s3_location.url, "s3_endpoint_url": s3_location.endpoint_url}
+    )
+    client = make_api_client(settings)
+    body = client.get("/v1/crypto/ohlcv", params={"symbol": "ETH/USDT", "limit": 24}).json()
+    assert (body["origin"], body["rows"], body["data"][-1]["ts"]) == ("store", 24, api_last_closed_ms)
+    signal = client.post("/v1/crypto/signal", json={"symbol": "ETH/USDT"})
+    assert signal.status_code == 200 and signal.json()["source"] == "simulated"

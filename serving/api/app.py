@@ -1,0 +1,216 @@
+"""`create_app(settings, ...)`: the Litestar risk API and its web UI.
+
+Everything stateful (market data, feature cache, history DB, model store, key ring) is built here or
+injected by the caller, so tests run the real app against their own data dir, DB and MLflow server.
+Start-up launches the model poller and waits up to `model_startup_wait_s` for its first attempt; if
+MLflow is unreachable the app serves the heuristic endpoints, /ready answers 503, and the poller keeps
+trying in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request, Response, Router
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.static_files import create_static_files_router
+
+from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
+from crypto_platform.lib.storage import ObjectStore, open_store
+from serving.api.controllers.market import MarketController
+from serving.api.controllers.ml import MLController, ModelController
+from serving.api.controllers.signals import SignalsController
+from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
+from serving.api.history import History
+from serving.api.market import LiveLoader, MarketService, MarketUnavailableError
+from serving.api.metrics import Counters, model_changed
+from serving.api.model_store import ModelStore, ModelUnavailableError
+from serving.api.scoring import FeatureCache, NotEnoughHistoryError
+from serving.api.security import KeyRing, reader_guard
+from serving.api.services import Services, provide_services
+from serving.api.settings import ServingSettings, get_serving_settings
+
+log = logging.getLogger(__name__)
+
+# Not rate limited and not behind keys: probes and scrapers must always get through.
+UNMETERED_PATHS = ["^/health$", "^/ready$", "^/metrics$", "^/schema", "^/docs", "^/ui/", "^/$"]
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def _error(status: int, kind: str) -> Callable[[Request, Exception], Response]:
+    def handler(_: Request, exc: Exception) -> Response:
+        return Response({"status_code": status, "error": kind, "detail": str(exc)}, status_code=status)
+
+    return handler
+
+
+def _unknown_symbol(_: Request, exc: Exception) -> Response:
+    body = {
+        "status_code": 400,
+        "detail": f"Validation failed: symbol: {exc}",
+        "extra": [{"key": "symbol", "message": str(exc)}],
+    }
+    return Response(body, status_code=400)
+
+
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response:
+    """Litestar's 400 body, with the field named even where msgspec reports a missing one on `data`."""
+    extra = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict) and item.get("key") == "data":
+            found = _MISSING_FIELD.search(str(item.get("message", "")))
+            item = {**item, "key": found.group(1)} if found else item
+        extra.append(item)
+    detail = exc.detail
+    if extra and all(isinstance(i, dict) for i in extra):
+        detail = f"{exc.detail}: " + "; ".join(f"{i.get('key')}: {i.get('message')}" for i in extra)
+    return Response({"status_code": 400, "detail": detail, "extra": extra or exc.extra}, status_code=400)
+
+
+def create_app(
+    settings: ServingSettings | None = None,
+    *,
+    store: ObjectStore | None = None,
+    market: MarketService | None = None,
+    history: History | None = None,
+    model_store: ModelStore | None = None,
+    now_ms: Callable[[], int] | None = None,
+    live_loader: LiveLoader | None = None,
+    start_model_poller: bool = True,
+) -> Litestar:
+    """The API. Every stateful piece can be injected (tests); what is not is built from `settings`:
+    the object store at `platform.data_location`, the history DB at `history_url`, the model store on
+    `platform.mlflow_tracking_uri`. `now_ms` freezes the market clock (replays, tests);
+    `start_model_poller=False` leaves the model store as given (no MLflow contact at all)."""
+    settings = settings or get_serving_settings()
+    platform = settings.platform
+    if market is None:
+        if store is None:
+            store = open_store(platform.data_location, platform.s3_endpoint_url)
+        market = MarketService(
+            platform,
+            store,
+            settings.market_cache_ttl_s,
+            settings.max_stale_bars,
+            now_ms=now_ms,
+            live_loader=live_loader,
+        )
+    history = history or History(settings.history_url)
+    models = model_store or ModelStore(
+        platform.mlflow_tracking_uri, settings.model_name, settings.model_alias, settings.model_poll_s
+    )
+    models.on_change = model_changed
+    model_changed(models.current)
+    keyring = KeyRing(settings.api_keys, settings.key_pepper, settings.require_key)
+    services = Services(settings, market, FeatureCache(market), history, models, Counters(), keyring)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        task = None
+        if start_model_poller:
+            first = asyncio.Event()
+            task = asyncio.create_task(models.run_poller(first))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first.wait(), timeout=settings.model_startup_wait_s)
+            if models.current is None:
+                log.warning("starting without a model: %s (retrying in the background)", models.last_error)
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            history.close()
+
+    def count_request(_: Request) -> None:
+        services.counters.request()
+
+    v1 = Router(
+        path="/v1",
+        route_handlers=[
+            MarketController,
+            SignalsController,
+            MLController,
+            ModelController,
+            SummaryController,
+        ],
+        guards=[reader_guard],
+    )
+    middleware = [
+        PrometheusConfig(
+            app_name="crypto_risk_api", prefix="crypto_api", group_path=True, exclude=["^/metrics$"]
+        ).middleware
+    ]
+    if settings.rate_limit_per_minute > 0:
+        middleware.append(
+            RateLimitConfig(
+                rate_limit=("minute", settings.rate_limit_per_minute),
+                exclude=UNMETERED_PATHS,
+                identifier_for_request=keyring.rate_limit_identifier,
+            ).middleware
+        )
+    cors = None
+    if settings.cors_origins:
+        cors = CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_headers=["x-api-key", "authorization", "content-type"],
+            allow_methods=["GET", "POST", "OPTIONS"],
+        )
+    return Litestar(
+        route_handlers=[
+            SystemController,
+            MetricsController,
+            v1,
+            create_static_files_router(path="/ui", directories=[UI_DIR], include_in_schema=False),
+        ],
+        dependencies={"svc": Provide(provide_services, sync_to_thread=False)},
+        state=_state(services, keyring),
+        lifespan=[lifespan],
+        before_request=count_request,
+        middleware=middleware,
+        cors_config=cors,
+        exception_handlers={
+            ModelUnavailableError: _error(503, "model_unavailable"),
+            NotEnoughHistoryError: _error(503, "not_enough_history"),
+            MarketUnavailableError: _error(502, "market_unavailable"),
+            ExchangeUnavailableError: _error(502, "exchange_unavailable"),
+            UnknownSymbolError: _unknown_symbol,
+            ValidationException: _validation_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Crypto risk API",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            description="Heuristic and LSTM volatility signals over stored and live crypto market data.",
+        ),
+    )
+
+
+def _state(services: Services, keyring: KeyRing) -> State:
+    return State({"services": services, "keyring": keyring})
+
+
+def create_app_from_env() -> Litestar:
+    """uvicorn factory: settings from the environment."""
+    return create_app(get_serving_settings())

@@ -1,0 +1,74 @@
+"""Custom Prometheus metrics and the in-process counters behind /v1/metrics/summary.
+
+The Prometheus objects live in the default registry that Litestar's PrometheusController exposes; they
+are module-level because a registry refuses the same name twice (several apps in one test process
+share them, which is harmless: tests read the summary counters, which are per app).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+MODEL_LOADED = Gauge("crypto_api_model_loaded", "1 when a champion model is loaded and served, else 0")
+MODEL_INFO = Info("crypto_api_model", "The served model: name, version, family, alias")
+PREDICTION_LATENCY = Histogram(
+    "crypto_api_prediction_latency_seconds",
+    "Forecaster call time per ML prediction (inference only, features excluded)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+SIGNALS = Counter("crypto_api_signals", "Heuristic signals served", ["symbol"])
+PREDICTIONS = Counter("crypto_api_ml_predictions", "ML predictions served", ["symbol", "model_version"])
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
+@dataclass
+class Counters:
+    """What /v1/metrics/summary reports for this process."""
+
+    start_time: float = field(default_factory=time.time)
+    requests_total: int = 0
+    signals_total: int = 0
+    ml_predictions_total: int = 0
+    last_signal_at: float | None = None
+    last_ml_prediction_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request(self) -> None:
+        with self._lock:
+            self.requests_total += 1
+
+    def signal(self, symbol: str) -> None:
+        SIGNALS.labels(symbol=symbol).inc()
+        with self._lock:
+            self.signals_total += 1
+            self.last_signal_at = time.time()
+
+    def prediction(self, symbol: str, version: str, seconds: float) -> None:
+        PREDICTIONS.labels(symbol=symbol, model_version=version).inc()
+        PREDICTION_LATENCY.observe(seconds)
+        with self._lock:
+            self.ml_predictions_total += 1
+            self.last_ml_prediction_at = time.time()
+
+    def iso(self, name: str) -> str | None:
+        return _iso(getattr(self, name))
+
+
+def model_changed(model) -> None:
+    """ModelStore hook: keep the model gauges in step with what is served."""
+    if model is None:
+        MODEL_LOADED.set(0)
+        return
+    MODEL_LOADED.set(1)
+    MODEL_INFO.info(
+        {"name": model.name, "version": model.version, "family": model.family, "alias": model.alias}
+    )

@@ -1,0 +1,295 @@
+"""From bars to answers: features (cached per last closed bar), the heuristic signal, the ML forecast.
+
+Features always go through `lib.features.compute_features`, the function the pipeline uses, over the
+last `FEATURE_BARS` = LOOKBACK_BARS + sequence length bars: the oldest bar of the model's 48-bar window
+then still has its full 720-bar look-back, so every value equals what the `features` asset stores for
+that bar (tested). A snapshot of the features is cached per (symbol, timeframe, newest bar, origin):
+while the bar has not changed, an ML request costs the forecaster call and the history write only.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import numpy as np
+import polars as pl
+
+from crypto_platform.lib.features import HEURISTIC_FEATURES, LOOKBACK_BARS, MODEL_FEATURES, compute_features
+from crypto_platform.lib.market.timeframes import hours_per_bar
+from crypto_platform.lib.model.windows import SEQUENCE_LENGTH, latest_window
+from crypto_platform.lib.signals import HeuristicSignal, classify_vol_regime, heuristic_signal, vol_thresholds
+from serving.api import schemas
+from serving.api.market import Bars, MarketService
+from serving.api.model_store import LoadedModel
+
+FEATURE_BARS = LOOKBACK_BARS + SEQUENCE_LENGTH
+SNAPSHOT_CACHE_SIZE = 64
+# Risk levels follow the forecast's regime; a forecast this far above the current realized volatility
+# raises the level by one step (volatility is expected to rise, not just be high).
+RISING_RATIO = 1.5
+_LEVELS = ("low", "medium", "high")
+_REGIME_LEVEL = {"calm": 0, "normal": 1, "turbulent": 2}
+
+
+class NotEnoughHistoryError(ValueError):
+    """The bars at hand cannot support the computation (too few, or a hole in the window). HTTP 503."""
+
+
+def iso_ms(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def finite(value: Any) -> float | None:
+    """JSON never carries NaN or ±inf: undefined numbers become null."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+@dataclass
+class FeatureSnapshot:
+    """Features of the newest bars of one symbol, plus per-use derived values, computed once."""
+
+    bars: Bars
+    features: pl.DataFrame
+    _windows: dict[tuple[tuple[str, ...], int], np.ndarray | NotEnoughHistoryError] = field(
+        default_factory=dict
+    )
+    _heuristic: dict[int, HeuristicSignal | NotEnoughHistoryError] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def last_ts(self) -> int:
+        return int(self.features["ts"][-1])
+
+    def last_value(self, column: str) -> float | None:
+        return finite(self.features[column][-1])
+
+    def window(self, columns: tuple[str, ...], sequence_length: int) -> np.ndarray:
+        """float32 [1, sequence_length, n_features]: the model input ending at the newest bar."""
+        key = (columns, sequence_length)
+        cached = self._windows.get(key)
+        if cached is None:
+            try:
+                cached = latest_window(self.features, columns, self.bars.timeframe, sequence_length).X
+            except ValueError as exc:  # InsufficientHistoryError, or columns the pipeline does not make
+                cached = NotEnoughHistoryError(f"{self.bars.symbol}: {exc}")
+            with self._lock:
+                self._windows[key] = cached
+        if isinstance(cached, Exception):
+            raise cached
+        return cached
+
+    def heuristic(self, horizon_min: int) -> HeuristicSignal:
+        cached = self._heuristic.get(horizon_min)
+        if cached is None:
+            try:
+                cached = heuristic_signal(self.features, self.bars.timeframe, horizon_min)
+            except ValueError as exc:
+                cached = NotEnoughHistoryError(f"{self.bars.symbol}: {exc}")
+            with self._lock:
+                if len(self._heuristic) > 32:
+                    self._heuristic.clear()
+                self._heuristic[horizon_min] = cached
+        if isinstance(cached, Exception):
+            raise cached
+        return cached
+
+
+class FeatureCache:
+    """Feature snapshots keyed by (symbol, timeframe, newest bar, ...), oldest entries evicted first."""
+
+    def __init__(self, market: MarketService, max_entries: int = SNAPSHOT_CACHE_SIZE) -> None:
+        self.market = market
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], FeatureSnapshot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(bars: Bars) -> tuple[Any, ...]:
+        return (
+            bars.symbol,
+            bars.timeframe,
+            bars.last_closed_ts,
+            bars.last_ts,
+            bars.frame.height,
+            bars.origin,
+            bars.source,
+        )
+
+    def cached(self, symbol: str, timeframe: str) -> FeatureSnapshot | None:
+        """The snapshot for the newest bar if bars and features are both cached (no I/O, no compute)."""
+        bars = self.market.cached_bars(symbol, timeframe, FEATURE_BARS)
+        return None if bars is None or bars.frame.height == 0 else self._entries.get(self._key(bars))
+
+    def snapshot(self, symbol: str, timeframe: str) -> FeatureSnapshot:
+        """Bars (possibly fetched) and their features (computed once per newest bar). Blocking."""
+        bars = self.market.bars(symbol, timeframe, FEATURE_BARS)
+        if bars.frame.height == 0:
+            raise NotEnoughHistoryError(f"{symbol} {timeframe}: no closed bars are available")
+        key = self._key(bars)
+        snap = self._entries.get(key)
+        if snap is not None:
+            return snap
+        snap = FeatureSnapshot(bars, compute_features(bars.frame, timeframe))
+        with self._lock:
+            self._entries[key] = snap
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return snap
+
+    async def snapshot_async(self, symbol: str, timeframe: str) -> FeatureSnapshot:
+        """The cached snapshot inline (the hot path: microseconds), else `snapshot` in a worker thread,
+        since it may read the store, call the exchange and compute features."""
+        snap = self.cached(symbol, timeframe)
+        if snap is not None:
+            return snap
+        return await anyio.to_thread.run_sync(self.snapshot, symbol, timeframe)
+
+
+# --- answers --------------------------------------------------------------------------------------
+
+
+def signal_response(
+    snap: FeatureSnapshot, exchange: str, horizon_min: int, explain: bool
+) -> schemas.SignalResponse:
+    sig = snap.heuristic(horizon_min)
+    details = None
+    if explain:
+        calm, turbulent = vol_thresholds(snap.bars.timeframe)
+        tail = [
+            {k: (finite(v) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in sig.features_tail
+        ]
+        details = schemas.SignalExplain(
+            vol=sig.vol,
+            calm_below=calm,
+            turbulent_from=turbulent,
+            features_tail=tail,
+            bars_used=snap.features.height,
+            origin=snap.bars.origin,
+        )
+    return schemas.SignalResponse(
+        symbol=snap.bars.symbol,
+        horizon_min=horizon_min,
+        risk_score=sig.risk_score,
+        nowcast_ret=sig.nowcast_ret,
+        vol_regime=sig.vol_regime,
+        method="heuristic",
+        exchange=exchange,
+        timeframe=snap.bars.timeframe,
+        timestamp=iso_ms(snap.last_ts),
+        source=snap.bars.source,
+        explain=details,
+    )
+
+
+def check_model_timeframe(model: LoadedModel, timeframe: str) -> None:
+    if timeframe != model.timeframe:
+        raise NotEnoughHistoryError(
+            f"model version {model.version} forecasts from {model.timeframe} bars; timeframe {timeframe!r} "
+            "has no model"
+        )
+
+
+def ml_prediction(model: LoadedModel, snap: FeatureSnapshot) -> tuple[schemas.MLPrediction, float]:
+    """The forecast at the newest bar and the seconds the forecaster took."""
+    X = snap.window(model.feature_columns, model.sequence_length)
+    started = time.perf_counter()
+    predicted = float(model.predict(X)[0])
+    elapsed = time.perf_counter() - started
+    if not math.isfinite(predicted) or predicted < 0:
+        raise NotEnoughHistoryError(
+            f"model version {model.version} returned no usable forecast ({predicted})"
+        )
+    return describe_forecast(model, snap, predicted), elapsed
+
+
+def describe_forecast(model: LoadedModel, snap: FeatureSnapshot, predicted: float) -> schemas.MLPrediction:
+    """Regime, risk level and confidence of a forecast of the next `horizon_bars` bars' volatility.
+
+    - regime: the forecast per bar (÷ √horizon) against the heuristic's per-bar thresholds, so both
+      methods speak the same calm / normal / turbulent scale;
+    - risk_level: low / medium / high from the regime, one step up when the forecast is ≥ 1.5× the
+      current 24-bar realized volatility;
+    - confidence ∈ (0, 1]: 1 / (1 + |ln(forecast / realized_vol_168)|), how consistent the forecast is
+      with the last week's realized volatility. A plausibility score, not a calibrated probability.
+    """
+    timeframe = snap.bars.timeframe
+    regime = classify_vol_regime(predicted / math.sqrt(model.horizon_bars), timeframe)
+    current = snap.last_value("realized_vol_24")
+    level = _REGIME_LEVEL[regime]
+    if current is not None and current > 0 and predicted >= RISING_RATIO * current:
+        level = min(level + 1, 2)
+    weekly = snap.last_value("realized_vol_168")
+    if weekly and weekly > 0 and predicted > 0:
+        confidence = 1.0 / (1.0 + abs(math.log(predicted / weekly)))
+    else:
+        confidence = 0.0
+    return schemas.MLPrediction(
+        predicted_volatility=predicted,
+        horizon_hours=model.horizon_bars * hours_per_bar(timeframe),
+        volatility_regime=regime,
+        risk_level=_LEVELS[level],
+        current_volatility=current,
+        confidence=confidence,
+        prediction_timestamp=iso_now(),
+        bar_timestamp=iso_ms(snap.last_ts),
+    )
+
+
+def occlusion_attributions(
+    model: LoadedModel, snap: FeatureSnapshot
+) -> tuple[float, str, list[schemas.Attribution]]:
+    """Per-feature occlusion: the forecast minus the forecast with one feature's whole 48-bar history
+    replaced by a reference value, the training mean of the model's normaliser (the input the network
+    reads as 0 after normalisation, "no information") or, for models without one, the window's own mean
+    (its history flattened). All occluded windows go through the forecaster in one batch.
+    """
+    X = snap.window(model.feature_columns, model.sequence_length)
+    n = len(model.feature_columns)
+    if model.reference_values is not None:
+        reference, label = model.reference_values.astype(np.float32), "training_mean"
+    else:
+        reference, label = X[0].mean(axis=0), "window_mean"
+    batch = np.repeat(X, n + 1, axis=0)
+    for j in range(n):
+        batch[j + 1, :, j] = reference[j]
+    predictions = np.asarray(model.predict(batch), dtype=np.float64)
+    base = float(predictions[0])
+    rows = []
+    for j, name in enumerate(model.feature_columns):
+        occluded = float(predictions[j + 1])
+        delta = base - occluded
+        rows.append(
+            schemas.Attribution(
+                feature=name,
+                attribution=delta,
+                relative=delta / base if base else 0.0,
+                occluded_prediction=occluded,
+                last_value=float(X[0, -1, j]),
+                reference_value=float(reference[j]),
+            )
+        )
+    rows.sort(key=lambda a: abs(a.attribution), reverse=True)
+    return base, label, rows
+
+
+def features_rows(snap: FeatureSnapshot, n: int) -> tuple[list[str], list[dict[str, Any]]]:
+    columns = [*HEURISTIC_FEATURES, *MODEL_FEATURES]
+    rows = []
+    for row in snap.features.tail(n).iter_rows(named=True):
+        rows.append({"ts": row["ts"], "time": iso_ms(row["ts"]), **{c: finite(row[c]) for c in columns}})
+    return columns, rows

@@ -1,0 +1,139 @@
+"""Serving settings from the environment, read once per process (tests build their own with `load`).
+
+Platform-wide choices (exchange, symbols, data location, MLflow URI) come from
+`crypto_platform.settings`; what only the API needs is read here.
+
+CRYPTO_API_MODEL_NAME (crypto-volatility), CRYPTO_API_MODEL_ALIAS (champion): the model followed.
+CRYPTO_API_MODEL_POLL_S (60): seconds between alias checks; 0 stops polling once a model is loaded.
+CRYPTO_API_MODEL_STARTUP_S (20): how long start-up waits for the first load attempt.
+CRYPTO_API_HISTORY_URL (sqlite file `serving_history.db` beside the local data): the history DB.
+CRYPTO_API_MARKET_TTL_S (15): OHLCV cache lifetime (a new closed bar always refetches).
+CRYPTO_API_MAX_STALE_BARS (2): stored bars further behind go to the live source instead.
+CRYPTO_API_KEYS (`name:role:key,...`, role reader|admin), CRYPTO_API_KEYS_FILE (same, one per line).
+CRYPTO_API_KEY_PEPPER (random per process): HMAC key the API keys are hashed with; set it when keys
+    must hash the same across processes.
+CRYPTO_API_REQUIRE_KEY (false): every /v1 route needs a valid key.
+CRYPTO_API_RATE_LIMIT (600): requests per minute per key, or per client address without one; 0 = off.
+CRYPTO_API_CORS_ORIGINS (none): comma-separated allowed origins (`*` for any).
+CRYPTO_API_MAX_BATCH (16): symbols per batch signal request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from crypto_platform.lib.model.registry import CHAMPION, MODEL_NAME
+from crypto_platform.settings import Settings, load_settings
+
+ROLES = ("reader", "admin")
+
+
+@dataclass(frozen=True)
+class ApiKeySpec:
+    """One configured key, as read from the environment (the API keeps only its hash)."""
+
+    name: str
+    role: str
+    key: str = field(repr=False)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _number(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {raw!r}")
+    return value
+
+
+def parse_api_keys(text: str, source: str = "CRYPTO_API_KEYS") -> tuple[ApiKeySpec, ...]:
+    """`name:role:key` entries separated by commas or newlines; `#` starts a comment line."""
+    specs = []
+    for raw in text.replace(",", "\n").splitlines():
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise ValueError(f"{source}: entry {entry.split(':', 1)[0]!r}… must be name:role:key")
+        name, role, key = (p.strip() for p in parts)
+        if role not in ROLES:
+            raise ValueError(f"{source}: key {name!r} has role {role!r}; roles are {ROLES}")
+        if len(key) < 16:
+            # A short key is guessable within any rate limit worth having.
+            raise ValueError(f"{source}: key {name!r} is shorter than 16 characters")
+        specs.append(ApiKeySpec(name, role, key))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: key names must be unique, got {names}")
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    platform: Settings = field(default_factory=Settings)
+    model_name: str = MODEL_NAME
+    model_alias: str = CHAMPION
+    model_poll_s: float = 60.0
+    model_startup_wait_s: float = 20.0
+    history_url: str = "sqlite:///data/serving_history.db"
+    market_cache_ttl_s: float = 15.0
+    max_stale_bars: int = 2
+    api_keys: tuple[ApiKeySpec, ...] = ()
+    key_pepper: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    require_key: bool = False
+    rate_limit_per_minute: int = 600
+    cors_origins: tuple[str, ...] = ()
+    max_batch: int = 16
+
+
+def default_history_url(platform: Settings) -> str:
+    """A SQLite file beside the local data, or under the working directory when data lives on S3."""
+    base = Path("data") if platform.data_is_s3 else platform.local_data_path()
+    return f"sqlite:///{(base / 'serving_history.db').resolve()}"
+
+
+def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
+    env = dict(os.environ if env is None else env)
+    platform = load_settings(env)
+    keys_text = env.get("CRYPTO_API_KEYS", "")
+    keys = parse_api_keys(keys_text) if keys_text.strip() else ()
+    keys_file = env.get("CRYPTO_API_KEYS_FILE", "").strip()
+    if keys_file:
+        keys = keys + parse_api_keys(Path(keys_file).read_text(), source=keys_file)
+    pepper = env.get("CRYPTO_API_KEY_PEPPER", "").strip() or secrets.token_hex(32)
+    origins = tuple(o.strip() for o in env.get("CRYPTO_API_CORS_ORIGINS", "").split(",") if o.strip())
+    return ServingSettings(
+        platform=platform,
+        model_name=env.get("CRYPTO_API_MODEL_NAME", MODEL_NAME).strip() or MODEL_NAME,
+        model_alias=env.get("CRYPTO_API_MODEL_ALIAS", CHAMPION).strip() or CHAMPION,
+        model_poll_s=_number(env, "CRYPTO_API_MODEL_POLL_S", 60.0),
+        model_startup_wait_s=_number(env, "CRYPTO_API_MODEL_STARTUP_S", 20.0),
+        history_url=env.get("CRYPTO_API_HISTORY_URL", "").strip() or default_history_url(platform),
+        market_cache_ttl_s=_number(env, "CRYPTO_API_MARKET_TTL_S", 15.0),
+        max_stale_bars=int(_number(env, "CRYPTO_API_MAX_STALE_BARS", 2)),
+        api_keys=keys,
+        key_pepper=pepper,
+        require_key=_truthy(env.get("CRYPTO_API_REQUIRE_KEY")),
+        rate_limit_per_minute=int(_number(env, "CRYPTO_API_RATE_LIMIT", 600)),
+        cors_origins=origins,
+        max_batch=max(1, int(_number(env, "CRYPTO_API_MAX_BATCH", 16))),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_serving_settings() -> ServingSettings:
+    """This process's serving settings, read once (`get_serving_settings.cache_clear()` in tests)."""
+    return load_serving_settings()

@@ -1,0 +1,169 @@
+// The web UI: plain DOM and fetch against the same origin's API. No framework, no CDN.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+const num = (v, d = 4) => (v === null || v === undefined ? "—" : Number(v).toFixed(d));
+$("apikey").value = localStorage.getItem("apikey") || "";
+$("apikey").addEventListener("change", () => localStorage.setItem("apikey", $("apikey").value));
+
+function params() {
+  return { symbol: $("symbol").value.trim(), timeframe: $("timeframe").value, exchange: "binance" };
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const headers = { "content-type": "application/json" };
+  if ($("apikey").value) headers["X-API-Key"] = $("apikey").value;
+  const response = await fetch(path, { ...options, headers });
+  let body = null;
+  try { body = await response.json(); } catch (_) { body = null; }
+  if (!response.ok) {
+    const detail = body && body.detail ? body.detail : response.statusText;
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+async function run(fn) {
+  showError("");
+  try { await fn(); } catch (err) { showError(err.message); }
+}
+
+function sourcePill(source) {
+  return source === "simulated" ? '<span class="pill sim">SIMULATED</span>' : `<span class="pill">${esc(source)}</span>`;
+}
+
+function kv(pairs) {
+  return '<div class="kv">' + pairs.map(([k, v]) => `<div>${esc(k)}</div><div>${v}</div>`).join("") + "</div>";
+}
+
+async function signal() {
+  const body = await api("/v1/crypto/signal", { method: "POST", body: JSON.stringify({
+    ...params(), horizon_min: Number($("horizon").value), explain: $("explain").checked }) });
+  let html = kv([
+    ["symbol", `${esc(body.symbol)} ${sourcePill(body.source)}`],
+    ["bar", esc(body.timestamp)],
+    ["risk score", `<span class="pill ${body.risk_score > 0.66 ? "high" : body.risk_score > 0.33 ? "medium" : "low"}">${num(body.risk_score, 3)}</span>`],
+    ["vol regime", `<span class="pill ${esc(body.vol_regime)}">${esc(body.vol_regime)}</span>`],
+    ["nowcast return", `${num(body.nowcast_ret * 100, 4)} % over ${body.horizon_min} min`],
+  ]);
+  if (body.explain) {
+    html += `<p class="note">vol24 ${num(body.explain.vol, 5)}; calm below ${num(body.explain.calm_below, 4)}, turbulent from ${num(body.explain.turbulent_from, 4)}</p>`;
+    html += table(body.explain.features_tail, ["time", "close", "ret", "vol24", "sma12", "sma48"]);
+  }
+  $("signal-out").innerHTML = html;
+}
+
+function table(rows, columns) {
+  const head = "<tr>" + columns.map((c) => `<th>${esc(c)}</th>`).join("") + "</tr>";
+  const body = rows.map((r) => "<tr>" + columns.map((c) => {
+    const v = c.split(".").reduce((o, k) => (o == null ? o : o[k]), r);
+    return `<td>${typeof v === "number" ? num(v, 5) : esc(v ?? "—")}</td>`;
+  }).join("") + "</tr>").join("");
+  return `<table>${head}${body}</table>`;
+}
+
+function mlPairs(ml) {
+  return [
+    ["forecast vol (next 24 bars)", num(ml.predicted_volatility, 5)],
+    ["current vol (last 24 bars)", num(ml.current_volatility, 5)],
+    ["regime", `<span class="pill ${esc(ml.volatility_regime)}">${esc(ml.volatility_regime)}</span>`],
+    ["risk level", `<span class="pill ${esc(ml.risk_level)}">${esc(ml.risk_level)}</span>`],
+    ["confidence", num(ml.confidence, 3)],
+    ["bar", esc(ml.bar_timestamp)],
+  ];
+}
+
+async function mlSignal() {
+  const body = await api("/v1/crypto/ml-signal", { method: "POST", body: JSON.stringify({ ...params(), include_heuristic: false }) });
+  $("ml-out").innerHTML = kv([["symbol", `${esc(body.symbol)} ${sourcePill(body.source)}`],
+    ["model version", esc(body.model_version)], ...mlPairs(body.ml_prediction)]);
+}
+
+async function explain() {
+  const body = await api("/v1/crypto/ml-explain", { method: "POST", body: JSON.stringify(params()) });
+  $("ml-out").innerHTML = `<p class="note">Occlusion (reference: ${esc(body.reference)}), forecast ${num(body.predicted_volatility, 5)} ${sourcePill(body.source)}</p>`
+    + table(body.attributions, ["feature", "attribution", "relative", "last_value", "reference_value"]);
+}
+
+async function modelInfo() {
+  const info = await api("/v1/ml/model/info");
+  $("model-info").innerHTML = kv([
+    ["loaded", info.model_loaded ? '<span class="pill ok">yes</span>' : '<span class="pill bad">no</span>'],
+    ["model", `${esc(info.model_name)}@${esc(info.alias)} v${esc(info.model_version ?? "—")}`],
+    ["family", esc(info.model_family ?? "—")], ["loaded at", esc(info.load_time ?? "—")],
+    ["note", esc(info.last_error ?? "")],
+  ]);
+}
+
+async function reload() {
+  const body = await api("/v1/ml/model/reload", { method: "POST" });
+  $("ml-out").innerHTML = kv([["success", String(body.success)], ["old", esc(body.old_version)],
+    ["new", esc(body.new_version)], ["message", esc(body.message)]]);
+  await modelInfo();
+}
+
+async function compare() {
+  const q = new URLSearchParams(params());
+  const body = await api(`/v1/crypto/signals/compare?${q}`);
+  const h = body.heuristic;
+  let html = `<p>${esc(body.symbol)} at ${esc(body.timestamp)} ${sourcePill(body.source)}</p>`;
+  html += "<h3>Heuristic</h3>" + kv([["risk score", num(h.risk_score, 3)],
+    ["vol regime", `<span class="pill ${esc(h.vol_regime)}">${esc(h.vol_regime)}</span>`]]);
+  html += "<h3>ML</h3>" + (body.ml ? kv(mlPairs(body.ml)) : `<p class="note">unavailable: ${esc(body.ml_error)}</p>`);
+  if (body.regimes_agree !== undefined && body.regimes_agree !== null) html += `<p>regimes agree: ${body.regimes_agree}</p>`;
+  $("compare-out").innerHTML = html;
+}
+
+async function chart() {
+  const p = params(), n = Math.min(768, Math.max(48, Number($("limit").value) || 240));
+  const q = new URLSearchParams({ ...p, limit: n });
+  const ohlcv = await api(`/v1/crypto/ohlcv?${q}`);
+  const fq = new URLSearchParams({ ...p, n });
+  const feats = await api(`/v1/crypto/features?${fq}`);
+  let forecast = null, note = "";
+  try {
+    const ml = await api("/v1/crypto/ml-signal", { method: "POST", body: JSON.stringify({ ...p, include_heuristic: false }) });
+    const last = ohlcv.data[ohlcv.data.length - 1];
+    forecast = { ts: last.ts + 24 * 3600e3, value: ml.ml_prediction.predicted_volatility };
+  } catch (err) { note = ` — no forecast (${err.message})`; }
+  drawRiskChart($("chart"), ohlcv.data, feats.rows, forecast);
+  $("chart").dataset.drawn = String(ohlcv.rows);
+  $("chart-note").innerHTML = `${esc(ohlcv.symbol)} ${esc(ohlcv.timeframe)}, ${ohlcv.rows} closed bars ${sourcePill(ohlcv.source)}${esc(note)}`;
+}
+
+async function history() {
+  const s = await api("/v1/crypto/signals/tail?n=20");
+  $("hist-signals").innerHTML = table(s.items, ["timestamp", "symbol", "risk_score", "vol_regime", "horizon_min", "source"]);
+  const m = await api("/v1/crypto/ml-predictions/tail?n=20");
+  $("hist-ml").innerHTML = table(m.items, ["ml_prediction.bar_timestamp", "symbol", "model_version",
+    "ml_prediction.predicted_volatility", "ml_prediction.volatility_regime", "source"]);
+}
+
+async function status() {
+  const r = await fetch("/ready");
+  const body = await r.json();
+  $("status").textContent = r.ok ? `model v${body.model_version}` : "heuristic only (no model)";
+  $("status").className = "pill " + (r.ok ? "ok" : "bad");
+}
+
+document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => {
+  document.querySelectorAll("nav button").forEach((o) => o.classList.toggle("active", o === b));
+  document.querySelectorAll("main section").forEach((s) => { s.hidden = s.id !== `tab-${b.dataset.tab}`; });
+  if (b.dataset.tab === "ml") run(modelInfo);
+  if (b.dataset.tab === "history") run(history);
+}));
+$("run-signal").addEventListener("click", () => run(signal));
+$("run-ml").addEventListener("click", () => run(mlSignal));
+$("run-explain").addEventListener("click", () => run(explain));
+$("run-reload").addEventListener("click", () => run(reload));
+$("run-compare").addEventListener("click", () => run(compare));
+$("run-ohlcv").addEventListener("click", () => run(chart));
+$("run-history").addEventListener("click", () => run(history));
+status();
