@@ -44,6 +44,20 @@ def shared_ohlcv_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _isolated_dagster_state_storage():
+    """Each test starts with no current Dagster defs-state storage.
+
+    Dagster keeps the storage of the last instance entered as a context manager in a ContextVar; a
+    re-entered instance never resets it, so after a test the variable can point at a disposed
+    instance and the next Definitions load fails ("undefined DagsterInstance weakref").
+    """
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _fresh_settings(monkeypatch: pytest.MonkeyPatch):
     """Settings are cached per process; every test starts from a clean cache."""
     from crypto_platform.settings import get_settings

@@ -25,6 +25,10 @@ EXPECTED_GRAPH = {
         "ohlcv": {"deps": [], "group": "market"},
         "features": {"deps": ["ohlcv"], "group": "market"},
         "quality_report": {"deps": ["ohlcv"], "group": "market"},
+        "trained_model": {"deps": ["features"], "group": "ml"},
+        "model_promotion": {"deps": ["trained_model"], "group": "ml"},
+        "feature_drift": {"deps": ["features", "model_promotion"], "group": "ml"},
+        "daily_report": {"deps": ["feature_drift", "model_promotion", "quality_report"], "group": "reports"},
     },
     "checks": {
         ("ohlcv", "schema"): True,
@@ -32,10 +36,16 @@ EXPECTED_GRAPH = {
         ("ohlcv", "uniqueness"): True,
         ("ohlcv", "continuity"): False,
         ("ohlcv", "freshness"): False,
+        ("model_promotion", "champion_beats_baselines"): False,
+        ("feature_drift", "no_feature_drift"): False,
     },
-    "jobs": ["market_job"],
-    "schedules": {"market_hourly_refresh": ("5 * * * *", "UTC", "market_job")},
-    "resources": ["data_store", "market_data", "parquet_io_manager"],
+    "jobs": ["daily_report_job", "market_job", "ml_retrain_job"],
+    "schedules": {
+        "daily_report_schedule": ("30 0 * * *", "UTC", "daily_report_job"),
+        "market_hourly_refresh": ("5 * * * *", "UTC", "market_job"),
+        "ml_weekly_retrain": ("0 3 * * 1", "UTC", "ml_retrain_job"),
+    },
+    "resources": ["data_store", "market_data", "ml", "mlflow", "parquet_io_manager"],
 }
 
 
