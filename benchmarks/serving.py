@@ -7,8 +7,10 @@ not depend on them) logged with lib.model.packaging and registered as `crypto-vo
 SQLite-backed MLflow registry. Two servers on loopback, one uvicorn worker each:
 
   * the API (`serving.api.app:create_app_from_env` under uvicorn), which for every ml-signal request
-    resolves the symbol, looks up cached features (per last closed bar), runs the forecaster, builds
-    the answer and writes it to the SQLite history;
+    validates the input, looks up cached features and the forecast (both memoised per last closed bar
+    and model version: the forward pass runs once per bar close or model swap, as in production where
+    clients poll between closes; benchmarks/inference.py times the pass itself), builds the answer and
+    queues it for the SQLite history;
   * `mlflow models serve --env-manager local` on the same registered model, sent the ready-made 48×12
     window as JSON (it does less work per request: no features, no history).
 

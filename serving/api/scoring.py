@@ -68,6 +68,9 @@ class FeatureSnapshot:
         default_factory=dict
     )
     _heuristic: dict[int, HeuristicSignal | NotEnoughHistoryError] = field(default_factory=dict)
+    # Forecasts per (model name, version, run id): a model's forecast at a closed bar never changes, so
+    # clients polling between bar closes cost a dict lookup, not a forward pass (issue 4's p50 goal).
+    _forecasts: dict[tuple[str, str, str | None], float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -205,10 +208,16 @@ def check_model_timeframe(model: LoadedModel, timeframe: str) -> None:
 
 
 def ml_prediction(model: LoadedModel, snap: FeatureSnapshot) -> tuple[schemas.MLPrediction, float]:
-    """The forecast at the newest bar and the seconds the forecaster took."""
-    X = snap.window(model.feature_columns, model.sequence_length)
+    """The forecast at the newest bar and the seconds it took (~0 when this model already forecast
+    this bar: the snapshot memoises it; a reloaded version has another key and forecasts afresh)."""
+    key = (model.name, model.version, model.run_id)
     started = time.perf_counter()
-    predicted = float(model.predict(X)[0])
+    predicted = snap._forecasts.get(key)
+    if predicted is None:
+        X = snap.window(model.feature_columns, model.sequence_length)
+        predicted = float(model.predict(X)[0])
+        with snap._lock:
+            snap._forecasts[key] = predicted
     elapsed = time.perf_counter() - started
     if not math.isfinite(predicted) or predicted < 0:
         raise NotEnoughHistoryError(

@@ -34,7 +34,8 @@ class MLController(Controller):
         model = svc.models.require()
         check_model_timeframe(model, timeframe)
         # Cached features inline, a miss in a worker thread (see SignalsController.signal); the forecast
-        # itself (~1 ms of numpy) runs inline: a thread hop would cost about as much as it saves.
+        # is memoised per (model version, bar), and a fresh one (~1-2 ms of numpy) runs inline: a thread
+        # hop would cost about as much as it saves.
         snap = await svc.features.snapshot_async(symbol, timeframe)
         prediction, seconds = ml_prediction(model, snap)
         heuristic = None
