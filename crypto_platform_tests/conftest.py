@@ -16,6 +16,7 @@ pytest_plugins = [
     "crypto_platform_tests.fixtures.servers",
     "crypto_platform_tests.fixtures.mlflow_server",
     "crypto_platform_tests.fixtures.api",
+    "crypto_platform_tests.fixtures.kafka",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
