@@ -14,11 +14,14 @@ SQLite-backed MLflow registry. Two servers on loopback, one uvicorn worker each:
   * `mlflow models serve --env-manager local` on the same registered model, sent the ready-made 48×12
     window as JSON (it does less work per request: no features, no history).
 
-Clients are threads with keep-alive HTTP connections (http.client), 1 and 16 concurrent, a bounded
-number of requests each after warm-up. Client and servers share this machine's cores, so absolute
-numbers include client overhead; the ratios compare like with like.
+Load comes from `wrk` (a C load generator, Debian package `wrk`) when it is installed: 1 and 16
+keep-alive connections for a fixed time each after a warm-up. Without it (or with `--client python`),
+from Python threads on http.client, a bounded number of requests each; those threads hold the GIL
+and share this machine's cores with the servers, so at 16 clients they measure the client as much as
+the server. Either way both servers get the same load, so the ratios compare like with like.
 
-    .venv/bin/python benchmarks/serving.py [--requests 400] [--concurrent-requests 60]
+    .venv/bin/python benchmarks/serving.py [--client auto|wrk|python] [--seconds 8]
+        [--requests 400] [--concurrent-requests 60]
 """
 
 from __future__ import annotations
@@ -145,6 +148,38 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("BENCH_BODY")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.stderr:write(string.format('{"p50_us": %d, "p99_us": %d, "requests": %d, "errors": %d, ' ..
+    '"duration_us": %d}\\n',
+    latency:percentile(50), latency:percentile(99), summary.requests,
+    e.connect + e.read + e.write + e.status + e.timeout, summary.duration))
+end
+"""
+
+
+def load_wrk(port: int, path: str, body: bytes, clients: int, seconds: int, script: Path) -> dict:
+    """p50 / p99 latency (ms) and requests per second from wrk: one thread, `clients` connections."""
+    url = f"http://127.0.0.1:{port}{path}"
+    env = {**os.environ, "BENCH_BODY": body.decode()}
+    base = ["wrk", "-t1", f"-c{clients}", "-s", str(script), "--timeout", "10s"]
+    subprocess.run([*base, "-d2s", url], env=env, capture_output=True, check=True)  # warm-up
+    done = subprocess.run([*base, f"-d{seconds}s", url], env=env, capture_output=True, text=True, check=True)
+    stats = json.loads(done.stderr.strip().splitlines()[-1])
+    return {
+        "clients": clients,
+        "requests": stats["requests"],
+        "errors": stats["errors"],
+        "p50_ms": round(stats["p50_us"] / 1000, 3),
+        "p99_ms": round(stats["p99_us"] / 1000, 3),
+        "req_per_s": round(stats["requests"] / (stats["duration_us"] / 1e6), 1),
+    }
+
+
 def load(port: int, path: str, body: bytes, clients: int, per_client: int, warmup: int = 20) -> dict:
     """p50 / p99 latency (ms) and requests per second with `clients` threads, keep-alive connections."""
     latencies: list[float] = []
@@ -195,7 +230,12 @@ def main() -> None:
     parser.add_argument(
         "--concurrent-requests", type=int, default=60, help="requests per client at 16 clients"
     )
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--seconds", type=int, default=8, help="measured seconds per wrk run")
     args = parser.parse_args()
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "python"
 
     root = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     end = int(time.time() * 1000) // HOUR_MS * HOUR_MS
@@ -262,13 +302,19 @@ def main() -> None:
         signal_body = json.dumps({"symbol": "BTC/USDT"}).encode()
         mlflow_body = json.dumps({"inputs": window.tolist()}).encode()
         results: dict[str, dict] = {"api_ml_signal": {}, "api_signal": {}, "mlflow_serve": {}}
+        script = root / "post.lua"
+        script.write_text(WRK_SCRIPT)
         for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
             key = f"c{clients}"
-            results["api_ml_signal"][key] = load(
-                api_port, "/v1/crypto/ml-signal", ml_body, clients, per_client
-            )
-            results["api_signal"][key] = load(api_port, "/v1/crypto/signal", signal_body, clients, per_client)
-            results["mlflow_serve"][key] = load(mlflow_port, "/invocations", mlflow_body, clients, per_client)
+            for name, port, path, body in (
+                ("api_ml_signal", api_port, "/v1/crypto/ml-signal", ml_body),
+                ("api_signal", api_port, "/v1/crypto/signal", signal_body),
+                ("mlflow_serve", mlflow_port, "/invocations", mlflow_body),
+            ):
+                if client == "wrk":
+                    results[name][key] = load_wrk(port, path, body, clients, args.seconds, script)
+                else:
+                    results[name][key] = load(port, path, body, clients, per_client)
     finally:
         stop(api)
         stop(served)
@@ -281,6 +327,7 @@ def main() -> None:
     report = {
         "benchmark": "serving",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_generator": client,
         "model": {"name": MODEL, "version": version, "shape": "LSTM 2x32, 48 bars x 12 features"},
         **results,
         "ratios": {
