@@ -1,6 +1,7 @@
-"""`create_app(settings, ...)`: the Litestar risk API and its web UI.
+"""`create_app(settings, ...)`: the Litestar risk API, its web UI and GraphQL at /graphql.
 
-Everything stateful (market data, feature cache, history DB, model store, key ring) is built here or
+Everything stateful (market data, feature cache, history DB, model store, key ring) is built by
+`serving.api.services.build_services` (shared with the gRPC server) or
 injected by the caller, so tests run the real app against their own data dir, DB and MLflow server.
 Start-up launches the model poller and waits up to `model_startup_wait_s` for its first attempt; if
 MLflow is unreachable the app serves the heuristic endpoints, /ready answers 503, and the poller keeps
@@ -9,8 +10,6 @@ trying in the background.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -28,19 +27,25 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.static_files import create_static_files_router
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
-from crypto_platform.lib.storage import ObjectStore, open_store
+from crypto_platform.lib.storage import ObjectStore
 from serving.api.controllers.market import MarketController
 from serving.api.controllers.ml import MLController, ModelController
 from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
 from serving.api.history import History
 from serving.api.market import LiveLoader, MarketService, MarketUnavailableError
-from serving.api.metrics import Counters, model_changed
 from serving.api.model_store import ModelStore, ModelUnavailableError
-from serving.api.scoring import FeatureCache, NotEnoughHistoryError
+from serving.api.scoring import NotEnoughHistoryError
 from serving.api.security import KeyRing, reader_guard
-from serving.api.services import Services, provide_services
+from serving.api.services import (
+    InvalidInputError,
+    Services,
+    build_services,
+    provide_services,
+    serving_lifetime,
+)
 from serving.api.settings import ServingSettings, get_serving_settings
+from serving.graphql.controller import graphql_controller
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,11 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
     return Response({"status_code": 400, "detail": detail, "extra": extra or exc.extra}, status_code=400)
 
 
+def _invalid_input(request: Request, exc: InvalidInputError) -> Response:
+    """Input the operations rejected: the same 400 body as Litestar's own validation."""
+    return _validation_error(request, ValidationException(detail="Validation failed", extra=exc.errors))
+
+
 def create_app(
     settings: ServingSettings | None = None,
     *,
@@ -102,47 +112,24 @@ def create_app(
     `platform.mlflow_tracking_uri`. `now_ms` freezes the market clock (replays, tests);
     `start_model_poller=False` leaves the model store as given (no MLflow contact at all)."""
     settings = settings or get_serving_settings()
-    platform = settings.platform
-    if market is None:
-        if store is None:
-            store = open_store(platform.data_location, platform.s3_endpoint_url)
-        market = MarketService(
-            platform,
-            store,
-            settings.market_cache_ttl_s,
-            settings.max_stale_bars,
-            now_ms=now_ms,
-            live_loader=live_loader,
-        )
-    history = history or History(settings.history_url)
-    models = model_store or ModelStore(
-        platform.mlflow_tracking_uri, settings.model_name, settings.model_alias, settings.model_poll_s
+    services = build_services(
+        settings,
+        store=store,
+        market=market,
+        history=history,
+        model_store=model_store,
+        now_ms=now_ms,
+        live_loader=live_loader,
     )
-    models.on_change = model_changed
-    model_changed(models.current)
-    keyring = KeyRing(settings.api_keys, settings.key_pepper, settings.require_key)
-    services = Services(settings, market, FeatureCache(market), history, models, Counters(), keyring)
+    keyring = services.keyring
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        task = None
-        if start_model_poller:
-            first = asyncio.Event()
-            task = asyncio.create_task(models.run_poller(first))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(first.wait(), timeout=settings.model_startup_wait_s)
-            if models.current is None:
-                log.warning("starting without a model: %s (retrying in the background)", models.last_error)
-        try:
+        async with serving_lifetime(services, start_model_poller):
             yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            history.close()
 
-    def count_request(_: Request) -> None:
+    # async: Litestar runs a sync before_request hook in a worker thread, a hop per request.
+    async def count_request(_: Request) -> None:
         services.counters.request()
 
     v1 = Router(
@@ -181,6 +168,9 @@ def create_app(
             SystemController,
             MetricsController,
             v1,
+            # Not under /v1's guards: GraphQL answers auth failures as GraphQL errors, per field
+            # (serving.graphql.errors.authorize applies the same rules), and the rate limit covers it.
+            graphql_controller(),
             create_static_files_router(path="/ui", directories=[UI_DIR], include_in_schema=False),
         ],
         dependencies={"svc": Provide(provide_services, sync_to_thread=False)},
@@ -195,6 +185,7 @@ def create_app(
             MarketUnavailableError: _error(502, "market_unavailable"),
             ExchangeUnavailableError: _error(502, "exchange_unavailable"),
             UnknownSymbolError: _unknown_symbol,
+            InvalidInputError: _invalid_input,
             ValidationException: _validation_error,
         },
         openapi_config=OpenAPIConfig(

@@ -1,24 +1,52 @@
-"""What the handlers work with, built once per app (tests inject their own pieces through create_app)."""
+"""What every interface works with, built once per process from settings (`build_services`).
+
+The REST controllers, the GraphQL schema and the gRPC servicer all call `serving.api.operations` with
+the same `Services`; tests inject their own pieces (data dir, history DB, model store, clock) through
+`build_services` / `create_app`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from litestar.datastructures import State
-from litestar.exceptions import ValidationException
 from litestar.params import Dependency
 
 from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
 from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, validate_timeframe
+from crypto_platform.lib.storage import ObjectStore, open_store
 from serving.api.history import History
-from serving.api.market import MarketService
-from serving.api.metrics import Counters
+from serving.api.market import LiveLoader, MarketService
+from serving.api.metrics import Counters, model_changed
 from serving.api.model_store import ModelStore
 from serving.api.scoring import FeatureCache
 from serving.api.security import KeyRing
 from serving.api.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+class InvalidInputError(ValueError):
+    """Input that fails validation; `errors` names every bad field: [{"key": field, "message": why}].
+
+    Interface-neutral: REST answers 400 with the errors in `extra`, GraphQL a BAD_USER_INPUT error,
+    gRPC INVALID_ARGUMENT. Field names are the snake_case request fields.
+    """
+
+    def __init__(self, errors: list[Mapping[str, str]]) -> None:
+        self.errors = [{"key": str(e["key"]), "message": str(e["message"])} for e in errors]
+        super().__init__("; ".join(f"{e['key']}: {e['message']}" for e in self.errors))
+
+    @property
+    def fields(self) -> list[str]:
+        return [e["key"] for e in self.errors]
 
 
 @dataclass
@@ -37,7 +65,7 @@ class Services:
         return tuple(normalize_symbol(s) for s in self.settings.platform.symbols)
 
     def validate_market(self, symbol: str, exchange: str, timeframe: str) -> tuple[str, str, str]:
-        """Whitelisted (symbol, exchange, timeframe), or a 400 naming every bad field and why."""
+        """Whitelisted (symbol, exchange, timeframe), or InvalidInputError naming every bad field and why."""
         errors = []
         unified = symbol
         try:
@@ -65,11 +93,69 @@ class Services:
         except UnsupportedTimeframeError as exc:
             errors.append({"key": "timeframe", "message": str(exc)})
         if errors:
-            raise ValidationException(
-                detail="Validation failed",
-                extra=errors,
-            )
+            raise InvalidInputError(errors)
         return unified, ex, tf
+
+
+def build_services(
+    settings: ServingSettings,
+    *,
+    store: ObjectStore | None = None,
+    market: MarketService | None = None,
+    history: History | None = None,
+    model_store: ModelStore | None = None,
+    now_ms: Callable[[], int] | None = None,
+    live_loader: LiveLoader | None = None,
+) -> Services:
+    """Everything stateful, built from `settings` unless injected: the object store at
+    `platform.data_location`, the history DB at `history_url`, the model store on
+    `platform.mlflow_tracking_uri`. `now_ms` freezes the market clock (replays, tests)."""
+    platform = settings.platform
+    if market is None:
+        if store is None:
+            store = open_store(platform.data_location, platform.s3_endpoint_url)
+        market = MarketService(
+            platform,
+            store,
+            settings.market_cache_ttl_s,
+            settings.max_stale_bars,
+            now_ms=now_ms,
+            live_loader=live_loader,
+        )
+    history = history or History(settings.history_url)
+    models = model_store or ModelStore(
+        platform.mlflow_tracking_uri, settings.model_name, settings.model_alias, settings.model_poll_s
+    )
+    models.on_change = model_changed
+    model_changed(models.current)
+    keyring = KeyRing(settings.api_keys, settings.key_pepper, settings.require_key)
+    return Services(settings, market, FeatureCache(market), history, models, Counters(), keyring)
+
+
+@asynccontextmanager
+async def serving_lifetime(services: Services, start_model_poller: bool = True) -> AsyncIterator[None]:
+    """The model poller for the lifetime of a server (REST or gRPC), then the history drained.
+
+    Start-up waits up to `model_startup_wait_s` for the first load attempt; if MLflow is unreachable
+    the server still starts (model endpoints answer "unavailable") and the poller keeps trying.
+    """
+    models = services.models
+    task = None
+    if start_model_poller:
+        first = asyncio.Event()
+        task = asyncio.create_task(models.run_poller(first))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first.wait(), timeout=services.settings.model_startup_wait_s)
+        if models.current is None:
+            log.warning("starting without a model: %s (retrying in the background)", models.last_error)
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        services.history.close()
 
 
 def provide_services(state: State) -> Services:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from litestar import Controller, MediaType, Response, get
 from litestar.response import File, Redirect
 
-from serving.api import schemas
-from serving.api.metrics import Counters
+from serving.api import operations, schemas
 from serving.api.schemas import UNAVAILABLE
-from serving.api.scoring import iso_now
 from serving.api.services import Svc
 
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
@@ -23,16 +20,13 @@ class SystemController(Controller):
     @get("/health", sync_to_thread=False)
     def health(self, svc: Svc) -> schemas.Health:
         """Liveness: the process answers. Depends on nothing else."""
-        return schemas.Health(status="ok", time=iso_now(), uptime_s=round(time.time() - svc.started_at, 3))
+        return operations.health(svc)
 
     @get("/ready", sync_to_thread=False, responses=UNAVAILABLE)
     def ready(self, svc: Svc) -> Response[schemas.Readiness]:
         """Readiness: 200 once a champion model is loaded, else 503 with the reason."""
-        model = svc.models.current
-        if model is None:
-            body = schemas.Readiness(status="not_ready", model_loaded=False, reason=svc.models.last_error)
-            return Response(body, status_code=503)
-        return Response(schemas.Readiness(status="ready", model_loaded=True, model_version=model.version))
+        body = operations.readiness(svc)
+        return Response(body, status_code=200 if body.model_loaded else 503)
 
     @get("/", include_in_schema=False, sync_to_thread=False)
     def index(self) -> File:
@@ -40,8 +34,8 @@ class SystemController(Controller):
 
     @get("/docs", include_in_schema=False, sync_to_thread=False)
     def docs(self) -> Redirect:
-        # Swagger UI and friends load their assets from CDNs, and the one vendored on PyPI (swagger-ui-bundle,
-        # Swagger UI 4) cannot read OpenAPI 3.1, which Litestar emits: a small self-contained page instead.
+        # Litestar's Swagger plugin loads its assets from a CDN; this page uses Swagger UI 5 (reads the
+        # OpenAPI 3.1 Litestar emits) vendored under ui/vendor, so it works offline.
         return Redirect(path="/ui/docs.html")
 
 
@@ -54,13 +48,4 @@ class SummaryController(Controller):
     @get("/summary", sync_to_thread=False)
     def summary(self, svc: Svc) -> schemas.MetricsSummary:
         """Process counters since start: requests, signals, ML predictions, and whether ML is available."""
-        c: Counters = svc.counters
-        return schemas.MetricsSummary(
-            start_time=c.iso("start_time") or "",
-            requests_total=c.requests_total,
-            signals_total=c.signals_total,
-            ml_predictions_total=c.ml_predictions_total,
-            last_signal_at=c.iso("last_signal_at"),
-            last_ml_prediction_at=c.iso("last_ml_prediction_at"),
-            ml_available=svc.models.current is not None,
-        )
+        return operations.metrics_summary(svc)

@@ -1,0 +1,357 @@
+"""Every API operation once, for every interface: REST controllers, GraphQL resolvers, the gRPC servicer.
+
+Each function takes the process's `Services` and validated-or-validatable inputs and returns the
+msgspec response objects of `serving.api.schemas`. Failures are domain errors, never HTTP ones, so
+each interface maps them to its own vocabulary:
+
+| error                                   | REST | GraphQL `extensions.code` | gRPC status        |
+|-----------------------------------------|------|---------------------------|--------------------|
+| InvalidInputError (names the fields)    | 400  | BAD_USER_INPUT            | INVALID_ARGUMENT   |
+| UnknownSymbolError (exchange lacks it)  | 400  | BAD_USER_INPUT            | NOT_FOUND          |
+| ModelUnavailableError                   | 503  | UNAVAILABLE               | UNAVAILABLE        |
+| NotEnoughHistoryError                   | 503  | UNAVAILABLE               | UNAVAILABLE        |
+| MarketUnavailableError, ExchangeUnavailableError | 502 | BAD_GATEWAY         | UNAVAILABLE        |
+
+Blocking functions (store reads, exchange calls, feature computation, DB reads) are plain `def`: the
+caller runs them in a worker thread. `signal` and `ml_signal` are `async`: with the bar's features
+cached they answer in microseconds inline, and only a cache miss goes to a worker thread.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, TypeVar
+
+import msgspec
+
+from serving.api import schemas
+from serving.api.model_store import ModelUnavailableError
+from serving.api.scoring import (
+    FEATURE_BARS,
+    FeatureSnapshot,
+    NotEnoughHistoryError,
+    check_model_timeframe,
+    features_rows,
+    iso_ms,
+    iso_now,
+    ml_prediction,
+    occlusion_attributions,
+    signal_response,
+)
+from serving.api.services import InvalidInputError, Services
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+MAX_HORIZON_MIN = 10_080
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_AT_PATH = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def plain(struct: msgspec.Struct) -> dict[str, Any]:
+    return msgspec.to_builtins(struct)
+
+
+def parse_request(kind: type[S], data: dict[str, Any]) -> S:
+    """`data` (fields absent or None take the request's defaults) as a `kind` request struct, with the
+    same bounds REST enforces (schemas' Meta constraints), or InvalidInputError naming the field."""
+    try:
+        return msgspec.convert({k: v for k, v in data.items() if v is not None}, kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        found = _MISSING.search(text) or _AT_PATH.search(text)
+        key = found.group(1) if found else "input"
+        message = text.split(" - at `", 1)[0]
+        raise InvalidInputError([{"key": key, "message": message}]) from exc
+
+
+def check_range(name: str, value: int, low: int, high: int) -> int:
+    """REST declares these bounds on its query parameters; the other interfaces check them here."""
+    if not low <= value <= high:
+        raise InvalidInputError([{"key": name, "message": f"must be between {low} and {high}, got {value}"}])
+    return value
+
+
+# --- system ---------------------------------------------------------------------------------------
+
+
+def health(svc: Services) -> schemas.Health:
+    """Liveness: the process answers. Depends on nothing else."""
+    return schemas.Health(status="ok", time=iso_now(), uptime_s=round(time.time() - svc.started_at, 3))
+
+
+def readiness(svc: Services) -> schemas.Readiness:
+    """Ready once a champion model is loaded (REST answers 503 otherwise)."""
+    model = svc.models.current
+    if model is None:
+        return schemas.Readiness(status="not_ready", model_loaded=False, reason=svc.models.last_error)
+    return schemas.Readiness(status="ready", model_loaded=True, model_version=model.version)
+
+
+def metrics_summary(svc: Services) -> schemas.MetricsSummary:
+    c = svc.counters
+    return schemas.MetricsSummary(
+        start_time=c.iso("start_time") or "",
+        requests_total=c.requests_total,
+        signals_total=c.signals_total,
+        ml_predictions_total=c.ml_predictions_total,
+        last_signal_at=c.iso("last_signal_at"),
+        last_ml_prediction_at=c.iso("last_ml_prediction_at"),
+        ml_available=svc.models.current is not None,
+    )
+
+
+# --- market ---------------------------------------------------------------------------------------
+
+
+def ohlcv(
+    svc: Services, symbol: str, exchange: str = "binance", timeframe: str = "1h", limit: int = 200
+) -> schemas.OhlcvResponse:
+    """The last `limit` closed bars (the candle still open is never included). Blocking."""
+    check_range("limit", limit, 1, schemas.MAX_LIMIT)
+    symbol, exchange, timeframe = svc.validate_market(symbol, exchange, timeframe)
+    bars = svc.market.bars(symbol, timeframe, limit)
+    data = [
+        schemas.OhlcvRow(ts=ts, open=o, high=h, low=lo, close=c, volume=v, time=iso_ms(ts))
+        for ts, o, h, lo, c, v in bars.frame.iter_rows()
+    ]
+    return schemas.OhlcvResponse(
+        symbol=symbol,
+        exchange=exchange,
+        timeframe=timeframe,
+        limit=limit,
+        rows=len(data),
+        source=bars.source,
+        origin=bars.origin,
+        data=data,
+        warnings=list(bars.warnings) or None,
+    )
+
+
+def features(
+    svc: Services, symbol: str, exchange: str = "binance", timeframe: str = "1h", n: int = 48
+) -> schemas.FeaturesResponse:
+    """Features of the last `n` bars as the API computes them; null where a window is incomplete."""
+    check_range("n", n, 1, FEATURE_BARS)
+    symbol, exchange, timeframe = svc.validate_market(symbol, exchange, timeframe)
+    snap = svc.features.snapshot(symbol, timeframe)
+    columns, rows = features_rows(snap, n)
+    return schemas.FeaturesResponse(
+        symbol=symbol,
+        timeframe=timeframe,
+        source=snap.bars.source,
+        origin=snap.bars.origin,
+        columns=columns,
+        rows=rows,
+    )
+
+
+# --- heuristic signals ----------------------------------------------------------------------------
+
+
+def record_signal(
+    svc: Services, snap: FeatureSnapshot, exchange: str, horizon_min: int, explain: bool
+) -> schemas.SignalResponse:
+    """The signal at the snapshot's newest bar, written to the history and counted."""
+    symbol, timeframe = snap.bars.symbol, snap.bars.timeframe
+    response = signal_response(snap, exchange, horizon_min, explain)
+    svc.history.record_signal(
+        {
+            "symbol": symbol,
+            "exchange": exchange,
+            "timeframe": timeframe,
+            "horizon_min": horizon_min,
+            "risk_score": response.risk_score,
+            "nowcast_ret": response.nowcast_ret,
+            "vol_regime": response.vol_regime,
+            "bar_ts": snap.last_ts,
+            "source": response.source,
+        },
+        {**plain(response), "recorded_at": iso_now()},
+    )
+    svc.counters.signal(symbol)
+    return response
+
+
+async def signal(svc: Services, request: schemas.SignalRequest) -> schemas.SignalResponse:
+    """Heuristic risk signal at the newest closed bar. `limit` is accepted for compatibility: the
+    signal depends only on the last 48 bars, so every limit ≥ 48 gives the same answer."""
+    symbol, exchange, timeframe = svc.validate_market(request.symbol, request.exchange, request.timeframe)
+    snap = await svc.features.snapshot_async(symbol, timeframe)
+    return record_signal(svc, snap, exchange, request.horizon_min, request.explain)
+
+
+def signal_blocking(
+    svc: Services, symbol: str, exchange: str, timeframe: str, horizon_min: int, explain: bool
+) -> schemas.SignalResponse:
+    """`signal` for callers already in a worker thread (batch): validate, compute, record."""
+    symbol, exchange, timeframe = svc.validate_market(symbol, exchange, timeframe)
+    return record_signal(svc, svc.features.snapshot(symbol, timeframe), exchange, horizon_min, explain)
+
+
+def signal_batch(svc: Services, request: schemas.SignalBatchRequest) -> schemas.SignalBatchResponse:
+    """Signals for several symbols; per-symbol bad input (400) and missing history (503) are listed in
+    `errors`, not fatal. Blocking."""
+    if len(request.symbols) > svc.settings.max_batch:
+        limit = svc.settings.max_batch
+        raise InvalidInputError([{"key": "symbols", "message": f"at most {limit} per batch"}])
+    results, errors = [], []
+    for symbol in request.symbols:
+        try:
+            results.append(
+                signal_blocking(
+                    svc, symbol, request.exchange, request.timeframe, request.horizon_min, request.explain
+                )
+            )
+        except InvalidInputError as exc:
+            errors.append(schemas.BatchError(symbol=symbol, status_code=400, detail=str(exc)))
+        except NotEnoughHistoryError as exc:
+            errors.append(schemas.BatchError(symbol=symbol, status_code=503, detail=str(exc)))
+    return schemas.SignalBatchResponse(count=len(results), results=results, errors=errors)
+
+
+def signals_tail(svc: Services, n: int = 50) -> schemas.TailResponse:
+    """The last `n` signals served, newest first. Blocking (waits for queued history writes)."""
+    items = svc.history.tail_signals(check_range("n", n, 1, schemas.MAX_TAIL))
+    return schemas.TailResponse(count=len(items), items=items)
+
+
+def compare(
+    svc: Services, symbol: str, exchange: str = "binance", timeframe: str = "1h", horizon_min: int = 60
+) -> schemas.CompareResponse:
+    """The heuristic signal and the ML forecast for the same bar (ML null with the reason when it is
+    unavailable). Not recorded: a view of the two, not a served signal. Blocking."""
+    check_range("horizon_min", horizon_min, 1, MAX_HORIZON_MIN)
+    symbol, exchange, timeframe = svc.validate_market(symbol, exchange, timeframe)
+    snap = svc.features.snapshot(symbol, timeframe)
+    heuristic = signal_response(snap, exchange, horizon_min, explain=False)
+    model = svc.models.current
+    ml = ml_error = None
+    if model is None:
+        ml_error = str(ModelUnavailableError(svc.models.last_error or "no model loaded"))
+    else:
+        try:
+            check_model_timeframe(model, timeframe)
+            ml, _ = ml_prediction(model, snap)
+        except NotEnoughHistoryError as exc:
+            ml_error = str(exc)
+    return schemas.CompareResponse(
+        symbol=symbol,
+        timestamp=heuristic.timestamp,
+        source=heuristic.source,
+        heuristic=heuristic,
+        ml_available=ml is not None,
+        ml=ml,
+        model_version=model.version if model and ml else None,
+        ml_error=ml_error,
+        regimes_agree=(ml.volatility_regime == heuristic.vol_regime) if ml else None,
+    )
+
+
+# --- ML -------------------------------------------------------------------------------------------
+
+
+async def ml_signal(svc: Services, request: schemas.MLSignalRequest) -> schemas.MLSignalResponse:
+    """Forecast of the next 24 bars' realized volatility at the newest closed bar, recorded and counted.
+    ModelUnavailableError while no model is loaded."""
+    symbol, exchange, timeframe = svc.validate_market(request.symbol, request.exchange, request.timeframe)
+    model = svc.models.require()
+    check_model_timeframe(model, timeframe)
+    # The forecast is memoised per (model version, bar), and a fresh one (~1-2 ms of numpy) runs
+    # inline: a thread hop would cost about as much as it saves.
+    snap = await svc.features.snapshot_async(symbol, timeframe)
+    prediction, seconds = ml_prediction(model, snap)
+    heuristic = None
+    if request.include_heuristic:
+        # Part of this prediction's record, not a separately served signal.
+        heuristic = signal_response(snap, exchange, 60, explain=False)
+    response = schemas.MLSignalResponse(
+        symbol=symbol,
+        method="ml",
+        timestamp=iso_now(),
+        model_version=model.version,
+        ml_prediction=prediction,
+        exchange=exchange,
+        timeframe=timeframe,
+        source=snap.bars.source,
+        heuristic_comparison=heuristic,
+    )
+    svc.history.record_prediction(
+        {
+            "symbol": symbol,
+            "exchange": exchange,
+            "timeframe": timeframe,
+            "model_version": model.version,
+            "predicted_volatility": prediction.predicted_volatility,
+            "current_volatility": prediction.current_volatility,
+            "volatility_regime": prediction.volatility_regime,
+            "bar_ts": snap.last_ts,
+            "source": response.source,
+        },
+        plain(response),
+    )
+    svc.counters.prediction(symbol, model.version, seconds)
+    return response
+
+
+def predictions_tail(svc: Services, n: int = 50) -> schemas.TailResponse:
+    """The last `n` ML predictions served, newest first. Blocking."""
+    items = svc.history.tail_predictions(check_range("n", n, 1, schemas.MAX_TAIL))
+    return schemas.TailResponse(count=len(items), items=items)
+
+
+def ml_explain(svc: Services, request: schemas.MLExplainRequest) -> schemas.MLExplainResponse:
+    """Occlusion attribution of the current forecast to each input feature. Blocking."""
+    symbol, _, timeframe = svc.validate_market(request.symbol, request.exchange, request.timeframe)
+    model = svc.models.require()
+    check_model_timeframe(model, timeframe)
+    snap = svc.features.snapshot(symbol, timeframe)
+    base, reference, rows = occlusion_attributions(model, snap)
+    return schemas.MLExplainResponse(
+        symbol=symbol,
+        model_version=model.version,
+        method="occlusion",
+        reference=reference,
+        predicted_volatility=base,
+        bar_timestamp=iso_ms(snap.last_ts),
+        source=snap.bars.source,
+        attributions=rows,
+    )
+
+
+def model_info(svc: Services) -> schemas.ModelInfo:
+    """The served model, or why there is none."""
+    model = svc.models.current
+    if model is None:
+        return schemas.ModelInfo(
+            model_loaded=False,
+            model_name=svc.models.model_name,
+            alias=svc.models.alias,
+            last_error=svc.models.last_error,
+        )
+    return schemas.ModelInfo(
+        model_loaded=True,
+        model_name=model.name,
+        alias=model.alias,
+        model_version=model.version,
+        model_family=model.family,
+        run_id=model.run_id,
+        load_time=iso_ms(int(model.load_time * 1000)),
+        metrics=model.metrics,
+        sequence_length=model.sequence_length,
+        feature_columns=list(model.feature_columns),
+        timeframe=model.timeframe,
+        last_error=svc.models.last_error,
+    )
+
+
+def reload_model(svc: Services) -> schemas.ReloadResponse:
+    """Re-resolve the alias now and swap in its version; a failed load keeps the old model. Blocking.
+    Callers check the admin role first."""
+    outcome = svc.models.refresh()
+    return schemas.ReloadResponse(
+        success=outcome.success,
+        old_version=outcome.old_version,
+        new_version=outcome.new_version,
+        message=outcome.message,
+    )

@@ -1,0 +1,125 @@
+"""Domain errors as GraphQL errors with `extensions.code`, and auth checks that raise them.
+
+Resolvers let the operations' domain errors propagate; `DomainErrors` rewrites each located error from
+its original exception (codes after Apollo's conventions, where one exists):
+
+- BAD_USER_INPUT: InvalidInputError / UnknownSymbolError, with `extensions.field` (the GraphQL
+  argument or input field, camelCase) and `extensions.errors` [{field, message}];
+- UNAVAILABLE: no model loaded, or not enough history (REST 503);
+- BAD_GATEWAY: neither the store nor the exchange could provide bars (REST 502);
+- UNAUTHENTICATED / FORBIDDEN: raised directly by `authorize`;
+- GRAPHQL_VALIDATION_FAILED: the document does not fit the schema (missing argument, wrong type);
+- INTERNAL_SERVER_ERROR: anything else, with the message masked (it is logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from litestar import Request
+from litestar.exceptions import NotAuthorizedException
+from strawberry.extensions import SchemaExtension
+from strawberry.utils.str_converters import to_camel_case
+
+from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
+from serving.api.market import MarketUnavailableError
+from serving.api.model_store import ModelUnavailableError
+from serving.api.scoring import NotEnoughHistoryError
+from serving.api.security import Identity
+from serving.api.services import InvalidInputError, Services
+
+log = logging.getLogger(__name__)
+
+BAD_USER_INPUT = "BAD_USER_INPUT"
+UNAVAILABLE = "UNAVAILABLE"
+BAD_GATEWAY = "BAD_GATEWAY"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+FORBIDDEN = "FORBIDDEN"
+VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+INTERNAL = "INTERNAL_SERVER_ERROR"
+
+
+def authorize(request: Request, services: Services, role: str = "reader") -> Identity | None:
+    """The REST guards' rules: a presented key must be valid; a key is needed for `reader` fields only
+    when CRYPTO_API_REQUIRE_KEY is set, and always for `admin` ones."""
+    ring = services.keyring
+    try:
+        identity = ring.resolve(request)
+    except NotAuthorizedException as exc:
+        raise GraphQLError(exc.detail, extensions={"code": UNAUTHENTICATED}) from None
+    if identity is None and (role == "admin" or ring.require_key):
+        what = "an admin API key" if role == "admin" else "an API key"
+        raise GraphQLError(
+            f"{what} is required (X-API-Key header or Authorization: Bearer)",
+            extensions={"code": UNAUTHENTICATED},
+        )
+    if role == "admin" and identity is not None and identity.role != "admin":
+        raise GraphQLError(
+            f"key {identity.name!r} has role {identity.role!r}; admin needed",
+            extensions={"code": FORBIDDEN},
+        )
+    return identity
+
+
+def _input_error(errors: list[dict[str, str]]) -> dict[str, Any]:
+    fields = [{"field": to_camel_case(e["key"]), "message": e["message"]} for e in errors]
+    return {"code": BAD_USER_INPUT, "field": fields[0]["field"], "errors": fields}
+
+
+def extensions_for(exc: BaseException) -> dict[str, Any] | None:
+    """The extensions of a domain error; None for an unexpected one."""
+    if isinstance(exc, InvalidInputError):
+        return _input_error(exc.errors)
+    if isinstance(exc, UnknownSymbolError):
+        return _input_error([{"key": "symbol", "message": str(exc)}])
+    if isinstance(exc, ModelUnavailableError | NotEnoughHistoryError):
+        return {"code": UNAVAILABLE}
+    if isinstance(exc, MarketUnavailableError | ExchangeUnavailableError):
+        return {"code": BAD_GATEWAY}
+    return None
+
+
+def _rewrite(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    if original is None:  # parse or validation error: the document, not the data
+        if "code" not in (error.extensions or {}):
+            error.extensions = {**(error.extensions or {}), "code": VALIDATION_FAILED}
+        return error
+    if isinstance(original, GraphQLError) and "code" in (original.extensions or {}):
+        return error  # raised with its code (authorize)
+    extensions = extensions_for(original)
+    message = str(original)
+    if extensions is None:
+        log.error("GraphQL resolver failed at %s", error.path, exc_info=original)
+        extensions, message = {"code": INTERNAL}, "internal error"
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=extensions,
+    )
+
+
+class DomainErrors(SchemaExtension):
+    """Gives every error of a result its `extensions.code` (see the module docstring)."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [_rewrite(e) for e in result.errors]
+        pre = getattr(self.execution_context, "pre_execution_errors", None)
+        if pre:
+            self.execution_context.pre_execution_errors = [_rewrite(e) for e in pre]
+
+
+def is_expected(error: GraphQLError) -> bool:
+    """Errors that are answers (bad input, no model, auth), not faults: not worth a traceback in the log."""
+    original = error.original_error
+    return original is None or isinstance(original, GraphQLError) or extensions_for(original) is not None
