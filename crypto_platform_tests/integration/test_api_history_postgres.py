@@ -24,6 +24,8 @@ def test_history_on_postgres(postgres_server):
                     "predicted_volatility": 0.02 + i,
                     "current_volatility": None,
                     "volatility_regime": "normal",
+                    # epoch ms overflow Postgres `integer`: the column must be bigint
+                    "bar_ts": 1_700_000_000_000 + i * 3_600_000,
                 },
                 {"i": i, "model_version": "7"},
             )

@@ -32,6 +32,7 @@ from serving.api.controllers.market import MarketController
 from serving.api.controllers.ml import MLController, ModelController
 from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
+from serving.api.freshness import freshness_lifetime
 from serving.api.history import History
 from serving.api.market import LiveLoader, MarketService, MarketUnavailableError
 from serving.api.model_store import ModelStore, ModelUnavailableError
@@ -125,7 +126,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with serving_lifetime(services, start_model_poller):
+        # The freshness exporter (pipeline gauges for Grafana / alerts) runs with the poller: tests that
+        # build apps without background work turn both off together.
+        async with (
+            serving_lifetime(services, start_model_poller),
+            freshness_lifetime(services, start_model_poller),
+        ):
             yield
 
     # async: Litestar runs a sync before_request hook in a worker thread, a hop per request.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
@@ -34,6 +35,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+
+from serving.api.metrics import HISTORY_WRITE_ERRORS
 
 log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -51,7 +54,7 @@ signals = Table(
     Column("risk_score", Float, nullable=False),
     Column("nowcast_ret", Float, nullable=False),
     Column("vol_regime", String(16), nullable=False),
-    Column("bar_ts", Integer, nullable=True),
+    Column("bar_ts", BigInteger, nullable=True),  # epoch ms: > 2^31
     Column("source", String(16), nullable=True),
     Column("payload", Text, nullable=False),
     Index("ix_signals_created_at", "created_at"),
@@ -69,7 +72,7 @@ ml_predictions = Table(
     Column("predicted_volatility", Float, nullable=False),
     Column("current_volatility", Float, nullable=True),
     Column("volatility_regime", String(16), nullable=False),
-    Column("bar_ts", Integer, nullable=True),
+    Column("bar_ts", BigInteger, nullable=True),  # epoch ms: > 2^31
     Column("source", String(16), nullable=True),
     Column("payload", Text, nullable=False),
     Index("ix_ml_predictions_created_at", "created_at"),
@@ -163,6 +166,7 @@ class History:
                     conn.execute(insert(table), values)
         except Exception:  # a lost history row must not take serving down; it is logged and counted
             self.write_errors += len(rows)
+            HISTORY_WRITE_ERRORS.inc(len(rows))
             log.exception("history: %d row(s) could not be written to %s", len(rows), self.engine.url)
 
     def flush(self, timeout: float = 30.0) -> bool:

@@ -22,6 +22,9 @@ PREDICTION_LATENCY = Histogram(
 )
 SIGNALS = Counter("crypto_api_signals", "Heuristic signals served", ["symbol"])
 PREDICTIONS = Counter("crypto_api_ml_predictions", "ML predictions served", ["symbol", "model_version"])
+HISTORY_WRITE_ERRORS = Counter(
+    "crypto_api_history_write_errors", "History rows the database refused (logged, not stored)"
+)
 
 
 def _iso(epoch_s: float | None) -> str | None:
