@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/model_quality.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/stream.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

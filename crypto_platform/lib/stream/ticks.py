@@ -16,6 +16,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
 
@@ -40,6 +41,10 @@ REASON_CODES: tuple[str, ...] = (
 )
 
 
+# Symbols repeat on every tick: normalise each spelling once (invalid ones raise and are not cached).
+_normalize = lru_cache(maxsize=1024)(normalize_symbol)
+
+
 class InvalidTick(ValueError):
     """A message on the prices topic that is not a usable tick; `reason` is `code[:field][: detail]`."""
 
@@ -62,10 +67,16 @@ class Tick:
     source: str = DEFAULT_SOURCE  # "exchange" | "simulated" | "replay" | ...
 
 
+@lru_cache(maxsize=4096)
+def _second_prefix(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def format_timestamp(ts_ms: int) -> str:
     """ISO-8601 UTC with milliseconds and a "Z": 2025-06-01T00:30:00.123Z."""
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    # The scorer formats two timestamps per tick; ticks of one second share the strftime part.
+    seconds, millis = divmod(ts_ms, 1000)
+    return f"{_second_prefix(seconds)}{millis:03d}Z"
 
 
 def encode_tick(tick: Tick) -> bytes:
@@ -151,7 +162,7 @@ def parse_tick(
     if not isinstance(raw_symbol, str):
         raise InvalidTick(f"bad_type:symbol: expected a string, got {type(raw_symbol).__name__}")
     try:
-        symbol = normalize_symbol(raw_symbol)
+        symbol = _normalize(raw_symbol)
     except InvalidSymbolError:
         raise InvalidTick(f"bad_symbol: {raw_symbol[:32]!r}") from None
     if known_symbols and symbol not in known_symbols:

@@ -1,0 +1,198 @@
+"""The scorer on a real Kafka broker (in-process `Scorer`): round trip with per-symbol order, the
+dead-letter queue, warm start with a real MLflow champion, and features equal to the `features` asset."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from crypto_platform.lib.features import MODEL_FEATURES
+from crypto_platform.lib.model.windows import latest_window
+from crypto_platform.lib.signals import heuristic_signal
+from crypto_platform.lib.storage import open_store, read_partitioned
+from crypto_platform.lib.stream.ticks import Tick, encode_tick
+from crypto_platform_tests.fixtures.api import write_pipeline_store
+from crypto_platform_tests.integration.scorer_support import (
+    HOUR_MS,
+    InProcessScorer,
+    now_ms,
+    platform_settings,
+    produce,
+    produce_ticks,
+    read_topic,
+    ticks_for,
+    values,
+)
+from serving.api.model_store import ModelStore
+from serving.api.scoring import FEATURE_BARS
+from serving.stream.scorer import Scorer, ScorerConfig
+
+pytestmark = pytest.mark.integration
+
+SYMBOLS = ("BTC/USDT", "ETH/USDT")
+
+
+@pytest.fixture(scope="module")
+def live_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline's ohlcv and features partitions for 40 days up to the current hour (exclusive), so
+    the stored bars are the freshest closed bars by the real clock and the scorer warm-starts from them."""
+    root = tmp_path_factory.mktemp("scorer-store")
+    write_pipeline_store(root, SYMBOLS, now_ms() // HOUR_MS * HOUR_MS, 32)
+    return root
+
+
+def make_scorer(bootstrap: str, topics, store: Path, **overrides) -> Scorer:
+    settings = platform_settings(store, SYMBOLS, overrides.pop("mlflow_uri", "sqlite:///unused.db"))
+    config = ScorerConfig(
+        bootstrap_servers=bootstrap,
+        topics=topics,
+        settings=settings,
+        group_id=f"g-{topics.prices}",
+        batch_size=500,
+        model_name=overrides.pop("model_name", None),
+        **overrides,
+    )
+    return Scorer(config)
+
+
+def test_round_trip_keeps_per_symbol_order_and_scores_every_tick(kafka_broker, kafka_topics, live_store):
+    bootstrap = kafka_broker.bootstrap_servers
+    runner = InProcessScorer(make_scorer(bootstrap, kafka_topics, live_store)).start()
+    try:
+        ticks = ticks_for(SYMBOLS, 400, now_ms() - 30_000, step_ms=50)
+        positions = produce_ticks(bootstrap, kafka_topics.prices, ticks)
+        records = read_topic(bootstrap, kafka_topics.predictions, until_count=len(ticks))
+    finally:
+        runner.stop()
+    assert len(records) == len(ticks)
+    by_offset = {}
+    per_symbol: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for record in records:  # one partition's records come back in partition order
+        body = json.loads(record.value)
+        assert record.key == body["symbol"].encode()
+        source = body["source"]
+        assert source["topic"] == kafka_topics.prices
+        by_offset[(source["partition"], source["offset"])] = body
+        per_symbol[body["symbol"]].append((record.partition, source["offset"]))
+    assert set(by_offset) == set(positions)
+    for tick, position in zip(ticks, positions, strict=True):
+        body = by_offset[position]
+        assert body["symbol"] == tick.symbol and body["price"] == tick.price
+        assert body["risk_score"] is not None and body["vol_regime"] in ("calm", "normal", "turbulent")
+        assert body["predicted_volatility"] is None and body["model_version"] is None  # no model
+        assert body["latency_ms"] >= 0
+    for symbol, seen in per_symbol.items():
+        assert len({p for p, _ in seen}) == 1, f"{symbol} predictions spread over partitions"
+        expected = [pos[1] for tick, pos in zip(ticks, positions, strict=True) if tick.symbol == symbol]
+        assert [offset for _, offset in seen] == expected, f"{symbol} out of order"
+
+
+def test_every_malformed_kind_lands_in_the_dlq_and_scoring_carries_on(kafka_broker, kafka_topics, live_store):
+    bootstrap = kafka_broker.bootstrap_servers
+    t = now_ms()
+    good = encode_tick(Tick("BTC/USDT", 64000.0, 0.1, t - 1000, "test"))
+    future = encode_tick(Tick("BTC/USDT", 64000.0, 0.1, t + 3_600_000, "test"))
+    stamp = json.loads(good)["timestamp"]
+
+    def doc(**fields) -> bytes:
+        base = {"symbol": "BTC/USDT", "price": 64000.0, "volume": 0.1, "timestamp": stamp}
+        base.update(fields)
+        return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+    malformed = {
+        "bad_json": b'{"symbol": "BTC/USDT", "price": 1',
+        "not_object": b"[64000.0]",
+        "missing_field": doc(price=...),
+        "bad_type": doc(price="64000"),
+        "not_finite": doc(price=...)[:-1] + b',"price":NaN}',
+        "bad_price": doc(price=-1.0),
+        "bad_volume": doc(volume=-5),
+        "unknown_symbol": doc(symbol="DOGE/USDT"),
+        "bad_timestamp": doc(timestamp="not a time"),
+        "future_timestamp": future,
+    }
+    messages = [(b"BTC/USDT", good)]
+    for raw in malformed.values():
+        messages += [(b"BTC/USDT", raw), (b"BTC/USDT", good)]
+    runner = InProcessScorer(make_scorer(bootstrap, kafka_topics, live_store)).start()
+    try:
+        positions = asyncio.run(produce(bootstrap, kafka_topics.prices, messages))
+        dead = read_topic(bootstrap, kafka_topics.dlq, until_count=len(malformed))
+        predictions = read_topic(bootstrap, kafka_topics.predictions, until_count=len(malformed) + 1)
+    finally:
+        runner.stop()
+    assert len(dead) == len(malformed) and len(predictions) == len(malformed) + 1
+    reasons = {}
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        code = headers["reason"].split(":", 1)[0]
+        reasons[code] = record
+        assert record.value == malformed[code]  # the original bytes, untouched
+        assert headers["source_topic"] == kafka_topics.prices
+        position = (int(headers["source_partition"]), int(headers["source_offset"]))
+        assert messages[positions.index(position)][1] == record.value
+    assert set(reasons) == set(malformed)
+    good_positions = {positions[i] for i, (_, raw) in enumerate(messages) if raw == good}
+    assert {(b["source"]["partition"], b["source"]["offset"]) for b in values(predictions)} == good_positions
+
+
+def _stored_features(store: Path, symbol: str, last_closed: int) -> pl.DataFrame:
+    frame, _ = read_partitioned(
+        open_store(str(store)), "features", symbol, last_closed - 60 * 24 * HOUR_MS, last_closed + 1
+    )
+    return frame.sort("ts")
+
+
+def test_warm_start_forecasts_at_the_first_tick_with_the_features_asset_values(
+    kafka_broker, kafka_topics, live_store, api_champion
+):
+    bootstrap = kafka_broker.bootstrap_servers
+    scorer = make_scorer(
+        bootstrap,
+        kafka_topics,
+        live_store,
+        model_name=api_champion.model_name,
+        mlflow_uri=api_champion.tracking_uri,
+        model_poll_s=0,
+    )
+    runner = InProcessScorer(scorer).start()
+    try:
+        t = now_ms()
+        first = [Tick(s, 50_000.0, 0.2, t - 500, "test") for s in SYMBOLS]
+        produce_ticks(bootstrap, kafka_topics.prices, first)
+        records = read_topic(bootstrap, kafka_topics.predictions, until_count=len(first))
+    finally:
+        runner.stop()
+    store = ModelStore(api_champion.tracking_uri, api_champion.model_name, "champion")
+    assert store.refresh().success
+    model = store.require()
+    for body in values(records):
+        symbol = body["symbol"]
+        # The first tick of each symbol is scored with the warm-start bars: a forecast, at once.
+        assert body["model_version"] == api_champion.lstm_version
+        stored = _stored_features(live_store, symbol, now_ms())
+        last_bar = int(stored["ts"][-1])
+        assert body["bar_timestamp"].startswith(
+            pl.from_epoch(pl.Series([last_bar]), time_unit="ms").dt.strftime("%Y-%m-%dT%H:%M:%S")[0]
+        )
+        # Features parity: the scorer's features (compute_features over the FEATURE_BARS bars it holds)
+        # equal the pipeline's `features` asset for the whole model window.
+        mine = scorer.state.latest_features[symbol].tail(model.sequence_length)
+        theirs = stored.tail(model.sequence_length)
+        assert mine["ts"].to_list() == theirs["ts"].to_list()
+        for column in (*MODEL_FEATURES, "ret", "vol24", "sma12", "sma48"):
+            np.testing.assert_allclose(
+                mine[column].to_numpy(), theirs[column].to_numpy(), rtol=1e-9, atol=1e-12, err_msg=column
+            )
+        signal = heuristic_signal(stored.tail(FEATURE_BARS), "1h", 60)
+        assert body["risk_score"] == pytest.approx(signal.risk_score, rel=1e-9)
+        assert body["vol_regime"] == signal.vol_regime
+        window = latest_window(stored.tail(FEATURE_BARS), model.feature_columns, "1h", model.sequence_length)
+        expected = float(model.predict(window.X)[0])
+        assert body["predicted_volatility"] == pytest.approx(expected, rel=1e-5)
