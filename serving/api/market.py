@@ -55,6 +55,10 @@ class Bars:
         return int(self.frame["ts"][-1]) if self.frame.height else None
 
     def tail(self, n: int) -> Bars:
+        if self.frame.height <= n:
+            return (
+                self  # immutable: the common case (the feature path asks for what was fetched) copies nothing
+            )
         return Bars(
             self.symbol,
             self.timeframe,

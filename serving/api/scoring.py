@@ -15,9 +15,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import anyio
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -70,10 +72,10 @@ class FeatureSnapshot:
     _heuristic: dict[int, HeuristicSignal | NotEnoughHistoryError] = field(default_factory=dict)
     # Forecasts per (model name, version, run id): a model's forecast at a closed bar never changes, so
     # clients polling between bar closes cost a dict lookup, not a forward pass (issue 4's p50 goal).
-    _forecasts: dict[tuple[str, str, str | None], float] = field(default_factory=dict)
+    _forecasts: dict[tuple[str, str, str | None], schemas.MLPrediction] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
+    @cached_property
     def last_ts(self) -> int:
         return int(self.features["ts"][-1])
 
@@ -209,21 +211,23 @@ def check_model_timeframe(model: LoadedModel, timeframe: str) -> None:
 
 def ml_prediction(model: LoadedModel, snap: FeatureSnapshot) -> tuple[schemas.MLPrediction, float]:
     """The forecast at the newest bar and the seconds it took (~0 when this model already forecast
-    this bar: the snapshot memoises it; a reloaded version has another key and forecasts afresh)."""
+    this bar: the snapshot memoises the described forecast; a reloaded version has another key and
+    forecasts afresh). Only `prediction_timestamp` is per request."""
     key = (model.name, model.version, model.run_id)
     started = time.perf_counter()
-    predicted = snap._forecasts.get(key)
-    if predicted is None:
+    described = snap._forecasts.get(key)
+    if described is None:
         X = snap.window(model.feature_columns, model.sequence_length)
         predicted = float(model.predict(X)[0])
+        if not math.isfinite(predicted) or predicted < 0:
+            raise NotEnoughHistoryError(
+                f"model version {model.version} returned no usable forecast ({predicted})"
+            )
+        described = describe_forecast(model, snap, predicted)
         with snap._lock:
-            snap._forecasts[key] = predicted
+            snap._forecasts[key] = described
     elapsed = time.perf_counter() - started
-    if not math.isfinite(predicted) or predicted < 0:
-        raise NotEnoughHistoryError(
-            f"model version {model.version} returned no usable forecast ({predicted})"
-        )
-    return describe_forecast(model, snap, predicted), elapsed
+    return msgspec.structs.replace(described, prediction_timestamp=iso_now()), elapsed
 
 
 def describe_forecast(model: LoadedModel, snap: FeatureSnapshot, predicted: float) -> schemas.MLPrediction:
