@@ -98,10 +98,7 @@ def scorer_process(bootstrap: str, topics: Topics, symbols: list[str], data_dir:
     env.update(
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "CRYPTO_TOPIC_PRICES": topics.prices,
-            "CRYPTO_TOPIC_PREDICTIONS": topics.predictions,
-            "CRYPTO_TOPIC_ALERTS": topics.alerts,
-            "CRYPTO_TOPIC_DLQ": topics.dlq,
+            **topics.env(),
             "CRYPTO_SYMBOLS": ",".join(symbols),
             "CRYPTO_MARKET_SOURCE": "simulated",
             "CRYPTO_DATA_LOCATION": str(data_dir),

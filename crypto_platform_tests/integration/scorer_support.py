@@ -213,10 +213,7 @@ def scorer_env(bootstrap: str, topics: Topics, extra: dict[str, str] | None = No
     env.update(
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "CRYPTO_TOPIC_PRICES": topics.prices,
-            "CRYPTO_TOPIC_PREDICTIONS": topics.predictions,
-            "CRYPTO_TOPIC_ALERTS": topics.alerts,
-            "CRYPTO_TOPIC_DLQ": topics.dlq,
+            **topics.env(),
             "CRYPTO_MARKET_SOURCE": "simulated",
             "PYTHONUNBUFFERED": "1",
         }

@@ -110,3 +110,8 @@ def test_stream_settings_from_the_environment():
                 {"CRYPTO_TOPIC_ALERTS": "predictions"}):  # fmt: skip
         with pytest.raises(ValueError):
             load_stream_settings(bad)
+
+
+def test_topics_env_round_trips_through_load_stream_settings():
+    topics = Topics(prices="p", predictions="q", alerts="a", dlq="p.dlq")
+    assert load_stream_settings({**topics.env(), "KAFKA_BOOTSTRAP_SERVERS": "h:1"}).topics == topics

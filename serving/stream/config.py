@@ -39,6 +39,15 @@ class Topics:
     def all(self) -> tuple[str, ...]:
         return (self.prices, self.predictions, self.alerts, self.dlq)
 
+    def env(self) -> dict[str, str]:
+        """These names as the environment `load_stream_settings` reads (for a child process)."""
+        return {
+            "CRYPTO_TOPIC_PRICES": self.prices,
+            "CRYPTO_TOPIC_PREDICTIONS": self.predictions,
+            "CRYPTO_TOPIC_ALERTS": self.alerts,
+            "CRYPTO_TOPIC_DLQ": self.dlq,
+        }
+
 
 @dataclass(frozen=True)
 class StreamSettings:
