@@ -380,3 +380,16 @@ def test_grpc_command_serves_and_stops_on_sigterm(api_data_dir, tmp_path, closed
     finally:
         stop_process_group(proc)
     assert "listening on" in log.read_text()
+
+
+def test_rate_limit_is_resource_exhausted_with_retry_after(grpc_server, api_settings):
+    port = grpc_server(api_settings(rate_limit_per_minute=3)).port
+    request = pb2.OHLCVRequest(symbol="BTC/USDT", limit=2)
+    for _ in range(3):
+        assert call(port, "GetOHLCV", request).rows == 2
+    limited = status_of(port, "GetOHLCV", request)
+    assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "3 requests per minute" in limited.details()
+    assert 1 <= int(dict(limited.trailing_metadata())["retry-after"]) <= 60
+    # Liveness is never limited, as /health is not on REST.
+    assert call(port, "HealthCheck", pb2.HealthRequest()).status == "ok"

@@ -9,7 +9,7 @@ reflection, so `grpcurl` and friends work without the .proto.
 Keys follow the REST rules, read from the `x-api-key` (or `authorization: Bearer`) metadata: a key
 presented must be valid (else UNAUTHENTICATED), one is required only with CRYPTO_API_REQUIRE_KEY,
 `ReloadModel` needs the admin role (PERMISSION_DENIED for a reader). `HealthCheck` needs no key.
-There is no rate limit over gRPC (REST and GraphQL have Litestar's); put one in front if needed.
+Rate limits follow REST's rule (serving/grpc/ratelimit.py): RESOURCE_EXHAUSTED with `retry-after`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from serving.api.model_store import ModelUnavailableError
 from serving.api.scoring import NotEnoughHistoryError, iso_ms
 from serving.api.services import InvalidInputError, Services, serving_lifetime
 from serving.grpc import stubs
+from serving.grpc.ratelimit import MinuteLimiter, peer_host
 
 pb2, pb2_grpc = stubs.load()
 
@@ -123,6 +124,8 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.active_streams = 0  # StreamPrices handlers running now (tests check none is leaked)
+        # REST's limit (CRYPTO_API_RATE_LIMIT per minute and key/address); HealthCheck is not counted.
+        self.limiter = MinuteLimiter(services.settings.rate_limit_per_minute)
 
     async def authorize(self, context: grpc.aio.ServicerContext, role: str) -> None:
         metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
@@ -141,6 +144,15 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"key {identity.name!r} has role {identity.role!r}; admin needed",
+            )
+        who = f"key:{identity.name}" if identity is not None else f"ip:{peer_host(context.peer())}"
+        retry_after = self.limiter.hit(who)
+        if retry_after is not None:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {self.limiter.per_minute} requests per minute reached; "
+                f"retry in {retry_after:.0f} s",
+                trailing_metadata=(("retry-after", str(max(int(retry_after + 0.999), 1))),),
             )
 
     @unary()

@@ -1,0 +1,28 @@
+"""The gRPC server's per-identity minute window (REST's rule, without Litestar's middleware)."""
+
+from __future__ import annotations
+
+from serving.grpc.ratelimit import MinuteLimiter, peer_host
+
+
+def test_window_counts_per_identity_and_resets_after_a_minute():
+    now = [1000.0]
+    limiter = MinuteLimiter(2, clock=lambda: now[0])
+    assert limiter.hit("key:a") is None and limiter.hit("key:a") is None
+    assert limiter.hit("key:a") == 60.0
+    assert limiter.hit("ip:10.0.0.1") is None  # another identity has its own budget
+    now[0] += 45
+    assert limiter.hit("key:a") == 15.0
+    now[0] += 15
+    assert limiter.hit("key:a") is None
+
+
+def test_zero_means_no_limit():
+    limiter = MinuteLimiter(0)
+    assert all(limiter.hit("ip:x") is None for _ in range(1000))
+
+
+def test_peer_host_drops_the_port():
+    assert peer_host("ipv4:127.0.0.1:5000") == "127.0.0.1"
+    assert peer_host("ipv6:[::1]:5000") == "::1"
+    assert peer_host(None) == "unknown"
