@@ -88,6 +88,22 @@ def readiness(svc: Services) -> schemas.Readiness:
     return schemas.Readiness(status="ready", model_loaded=True, model_version=model.version)
 
 
+def health_report(svc: Services) -> dict[str, Any]:
+    """Liveness and readiness in one answer, as GraphQL's `health` and gRPC's `HealthCheck` give it
+    (REST keeps them apart as /health and /ready): status, timestamp, uptime_s, model_loaded,
+    ml_available, model_version, reason."""
+    live, ready = health(svc), readiness(svc)
+    return {
+        "status": live.status,
+        "timestamp": live.time,
+        "uptime_s": live.uptime_s,
+        "model_loaded": ready.model_loaded,
+        "ml_available": ready.model_loaded,
+        "model_version": ready.model_version,
+        "reason": ready.reason,
+    }
+
+
 def metrics_summary(svc: Services) -> schemas.MetricsSummary:
     c = svc.counters
     return schemas.MetricsSummary(

@@ -46,16 +46,7 @@ class Query:
     @strawberry.field(description="Liveness and model readiness. Needs no key.")
     def health(self, info: Info) -> t.Health:
         services: Services = info.context["services"]
-        live, ready = operations.health(services), operations.readiness(services)
-        return t.Health(
-            status=live.status,
-            timestamp=live.time,
-            uptime_s=live.uptime_s,
-            model_loaded=ready.model_loaded,
-            ml_available=ready.model_loaded,
-            model_version=ready.model_version,
-            reason=ready.reason,
-        )
+        return t.Health(**operations.health_report(services))
 
     @strawberry.field(description="The served model, or why there is none.")
     def model_info(self, info: Info) -> t.ModelInfo:

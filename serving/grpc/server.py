@@ -206,16 +206,7 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
 
     @unary(role=None)
     async def HealthCheck(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        live, ready = operations.health(self.services), operations.readiness(self.services)
-        return pb2.HealthResponse(
-            status=live.status,
-            timestamp=live.time,
-            uptime_s=live.uptime_s,
-            model_loaded=ready.model_loaded,
-            ml_available=ready.model_loaded,
-            model_version=ready.model_version,
-            reason=ready.reason,
-        )
+        return pb2.HealthResponse(**operations.health_report(self.services))
 
     @unary(role="admin")
     async def ReloadModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
