@@ -112,6 +112,23 @@ class FeatureSnapshot:
             raise cached
         return cached
 
+    def forecast(self, model: LoadedModel) -> schemas.MLPrediction:
+        """`model`'s described forecast at the newest bar, computed once per (name, version, run id): a
+        reloaded version has another key and forecasts afresh."""
+        key = (model.name, model.version, model.run_id)
+        described = self._forecasts.get(key)
+        if described is None:
+            X = self.window(model.feature_columns, model.sequence_length)
+            predicted = float(model.predict(X)[0])
+            if not math.isfinite(predicted) or predicted < 0:
+                raise NotEnoughHistoryError(
+                    f"model version {model.version} returned no usable forecast ({predicted})"
+                )
+            described = describe_forecast(model, self, predicted)
+            with self._lock:
+                self._forecasts[key] = described
+        return described
+
 
 class FeatureCache:
     """Feature snapshots keyed by (symbol, timeframe, newest bar, ...), oldest entries evicted first."""
@@ -211,21 +228,9 @@ def check_model_timeframe(model: LoadedModel, timeframe: str) -> None:
 
 def ml_prediction(model: LoadedModel, snap: FeatureSnapshot) -> tuple[schemas.MLPrediction, float]:
     """The forecast at the newest bar and the seconds it took (~0 when this model already forecast
-    this bar: the snapshot memoises the described forecast; a reloaded version has another key and
-    forecasts afresh). Only `prediction_timestamp` is per request."""
-    key = (model.name, model.version, model.run_id)
+    this bar: the snapshot memoises it). Only `prediction_timestamp` is per request."""
     started = time.perf_counter()
-    described = snap._forecasts.get(key)
-    if described is None:
-        X = snap.window(model.feature_columns, model.sequence_length)
-        predicted = float(model.predict(X)[0])
-        if not math.isfinite(predicted) or predicted < 0:
-            raise NotEnoughHistoryError(
-                f"model version {model.version} returned no usable forecast ({predicted})"
-            )
-        described = describe_forecast(model, snap, predicted)
-        with snap._lock:
-            snap._forecasts[key] = described
+    described = snap.forecast(model)
     elapsed = time.perf_counter() - started
     return msgspec.structs.replace(described, prediction_timestamp=iso_now()), elapsed
 
