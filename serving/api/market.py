@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import polars as pl
 
@@ -50,7 +51,12 @@ class Bars:
     last_closed_ts: int  # open time of the newest bar that has closed by now
     warnings: tuple[str, ...] = ()
 
-    @property
+    # Cached: the frame never changes, and both are read on every cache hit (`_fresh`, the cache keys).
+    @cached_property
+    def first_ts(self) -> int | None:
+        return int(self.frame["ts"][0]) if self.frame.height else None
+
+    @cached_property
     def last_ts(self) -> int | None:
         return int(self.frame["ts"][-1]) if self.frame.height else None
 
@@ -152,7 +158,8 @@ class MarketService:
 
     def _fresh(self, cached: tuple[float, Bars], last_closed: int, n: int, bar_ms: int) -> bool:
         fetched_at, bars = cached
-        span = bars.last_closed_ts - (bars.frame["ts"][0] if bars.frame.height else bars.last_closed_ts)
+        first = bars.first_ts
+        span = bars.last_closed_ts - (first if first is not None else bars.last_closed_ts)
         covers = bars.frame.height >= n or span >= (n - 1) * bar_ms
         return bars.last_closed_ts == last_closed and covers and time.monotonic() - fetched_at < self.ttl_s
 
