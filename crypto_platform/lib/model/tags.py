@@ -1,0 +1,22 @@
+"""Names of the MLflow registry tags every registered version of the volatility model carries.
+
+Written by training and promotion (`lib.model.tracking`, `lib.model.promotion`), read by the served-model
+core and the reports. One definition, so a renamed tag cannot leave a reader looking for the old name.
+Importing this module costs nothing (no MLflow import): serving reads these names on every load.
+"""
+
+from __future__ import annotations
+
+FAMILY_TAG = "model_family"  # `lstm` or `baseline:<name>`
+FEATURES_TAG = "feature_columns"  # JSON list: the feature order of the version's input windows
+TIMEFRAME_TAG = "timeframe"  # bar size the version was trained on (`1h`)
+TRAINING_RUN_TAG = "training_run_id"  # the run whose holdout scored it and whose reference describes its data
+CANDIDATE_BASELINE_TAG = "candidate_baseline"
+CANDIDATE_BASELINE_URI_TAG = "candidate_baseline_model_uri"
+
+LSTM_FAMILY = "lstm"
+BASELINE_FAMILY_PREFIX = "baseline:"
+
+
+def baseline_family(name: str) -> str:
+    return f"{BASELINE_FAMILY_PREFIX}{name}"
