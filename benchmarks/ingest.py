@@ -30,9 +30,9 @@ from typing import Any
 import ccxt
 import polars as pl
 
+from crypto_platform.devtools.replay.server import ReplayServer
 from crypto_platform.lib.market.client import ExchangeClient
-from crypto_platform.lib.market.replay_server import ReplayServer, parse_instant
-from crypto_platform.lib.market.timeframes import HOUR_MS
+from crypto_platform.lib.market.timeframes import HOUR_MS, parse_instant
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
 DAY_MS = 24 * HOUR_MS

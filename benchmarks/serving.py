@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,15 +44,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from crypto_platform.devtools.ports import free_port
+
 HOUR_MS = 3_600_000
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
 MODEL = "crypto-volatility"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_store(root: Path, end_ms: int, days: int = 40) -> pl.DataFrame:

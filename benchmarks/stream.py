@@ -34,10 +34,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from crypto_platform.devtools.kafka.runner import LocalKafka  # noqa: E402
+from crypto_platform.devtools.ports import free_port  # noqa: E402
 from crypto_platform.lib.stream.ticks import Tick, encode_tick, tick_key  # noqa: E402
-from crypto_platform_tests.fixtures.ports import free_port  # noqa: E402
 from serving.stream.config import Topics, ensure_topics  # noqa: E402
-from serving.stream.kafka.runner import LocalKafka  # noqa: E402
 
 BASES = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK", "LTC", "TRX")
 GOAL_TICKS_PER_S = 20_000

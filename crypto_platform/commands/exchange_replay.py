@@ -62,8 +62,9 @@ def command(
     verbose: bool,
 ) -> None:
     """Serve Binance spot REST endpoints (klines, exchangeInfo, tickers) for offline runs and tests."""
-    from crypto_platform.lib.market.replay.faults import FaultSpecError, parse_fault_spec
-    from crypto_platform.lib.market.replay_server import ReplayServer, parse_instant
+    from crypto_platform.devtools.replay.faults import FaultSpecError, parse_fault_spec
+    from crypto_platform.devtools.replay.server import ReplayServer
+    from crypto_platform.lib.market.timeframes import parse_instant
     from crypto_platform.settings import get_settings
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")

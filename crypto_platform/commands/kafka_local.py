@@ -1,6 +1,6 @@
 """`crypto-platform kafka-local`: a real single-node Apache Kafka (KRaft) broker in the foreground.
 
-The broker's jars come from Maven Central once (the pom in `serving/stream/kafka/`), the storage is
+The broker's jars come from Maven Central once (the pom in `crypto_platform/devtools/kafka/`), the storage is
 formatted on the first start, then this process *becomes* the broker (exec): SIGTERM and SIGINT reach
 the JVM directly and run its controlled shutdown, and whoever started the command holds the broker's
 pid, with no wrapper process left behind to forward signals or to survive it.
@@ -50,7 +50,7 @@ def command(
     resolve_only: bool,
 ) -> None:
     """Run a single-node Kafka broker (KRaft, broker+controller) on HOST:PORT until SIGTERM/SIGINT."""
-    from serving.stream.kafka.local_broker import (
+    from crypto_platform.devtools.kafka.local_broker import (
         BrokerConfig,
         BrokerSetupError,
         broker_command,

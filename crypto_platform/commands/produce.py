@@ -105,8 +105,8 @@ def command(
     """Publish price ticks (exchange tickers, simulated or replayed bars) to Kafka."""
     from dataclasses import replace
 
-    from crypto_platform.lib.market.replay_server import parse_instant
     from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
+    from crypto_platform.lib.market.timeframes import parse_instant
     from crypto_platform.settings import get_settings
     from serving.stream.config import load_stream_settings
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from crypto_platform_tests.fixtures.ports import free_port
+from crypto_platform.devtools.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from crypto_platform_tests.fixtures.ports import free_port
+from crypto_platform.devtools.ports import free_port
 from crypto_platform_tests.fixtures.servers import stop_process_group, venv_bin, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

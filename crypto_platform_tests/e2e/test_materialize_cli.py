@@ -82,7 +82,7 @@ def _bad_replay_dir(root: Path, first_day: date) -> Path:
 
 
 def test_materialize_exits_nonzero_when_a_blocking_check_fails(tmp_path: Path) -> None:
-    from crypto_platform.lib.market.replay_server import ReplayServer
+    from crypto_platform.devtools.replay.server import ReplayServer
 
     first_day = datetime.now(UTC).date() - timedelta(days=1)
     server = ReplayServer(data_dir=_bad_replay_dir(tmp_path / "replay", first_day)).start()

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import requests
 
-from crypto_platform_tests.fixtures.ports import free_port
+from crypto_platform.devtools.ports import free_port
 from crypto_platform_tests.fixtures.servers import stop_process_group, venv_bin, wait_until
 
 pytestmark = pytest.mark.integration

@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 import requests
 
+from crypto_platform.devtools.replay.server import ReplayServer
 from crypto_platform.lib.market.client import (
     ExchangeClient,
     ExchangeUnavailableError,
@@ -28,7 +29,6 @@ from crypto_platform.lib.market.client import (
     clear_exchange_clients,
     get_exchange_client,
 )
-from crypto_platform.lib.market.replay_server import ReplayServer
 from crypto_platform.lib.market.schema import OHLCV_SCHEMA, Gap
 from crypto_platform.lib.market.simulator import simulate_ohlcv
 from crypto_platform.lib.market.source import load_bars, reset_exchange_probe

@@ -24,8 +24,8 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from crypto_platform.devtools.ports import free_port
 from crypto_platform_tests.fixtures.api import api_now
-from crypto_platform_tests.fixtures.ports import free_port
 from crypto_platform_tests.fixtures.servers import stop_process_group, venv_bin, wait_until
 from serving.api.services import build_services
 from serving.api.settings import ApiKeySpec

@@ -7,9 +7,9 @@ from collections import defaultdict
 
 import pytest
 
+from crypto_platform.devtools.kafka.runner import broker_count
 from crypto_platform.lib.stream.ticks import Tick, encode_tick, parse_tick, tick_key
 from serving.stream.config import Topics, ensure_topics
-from serving.stream.kafka.runner import broker_count
 
 pytestmark = pytest.mark.integration
 

@@ -32,9 +32,9 @@ from mlflow import MlflowClient
 from crypto_platform.defs.ml.config import RELOAD_PATH, RETRAIN_COOLDOWN_S, RETRAIN_JOB
 from crypto_platform.defs.ml.sensors import REASONS_TAG, TRIGGER_TAG, RetrainInputs, decide_retrain
 from crypto_platform.defs.resources import MarketDataResource
+from crypto_platform.devtools.ports import free_port
 from crypto_platform.lib.market.source import MarketData
 from crypto_platform.lib.model import registry
-from crypto_platform_tests.fixtures.ports import free_port
 from crypto_platform_tests.integration.market_runs import check_results, run_range
 from crypto_platform_tests.integration.ml_defs import ml_definitions, ml_resource, ml_settings
 

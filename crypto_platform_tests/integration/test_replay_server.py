@@ -16,11 +16,11 @@ import polars as pl
 import pytest
 import requests
 
-from crypto_platform.lib.market.replay.faults import FaultSpecError, parse_fault_spec
-from crypto_platform.lib.market.replay.store import aggregate_bars
-from crypto_platform.lib.market.replay_server import ReplayServer, parse_instant
+from crypto_platform.devtools.replay.faults import FaultSpecError, parse_fault_spec
+from crypto_platform.devtools.replay.server import ReplayServer
+from crypto_platform.lib.market.bar_store import aggregate_bars
 from crypto_platform.lib.market.simulator import simulate_ohlcv
-from crypto_platform.lib.market.timeframes import HOUR_MS
+from crypto_platform.lib.market.timeframes import HOUR_MS, parse_instant
 from crypto_platform_tests.fixtures.exchange import REAL_REPLAY_NOW_MS, REPLAY_NOW_MS
 
 pytestmark = pytest.mark.integration

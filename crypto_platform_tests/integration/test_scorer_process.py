@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from crypto_platform_tests.fixtures.ports import free_port
+from crypto_platform.devtools.ports import free_port
 from crypto_platform_tests.integration.scorer_support import (
     ScorerProcess,
     end_and_committed,

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.stream.config import Topics, load_stream_settings
-from serving.stream.kafka.local_broker import (
+from crypto_platform.devtools.kafka.local_broker import (
     POM_PATH,
     BrokerConfig,
     broker_command,
@@ -19,7 +18,8 @@ from serving.stream.kafka.local_broker import (
     new_cluster_id,
     server_properties,
 )
-from serving.stream.kafka.runner import metadata_request, parse_broker_count
+from crypto_platform.devtools.kafka.runner import metadata_request, parse_broker_count
+from serving.stream.config import Topics, load_stream_settings
 
 
 def _properties(text: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 HOUR_MS = 3_600_000
 
@@ -49,3 +50,16 @@ def sqrt_time_scale(timeframe: str) -> float:
 
 def bars_per_day(timeframe: str) -> int:
     return max(1, (24 * HOUR_MS) // timeframe_ms(timeframe))
+
+
+def parse_instant(value: str | int) -> int:
+    """UTC epoch ms from an ISO-8601 time (`2024-06-01T12:30Z`, naive = UTC) or an integer of ms."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)

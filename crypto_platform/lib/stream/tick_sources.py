@@ -238,7 +238,7 @@ def load_replay_bars(
     Without `start_ms`, each symbol replays its last `days` days of bars (up to `end_ms` if given).
     """
     from crypto_platform.lib import storage
-    from crypto_platform.lib.market.replay.store import FileBarStore
+    from crypto_platform.lib.market.bar_store import FileBarStore
     from crypto_platform.lib.market.symbols import exchange_symbol_id
 
     bar_ms = timeframe_ms(timeframe)

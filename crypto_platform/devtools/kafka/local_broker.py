@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -30,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from crypto_platform.devtools.ports import free_port, port_is_free
 
 POM_PATH = Path(__file__).with_name("pom.xml")
 CACHE_ENV = "CRYPTO_KAFKA_CACHE"
@@ -225,22 +226,6 @@ def server_properties(config: BrokerConfig) -> str:
 
 def is_formatted(config: BrokerConfig) -> bool:
     return (config.log_dir / "meta.properties").exists()
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def choose_controller_port(data_dir: Path, port: int, host: str = "127.0.0.1") -> int:

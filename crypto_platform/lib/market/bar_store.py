@@ -1,4 +1,7 @@
-"""Where the replay server's bars come from: files of real candles, or the seeded simulator.
+"""Stored bars by symbol and timeframe: files of real candles, or the seeded simulator.
+
+The exchange replay server (`crypto_platform.devtools.replay`) serves them over Binance's REST API, and the
+producer's `replay` source turns them into ticks.
 
 A store answers two questions, the two ways Binance's klines endpoint reads history: the first
 `limit` bars from a start time, and the last `limit` bars before an end time. Neither knows about

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import polars as pl
 
-from crypto_platform.lib.market.replay import binance
-from crypto_platform.lib.market.replay.binance import BinanceError
-from crypto_platform.lib.market.replay.faults import FaultPlan, FaultRule, FaultSpecError, fault_response
-from crypto_platform.lib.market.replay.store import (
+from crypto_platform.devtools.replay import binance
+from crypto_platform.devtools.replay.binance import BinanceError
+from crypto_platform.devtools.replay.faults import FaultPlan, FaultRule, FaultSpecError, fault_response
+from crypto_platform.lib.market.bar_store import (
     BarStore,
     CombinedBarStore,
     FileBarStore,
@@ -42,25 +41,12 @@ from crypto_platform.lib.market.replay.store import (
     UnsupportedIntervalError,
 )
 from crypto_platform.lib.market.schema import empty_ohlcv
-from crypto_platform.lib.market.timeframes import HOUR_MS, TIMEFRAME_MS
+from crypto_platform.lib.market.timeframes import HOUR_MS, TIMEFRAME_MS, parse_instant
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/__replay__/"
 DAY_MS = 24 * HOUR_MS
-
-
-def parse_instant(value: str | int) -> int:
-    """UTC epoch ms from an ISO-8601 time (`2024-06-01T12:30Z`, naive = UTC) or an integer of ms."""
-    if isinstance(value, int):
-        return value
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 def _int_param(params: dict[str, str], name: str) -> int | None:

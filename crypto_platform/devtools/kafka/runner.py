@@ -21,7 +21,7 @@ import time
 import weakref
 from pathlib import Path
 
-from serving.stream.kafka.local_broker import free_port
+from crypto_platform.devtools.ports import free_port
 
 _METADATA_API_KEY = 3
 _METADATA_VERSION = 4
