@@ -42,7 +42,11 @@ from crypto_platform.defs.ml.config import (
 from crypto_platform.lib.drift import detect_drift
 from crypto_platform.lib.market.symbols import exchange_symbol_id, normalize_symbol
 from crypto_platform.lib.market.timeframes import timeframe_ms
-from crypto_platform.lib.model import lifecycle, registry
+from crypto_platform.lib.model import registry
+from crypto_platform.lib.model.holdout import load_reference, version_family
+from crypto_platform.lib.model.promotion import promote
+from crypto_platform.lib.model.tags import FAMILY_TAG, TRAINING_RUN_TAG
+from crypto_platform.lib.model.tracking import DataWindow, log_training
 from crypto_platform.lib.model.training import (
     LABEL_COLUMN,
     LSTM_NAME,
@@ -229,15 +233,13 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
         PLOT_FORECAST: forecast_plot_png(result),
         PLOT_LOSS: loss_curve_png(trained.history, trained.best_epoch),
     }
-    window = lifecycle.DataWindow(
-        tuple(symbols), first.isoformat(), last.isoformat(), ml.timeframe, code_version()
-    )
+    window = DataWindow(tuple(symbols), first.isoformat(), last.isoformat(), ml.timeframe, code_version())
     client = ml.client()
     if mlflow.active_run() is None:  # the resource's run is active in this process; be robust anyway
         mlflow.start_run(run_id=getattr(context.resources.mlflow, "mlflow_run_id", None))
     mlflow.set_tags({"dagster_asset": "trained_model", "promotion_margin": f"{config.margin:g}"})
     mlflow.log_params({"fast_preset": config.fast, "training_days": config.training_days})
-    logged = lifecycle.log_training(result, features, window, client, figures, model_name=ml.model_name)
+    logged = log_training(result, features, window, client, figures, model_name=ml.model_name)
 
     plot_paths = {}
     for artifact_path, png in figures.items():
@@ -315,9 +317,9 @@ def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> 
     challenger = registry.alias_version(client, registry.CHALLENGER, ml.model_name)
     if challenger is None:
         raise Failure(f"{ml.model_name} has no `challenger` version: materialize trained_model first")
-    holdout_run = (challenger.tags or {}).get(lifecycle.TRAINING_RUN_TAG) or challenger.run_id
+    holdout_run = (challenger.tags or {}).get(TRAINING_RUN_TAG) or challenger.run_id
     margin = promotion_margin(client, holdout_run, config.margin)
-    outcome = lifecycle.promote(client, holdout_run, margin, ml.model_name)
+    outcome = promote(client, holdout_run, margin, ml.model_name)
     champion = client.get_model_version(ml.model_name, outcome.champion_after)
     decision = outcome.decision
     context.log.info(f"promotion: {'PROMOTED' if decision.promote else 'rejected'} — {decision.reason}")
@@ -328,7 +330,7 @@ def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> 
         f"**Decision:** {'promoted' if decision.promote else 'rejected'} — {decision.reason}\n\n"
         f"Challenger v{outcome.challenger_version} ({outcome.challenger_family}); champion before: "
         f"{outcome.champion_before or 'none'}; champion now: v{outcome.champion_after} "
-        f"({lifecycle.version_family(champion)})"
+        f"({version_family(champion)})"
         + (f"; bootstrapped v{outcome.bootstrapped_version}" if outcome.bootstrapped_version else "")
         + f"\n\nHoldout of run `{outcome.holdout_run_id}`, {outcome.n_holdout} windows, "
         f"margin {margin:.2%}.\n\n"
@@ -343,7 +345,7 @@ def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> 
             "challenger_version": outcome.challenger_version,
             "challenger_family": outcome.challenger_family,
             "champion_version": outcome.champion_after,
-            "champion_family": lifecycle.version_family(champion),
+            "champion_family": version_family(champion),
             "champion_before": outcome.champion_before or "none",
             "bootstrapped_version": outcome.bootstrapped_version or "none",
             "rejected_lstm_version": outcome.rejected_lstm_version or "none",
@@ -377,7 +379,7 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig) -> Materi
     ml = context.resources.ml
     store = context.resources.data_store.store()
     client = ml.client()
-    reference = lifecycle.load_reference(client, ml.model_name)
+    reference = load_reference(client, ml.model_name)
     if reference is None:
         raise Failure(
             f"{ml.model_name} has no champion with a reference feature sample: materialize trained_model and "
@@ -473,7 +475,7 @@ def _champion(ml: Any) -> tuple[ChampionInfo | None, str | None]:
     return (
         ChampionInfo(
             version=str(champion.version),
-            family=tags.get(lifecycle.FAMILY_TAG, "unknown"),
+            family=tags.get(FAMILY_TAG, "unknown"),
             created=datetime.fromtimestamp((champion.creation_timestamp or 0) / 1000, UTC).isoformat(
                 timespec="minutes"
             ),
