@@ -42,7 +42,7 @@ from crypto_platform.defs.ml.config import (
     RETRAIN_JOB,
     RETRAIN_SENSOR_INTERVAL_S,
 )
-from crypto_platform.defs.ml.resources import MLPlatformResource
+from crypto_platform.defs.resources import MLPlatformResource
 from crypto_platform.lib.model import registry
 
 DRIFT_KEY = AssetKey("feature_drift")
