@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
 from dagster import ConfigurableResource
+from dagster_mlflow import mlflow_tracking
+from mlflow import MlflowClient
 
 from crypto_platform.defs.io_managers import ParquetIOManager
 from crypto_platform.defs.ml.config import EXPERIMENT_NAME, training_run_config
@@ -22,9 +25,6 @@ from crypto_platform.lib.market.timeframes import validate_timeframe
 from crypto_platform.lib.model.registry import MODEL_NAME
 from crypto_platform.lib.storage import ObjectStore, open_store
 from crypto_platform.settings import MARKET_SOURCES, Settings, get_settings
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 _SQLITE = "sqlite:///"
 
@@ -105,10 +105,6 @@ class MLPlatformResource(ConfigurableResource):
     code_version: str | None = None
 
     def client(self) -> MlflowClient:
-        # Imported here: the market assets import this module and never need MLflow.
-        import mlflow
-        from mlflow import MlflowClient
-
         # `models:/` URIs (pyfunc loading) resolve through the process-wide URI, not a client's.
         mlflow.set_tracking_uri(self.tracking_uri)
         return MlflowClient(tracking_uri=self.tracking_uri)
@@ -123,8 +119,6 @@ class MLPlatformResource(ConfigurableResource):
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Resources for the given environment; definitions.py, the CLI and tests all go through here."""
-    from dagster_mlflow import mlflow_tracking  # imports MLflow: only when the whole location is built
-
     location = settings.data_location
     if not settings.data_is_s3:
         # Resolved now: runs launched from the webserver execute in a subprocess whose working
