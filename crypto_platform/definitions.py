@@ -9,14 +9,12 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor
 
 from crypto_platform.defs.market import build_market_definitions
-from crypto_platform.defs.ml import (
-    ML_ASSET_CHECKS,
-    ML_ASSETS,
-    ML_JOBS,
-    ML_SCHEDULES,
-    ML_SENSORS,
-    ml_resources,
-)
+from crypto_platform.defs.ml.assets import ML_ASSETS
+from crypto_platform.defs.ml.checks import ML_ASSET_CHECKS
+from crypto_platform.defs.ml.schedules import ML_JOBS, ML_SCHEDULES
+from crypto_platform.defs.ml.sensors import ML_SENSORS
+from crypto_platform.defs.reports.assets import REPORT_ASSETS
+from crypto_platform.defs.reports.schedules import REPORT_JOBS, REPORT_SCHEDULES
 from crypto_platform.defs.resources import build_resources
 from crypto_platform.settings import Settings, get_settings
 
@@ -31,8 +29,9 @@ def build_definitions(settings: Settings) -> Definitions:
             sensors=ML_SENSORS,
             schedules=ML_SCHEDULES,
         ),
+        Definitions(assets=REPORT_ASSETS, jobs=REPORT_JOBS, schedules=REPORT_SCHEDULES),
         Definitions(
-            resources={**build_resources(settings), **ml_resources(settings)},
+            resources=build_resources(settings),
             # Steps run inside the run's own process. The default multiprocess executor starts a Python
             # process per step, each re-importing Dagster, polars and ccxt (~5 s of CPU): for a graph this
             # small, whose steps mostly wait on one another, that tripled the time of an hourly refresh.

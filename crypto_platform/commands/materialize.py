@@ -62,7 +62,7 @@ HEADLINE_METADATA = (
 
 
 def _dagster_home(settings: Settings) -> Path:
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home).expanduser().resolve()
+    home = Path(settings.dagster_home).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     # DagsterInstance.get() reads the variable and wants an absolute path.
     os.environ["DAGSTER_HOME"] = str(home)
@@ -268,11 +268,7 @@ def command(
             if any(k.to_user_string() == "trained_model" for k in whole):
                 from crypto_platform.defs.ml.config import training_run_config
 
-                fast = (
-                    model_config == "fast"
-                    if model_config
-                    else os.environ.get("CRYPTO_ML_FAST", "").strip().lower() in ("1", "true", "yes")
-                )
+                fast = model_config == "fast" if model_config else settings.ml_fast_training
                 # Train on the window just materialized (+ today), not the config's default window.
                 whole_config.update(
                     training_run_config(

@@ -1,18 +1,32 @@
-"""Dagster resources of the code location, and the one place that picks them from the settings."""
+"""Dagster resources of the code location, and the one place that picks them from the settings.
+
+MLflow tracking of the training run goes through dagster-mlflow's `mlflow_tracking` resource (key
+`mlflow`); registry work (aliases, promotion, loading models) needs only a client and the process-wide
+tracking URI, which `MLPlatformResource.client()` sets.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
+import mlflow
 from dagster import ConfigurableResource
+from dagster_mlflow import mlflow_tracking
+from mlflow import MlflowClient
 
 from crypto_platform.defs.io_managers import ParquetIOManager
+from crypto_platform.defs.ml.config import EXPERIMENT_NAME, training_run_config
 from crypto_platform.lib.market.source import MarketData, load_bars
+from crypto_platform.lib.market.symbols import normalize_symbol
 from crypto_platform.lib.market.timeframes import validate_timeframe
+from crypto_platform.lib.model.registry import MODEL_NAME
 from crypto_platform.lib.storage import ObjectStore, open_store
 from crypto_platform.settings import MARKET_SOURCES, Settings, get_settings
+
+_SQLITE = "sqlite:///"
 
 
 class MarketDataResource(ConfigurableResource):
@@ -63,6 +77,46 @@ class DataStoreResource(ConfigurableResource):
         return open_store(self.location, self.endpoint_url)
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///mlflow.db` → `sqlite:////abs/dir/mlflow.db`.
+
+    Runs launched from the webserver execute in a subprocess whose working directory may differ; a
+    relative SQLite path would silently open another (empty) tracking database there.
+    """
+    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/") and ":memory:" not in uri:
+        return _SQLITE + str(Path(uri[len(_SQLITE) :]).expanduser().resolve())
+    return uri
+
+
+class MLPlatformResource(ConfigurableResource):
+    """Where MLflow is, which model, which symbols, how to reach serving: what the ML assets, checks,
+    sensors, schedules and the daily report share."""
+
+    tracking_uri: str
+    model_name: str = MODEL_NAME
+    experiment_name: str = EXPERIMENT_NAME
+    symbols: list[str]
+    timeframe: str = "1h"
+    # Run config of the retrains the sensor and the schedule request: the fast preset for the demo.
+    fast_training: bool = False
+    serving_url: str | None = None
+    admin_api_key: str | None = None
+    # Recorded on training runs; None: the git commit of the checkout (`tracking.code_version`).
+    code_version: str | None = None
+
+    def client(self) -> MlflowClient:
+        # `models:/` URIs (pyfunc loading) resolve through the process-wide URI, not a client's.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def retrain_run_config(self) -> dict[str, Any]:
+        return training_run_config(fast=self.fast_training)
+
+    def selected_symbols(self, requested: list[str] | None = None) -> list[str]:
+        """`requested` (or, when empty, the configured symbols) normalised, in order, without repeats."""
+        return list(dict.fromkeys(normalize_symbol(s) for s in (requested or self.symbols)))
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Resources for the given environment; definitions.py, the CLI and tests all go through here."""
     location = settings.data_location
@@ -70,6 +124,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         # Resolved now: runs launched from the webserver execute in a subprocess whose working
         # directory may differ, and they must write where the webserver process was told to.
         location = str(settings.local_data_path())
+    tracking_uri = absolute_tracking_uri(settings.mlflow_tracking_uri)
     return {
         "market_data": MarketDataResource(
             source=settings.market_source,
@@ -82,4 +137,16 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         ),
         "data_store": DataStoreResource(location=location, endpoint_url=settings.s3_endpoint_url),
         "parquet_io_manager": ParquetIOManager(location=location, endpoint_url=settings.s3_endpoint_url),
+        "mlflow": mlflow_tracking.configured(
+            {"experiment_name": EXPERIMENT_NAME, "mlflow_tracking_uri": tracking_uri}
+        ),
+        "ml": MLPlatformResource(
+            tracking_uri=tracking_uri,
+            symbols=list(settings.symbols),
+            timeframe=settings.timeframe,
+            fast_training=settings.ml_fast_training,
+            serving_url=settings.serving_url,
+            admin_api_key=settings.admin_api_key,
+            code_version=settings.code_version,
+        ),
     }

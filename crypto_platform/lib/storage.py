@@ -26,6 +26,7 @@ import polars as pl
 
 from crypto_platform.lib.market.schema import empty_ohlcv, normalize_ohlcv
 from crypto_platform.lib.market.symbols import exchange_symbol_id, normalize_symbol
+from crypto_platform.settings import get_settings
 
 DAY_MS = 86_400_000
 OHLCV_ASSET = "ohlcv"
@@ -115,10 +116,18 @@ class LocalStore:
 class S3Store:
     """Keys as objects under `s3://bucket/prefix`, on AWS or any S3-compatible endpoint."""
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client: Any = None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        client: Any = None,
+        region: str | None = None,
+    ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
+        self.region = region  # None: the process settings' (AWS_REGION / AWS_DEFAULT_REGION)
         self._client = client
 
     @property
@@ -126,7 +135,7 @@ class S3Store:
         if self._client is None:
             import boto3  # deferred: local-only setups never pay for importing boto3
 
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            region = self.region or get_settings().aws_region
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=self.endpoint_url, region_name=region
             )

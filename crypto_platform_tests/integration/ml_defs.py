@@ -8,16 +8,13 @@ from typing import Any
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from crypto_platform.defs.market import build_market_definitions
-from crypto_platform.defs.ml import (
-    ML_ASSET_CHECKS,
-    ML_ASSETS,
-    ML_JOBS,
-    ML_SCHEDULES,
-    ML_SENSORS,
-    MLPlatformResource,
-    ml_resources,
-)
-from crypto_platform.defs.resources import build_resources
+from crypto_platform.defs.ml.assets import ML_ASSETS
+from crypto_platform.defs.ml.checks import ML_ASSET_CHECKS
+from crypto_platform.defs.ml.schedules import ML_JOBS, ML_SCHEDULES
+from crypto_platform.defs.ml.sensors import ML_SENSORS
+from crypto_platform.defs.reports.assets import REPORT_ASSETS
+from crypto_platform.defs.reports.schedules import REPORT_JOBS, REPORT_SCHEDULES
+from crypto_platform.defs.resources import MLPlatformResource, build_resources
 from crypto_platform.settings import Settings
 from crypto_platform_tests.integration.market_runs import market_settings
 
@@ -40,18 +37,17 @@ def ml_definitions(settings: Settings, model_name: str, **resource_overrides: An
     """Market + ML definitions as definitions.py wires them, with a test-specific registered model name."""
     resources = {
         **build_resources(settings),
-        **ml_resources(settings),
         "ml": ml_resource(settings, model_name),
         **resource_overrides,
     }
     return Definitions.merge(
         build_market_definitions(settings),
         Definitions(
-            assets=ML_ASSETS,
+            assets=[*ML_ASSETS, *REPORT_ASSETS],
             asset_checks=ML_ASSET_CHECKS,
-            jobs=ML_JOBS,
+            jobs=[*ML_JOBS, *REPORT_JOBS],
             sensors=ML_SENSORS,
-            schedules=ML_SCHEDULES,
+            schedules=[*ML_SCHEDULES, *REPORT_SCHEDULES],
             resources=resources,
         ),
     )

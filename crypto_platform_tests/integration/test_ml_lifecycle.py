@@ -1,6 +1,6 @@
 """The model lifecycle end to end on a real `mlflow server` and a test Dagster instance:
 market assets → trained_model → model_promotion → feature_drift, then the promotion gate driven with
-synthetic challengers through the same `lifecycle.promote` the asset calls."""
+synthetic challengers through the same `promotion.promote` the asset calls."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from dagster import instance_for_test
 from mlflow import MlflowClient
 
 from crypto_platform.lib.features import MODEL_FEATURES
-from crypto_platform.lib.model import lifecycle, registry
+from crypto_platform.lib.model import registry
 from crypto_platform.lib.model.baseline_serving import SERVABLE_BASELINES
+from crypto_platform.lib.model.holdout import load_holdout
 from crypto_platform.lib.model.packaging import OUTPUT_COLUMN, volatility_signature
+from crypto_platform.lib.model.promotion import promote
+from crypto_platform.lib.model.tags import FAMILY_TAG, FEATURES_TAG
 from crypto_platform.lib.model.training import select_columns
 from crypto_platform.lib.model.windows import latest_window
 from crypto_platform.lib.storage import LocalStore, day_start_ms, read_partitioned
@@ -68,8 +71,8 @@ def test_retrain_registers_a_challenger_and_bootstraps_the_best_baseline(lifecyc
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     trained = asset_metadata(result, "trained_model")
     lstm = _version(client, trained["model_version"])
-    assert lstm.tags[lifecycle.FAMILY_TAG] == "lstm"
-    assert json.loads(lstm.tags[lifecycle.FEATURES_TAG]) == list(MODEL_FEATURES)
+    assert lstm.tags[FAMILY_TAG] == "lstm"
+    assert json.loads(lstm.tags[FEATURES_TAG]) == list(MODEL_FEATURES)
     assert (
         lstm.tags["data_window"] == f"{FIRST_DAY}..{LAST_DAY}" and lstm.tags["symbols"] == "BTC/USDT,ETH/USDT"
     )
@@ -92,7 +95,7 @@ def test_retrain_registers_a_challenger_and_bootstraps_the_best_baseline(lifecyc
     servable = [r for r in rows if r["name"] in SERVABLE_BASELINES]
     best = min(servable, key=lambda r: r["qlike"])["name"]
     first = _version(client, promotion["bootstrapped_version"])
-    assert first.tags[lifecycle.FAMILY_TAG] == f"baseline:{best}"
+    assert first.tags[FAMILY_TAG] == f"baseline:{best}"
     assert (
         first.tags["promotion.decision"] == "promoted" and "first champion" in first.tags["promotion.reason"]
     )
@@ -141,13 +144,13 @@ def test_registry_models_reproduce_the_in_memory_forecasts(lifecycle_run):
     result, client = lifecycle_run["result"], lifecycle_run["client"]
     trained = asset_metadata(result, "trained_model")
     mlflow.set_tracking_uri(client.tracking_uri)
-    holdout = lifecycle.load_holdout(trained["mlflow_run_id"])
+    holdout = load_holdout(trained["mlflow_run_id"])
     windows = holdout.windows(holdout.feature_columns)
     forecasts = pl.DataFrame({"ts": windows.ts, "symbol": windows.symbol.astype(str)}).join(
         holdout.forecasts, on=["ts", "symbol"], how="left"
     )
     champion = registry.alias_version(client, registry.CHAMPION, MODEL)
-    family = champion.tags[lifecycle.FAMILY_TAG]
+    family = champion.tags[FAMILY_TAG]
     in_memory_name = "lstm" if family == "lstm" else family.removeprefix("baseline:")
     served = (
         mlflow.pyfunc.load_model(registry.champion_uri(MODEL)).predict(windows.X)[OUTPUT_COLUMN].to_numpy()
@@ -195,8 +198,8 @@ def _register(client: MlflowClient, model: mlflow.pyfunc.PythonModel, windows, l
             pip_requirements=["mlflow", "pandas", "numpy"],
         )
     tags = {
-        lifecycle.FAMILY_TAG: f"synthetic:{label}",
-        lifecycle.FEATURES_TAG: json.dumps(list(MODEL_FEATURES)),
+        FAMILY_TAG: f"synthetic:{label}",
+        FEATURES_TAG: json.dumps(list(MODEL_FEATURES)),
     }
     version = registry.register_version(client, info.model_uri, run.info.run_id, tags, model_name=MODEL)
     registry.move_alias(client, registry.CHALLENGER, version.version, MODEL)
@@ -208,7 +211,7 @@ def test_promotion_gate_with_synthetic_challengers(lifecycle_run):
     run_id = asset_metadata(result, "trained_model")["mlflow_run_id"]
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_experiment("ml-lifecycle-synthetic")
-    holdout = lifecycle.load_holdout(run_id)
+    holdout = load_holdout(run_id)
     windows = select_columns(holdout.windows(holdout.feature_columns), MODEL_FEATURES)
     table = {
         hashlib.sha1(w.tobytes()).hexdigest(): float(y) for w, y in zip(windows.X, windows.y, strict=True)
@@ -216,7 +219,7 @@ def test_promotion_gate_with_synthetic_challengers(lifecycle_run):
     champion_before = str(registry.alias_version(client, registry.CHAMPION, MODEL).version)
 
     constant = _register(client, _Synthetic({}, constant=float(np.mean(windows.y))), windows, "constant")
-    outcome = lifecycle.promote(client, run_id, margin=0.02, model_name=MODEL, consider_baseline=False)
+    outcome = promote(client, run_id, margin=0.02, model_name=MODEL, consider_baseline=False)
     assert not outcome.promoted and "sanity probes failed" in outcome.decision.reason
     assert outcome.champion_after == champion_before
     tags = _version(client, constant).tags
@@ -226,7 +229,7 @@ def test_promotion_gate_with_synthetic_challengers(lifecycle_run):
     assert tags["promotion.champion_version"] == champion_before
 
     oracle = _register(client, _Synthetic(table), windows, "oracle")
-    outcome = lifecycle.promote(client, run_id, margin=0.02, model_name=MODEL, consider_baseline=False)
+    outcome = promote(client, run_id, margin=0.02, model_name=MODEL, consider_baseline=False)
     assert outcome.promoted and outcome.champion_after == oracle
     assert outcome.holdout_qlike["challenger"] == pytest.approx(0.0, abs=1e-9)
     assert outcome.champion_beats_baselines
@@ -236,7 +239,7 @@ def test_promotion_gate_with_synthetic_challengers(lifecycle_run):
 
     # better than every baseline yet 10 % biased: it does not beat the oracle champion, so it is not promoted
     biased = _register(client, _Synthetic(table, factor=1.1), windows, "biased")
-    outcome = lifecycle.promote(client, run_id, margin=0.02, model_name=MODEL, consider_baseline=False)
+    outcome = promote(client, run_id, margin=0.02, model_name=MODEL, consider_baseline=False)
     assert not outcome.promoted and "does not beat champion" in outcome.decision.reason
     assert (
         outcome.champion_after == oracle and _version(client, biased).tags["promotion.decision"] == "rejected"

@@ -11,18 +11,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from crypto_platform.lib import quality
 from crypto_platform.lib.market.schema import OHLCV_SCHEMA
 from crypto_platform.lib.market.simulator import simulate_ohlcv
-from crypto_platform.lib.quality import (
-    build_quality_report,
+from crypto_platform.lib.quality.checks import (
     check_continuity,
     check_freshness,
     check_ohlc_consistency,
     check_schema,
     check_uniqueness,
-    render_markdown_summary,
+    iso_utc,
 )
+from crypto_platform.lib.quality.report import OUTLIER_K, build_quality_report, render_markdown_summary
 
 H = 3_600_000
 D = 24 * H
@@ -247,7 +246,7 @@ def test_report_of_a_dirty_day(dirty_day: pl.DataFrame, context: pl.DataFrame) -
     report = build_quality_report(dirty_day, "1h", DAY_MS + 3 * D, "BTC/USDT", DAY, context=context)
     assert report.expected_rows == 24
     assert report.rows == 23 and report.unique_bars == 21
-    assert [quality.iso_utc(t) for t in report.missing_ts] == [
+    assert [iso_utc(t) for t in report.missing_ts] == [
         "2024-01-01T10:00:00Z",
         "2024-01-01T11:00:00Z",
         "2024-01-01T12:00:00Z",
@@ -255,7 +254,7 @@ def test_report_of_a_dirty_day(dirty_day: pl.DataFrame, context: pl.DataFrame) -
     assert report.duplicate_rows == 2
     assert report.ohlc_violations == 1
     assert report.non_positive_prices == 0
-    assert [quality.iso_utc(t) for t in report.zero_volume_ts] == ["2024-01-01T15:00:00Z"]
+    assert [iso_utc(t) for t in report.zero_volume_ts] == ["2024-01-01T15:00:00Z"]
     assert [o["ts"] for o in report.return_outliers] == ["2024-01-01T20:00:00Z"]
     assert report.robust_return_sigma == pytest.approx(1.4826 * STEP / math.sqrt(2), rel=0.15)
     assert report.return_outliers[0]["robust_z"] > 15
@@ -308,7 +307,7 @@ def test_report_serialises(dirty_day: pl.DataFrame, context: pl.DataFrame) -> No
     assert data["day"] == "2024-01-01" and data["generated_at"] == "2024-01-04T00:00:00Z"
     assert data["missing_bars"] == 3 and data["missing_ts"][0] == "2024-01-01T10:00:00Z"
     assert data["zero_volume_ts"] == ["2024-01-01T15:00:00Z"]
-    assert data["outlier_k"] == quality.OUTLIER_K
+    assert data["outlier_k"] == OUTLIER_K
     assert {c["name"]: c["passed"] for c in data["checks"]} == {
         "schema": True,
         "ohlc_consistency": False,
@@ -383,7 +382,7 @@ def test_real_btc_maintenance_bar_is_zero_volume(shared_ohlcv_dir: Path) -> None
     bars = _real(shared_ohlcv_dir, "BTCUSDT", date(2019, 5, 31), 8)
     day = bars.filter(pl.col("ts") >= 1_559_865_600_000)  # 2019-06-07
     report = build_quality_report(day, "1h", int(1e13), "BTC/USDT", date(2019, 6, 7), context=bars)
-    assert [quality.iso_utc(t) for t in report.zero_volume_ts] == ["2019-06-07T21:00:00Z"]
+    assert [iso_utc(t) for t in report.zero_volume_ts] == ["2019-06-07T21:00:00Z"]
     assert report.status == "OK"
 
 

@@ -41,7 +41,8 @@ from crypto_platform.lib.features import FEATURE_COLUMNS, LOOKBACK_BARS, READY_C
 from crypto_platform.lib.market.schema import OHLCV_COLUMNS, empty_ohlcv, find_gaps, normalize_ohlcv
 from crypto_platform.lib.market.symbols import exchange_symbol_id
 from crypto_platform.lib.market.timeframes import timeframe_ms, validate_timeframe
-from crypto_platform.lib.quality import build_quality_report, iso_utc, render_markdown_summary
+from crypto_platform.lib.quality.checks import iso_utc
+from crypto_platform.lib.quality.report import build_quality_report, render_markdown_summary
 from crypto_platform.lib.storage import DAY_MS, day_start_ms, quality_report_keys
 from crypto_platform.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Data-quality checks of the `ohlcv` asset, evaluated inside the asset from `lib.quality`.
+"""Data-quality checks of the `ohlcv` asset, evaluated inside the asset from `lib.quality.checks`.
 
 They are declared as `check_specs` on the asset (not separate @asset_check ops) because they judge
 the bars as the source delivered them, before storage normalises them, and because a blocking check
@@ -15,8 +15,8 @@ from typing import Any
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
 
-from crypto_platform.lib import quality
 from crypto_platform.lib.market.timeframes import timeframe_ms
+from crypto_platform.lib.quality import checks
 
 BLOCKING_CHECKS: tuple[str, ...] = ("schema", "ohlc_consistency", "uniqueness")
 WARNING_CHECKS: tuple[str, ...] = ("continuity", "freshness")
@@ -67,15 +67,15 @@ def _metadata_value(value: Any) -> Any:
     return str(value)
 
 
-def _outcomes(unit: CheckUnit, timeframe: str) -> dict[str, quality.CheckOutcome]:
+def _outcomes(unit: CheckUnit, timeframe: str) -> dict[str, checks.CheckOutcome]:
     bar_ms = timeframe_ms(timeframe)
     closed_end = min(unit.end_ms, unit.now_ms // bar_ms * bar_ms)
     return {
-        "schema": quality.check_schema(unit.frame),
-        "ohlc_consistency": quality.check_ohlc_consistency(unit.frame),
-        "uniqueness": quality.check_uniqueness(unit.frame),
-        "continuity": quality.check_continuity(unit.frame, timeframe, unit.start_ms, closed_end),
-        "freshness": quality.check_freshness(
+        "schema": checks.check_schema(unit.frame),
+        "ohlc_consistency": checks.check_ohlc_consistency(unit.frame),
+        "uniqueness": checks.check_uniqueness(unit.frame),
+        "continuity": checks.check_continuity(unit.frame, timeframe, unit.start_ms, closed_end),
+        "freshness": checks.check_freshness(
             unit.frame, timeframe, unit.now_ms, expected_end_ms=unit.end_ms, expected_start_ms=unit.start_ms
         ),
     }
@@ -85,7 +85,7 @@ def evaluate_ohlcv_checks(
     asset_key: AssetKey, units: Sequence[CheckUnit], timeframe: str
 ) -> list[AssetCheckResult]:
     """One result per check over all units of the run; a check passes when it passes for every unit."""
-    per_check: dict[str, list[tuple[str, quality.CheckOutcome]]] = {name: [] for name in OHLCV_CHECKS}
+    per_check: dict[str, list[tuple[str, checks.CheckOutcome]]] = {name: [] for name in OHLCV_CHECKS}
     for unit in units:
         for name, outcome in _outcomes(unit, timeframe).items():
             per_check[name].append((unit.symbol, outcome))

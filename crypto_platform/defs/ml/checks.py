@@ -21,12 +21,12 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetKey,
+    AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
     MetadataValue,
     asset_check,
 )
-from dagster._core.event_api import AssetRecordsFilter
 
 CHAMPION_CHECK_DESCRIPTION = (
     "WARN when the champion does not beat every baseline (QLIKE) on the most recent holdout: a "

@@ -11,7 +11,6 @@ from pydantic import Field
 from crypto_platform.lib.model.lstm import LSTMConfig
 
 GROUP = "ml"
-REPORTS_GROUP = "reports"
 EXPERIMENT_NAME = "crypto-volatility"
 RETRAIN_JOB = "ml_retrain_job"
 
@@ -79,10 +78,6 @@ class DriftConfig(Config):
     alpha: float = 0.05
     ks_floor: float = 0.1
     psi_floor: float = 0.2
-
-
-class DailyReportConfig(Config):
-    date: str | None = Field(default=None, description="Report day (YYYY-MM-DD); empty: today (UTC).")
 
 
 def training_run_config(

@@ -23,6 +23,7 @@ from typing import Any
 import requests
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -31,7 +32,6 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.event_api import AssetRecordsFilter
 from mlflow.exceptions import MlflowException
 
 from crypto_platform.defs.ml.config import (
@@ -42,8 +42,8 @@ from crypto_platform.defs.ml.config import (
     RETRAIN_JOB,
     RETRAIN_SENSOR_INTERVAL_S,
 )
-from crypto_platform.defs.ml.resources import MLPlatformResource
-from crypto_platform.lib.model import lifecycle
+from crypto_platform.defs.resources import MLPlatformResource
+from crypto_platform.lib.model import registry
 
 DRIFT_KEY = AssetKey("feature_drift")
 PROMOTION_KEY = AssetKey("model_promotion")
@@ -143,7 +143,7 @@ def ml_retrain_sensor(context: SensorEvaluationContext, ml: MLPlatformResource) 
     age: float | None = None
     error: str | None = None
     try:
-        age = lifecycle.champion_age_seconds(ml.client(), ml.model_name, now)
+        age = registry.champion_age_seconds(ml.client(), ml.model_name, now)
     except (MlflowException, OSError, requests.RequestException) as exc:
         error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     in_flight = len(

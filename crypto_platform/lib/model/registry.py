@@ -7,6 +7,7 @@ old or the new version, never none.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -89,3 +90,14 @@ def tag_version(
 ) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(model_name, str(version), key, str(value))
+
+
+def champion_age_seconds(
+    client: MlflowClient, model_name: str = MODEL_NAME, now: float | None = None
+) -> float | None:
+    """Seconds since the champion version was created, None without a champion."""
+    champion = alias_version(client, CHAMPION, model_name)
+    if champion is None:
+        return None
+    created = (champion.creation_timestamp or 0) / 1000.0
+    return (time.time() if now is None else now) - created

@@ -2,7 +2,8 @@
 baselines and LSTM → every forecaster scored on the same most recent holdout.
 
 The Dagster asset, the tests and the model-quality benchmark all call `train_and_evaluate`; MLflow
-logging and the registry live in `lifecycle.py`, so this module never touches network or disk.
+logging lives in `tracking.py` and promotion in `promotion.py`, so this module never touches network
+or disk.
 
 Blocks, oldest first: train (fits the baselines and the LSTM weights), validation (early stopping
 only), holdout (the most recent block; scores every forecaster and later the champion). The gap
