@@ -201,12 +201,6 @@ def test_every_job_of_the_code_location_has_a_resource_class() -> None:
     assert names == set(RUN_TAGS_BY_JOB)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending one-line edits in files owned by other sessions: run_tags=INGESTION_RUN_TAGS on "
-    "market_job (crypto_platform/defs/market/__init__.py), TRAINING_RUN_TAGS on ml_retrain_job and "
-    "REPORT_RUN_TAGS on daily_report_job (crypto_platform/defs/ml/schedules.py); remove this mark then",
-)
 def test_every_job_carries_its_k8s_run_tags() -> None:
     from crypto_platform.definitions import defs
 

@@ -19,6 +19,7 @@ def build_market_definitions(settings: Settings) -> Definitions:
     # the assets, which import the resources, which import the IO manager.
     from dagster import AssetSelection, BetaWarning, Definitions, define_asset_job
 
+    from crypto_platform.defs.k8s_tags import INGESTION_RUN_TAGS
     from crypto_platform.defs.market.assets import GROUP, build_market_assets
     from crypto_platform.defs.market.schedules import build_market_schedules
 
@@ -26,6 +27,7 @@ def build_market_definitions(settings: Settings) -> Definitions:
         MARKET_JOB,
         selection=AssetSelection.groups(GROUP),
         description="OHLCV → features and the quality report for a range of days of one or more symbols.",
+        run_tags=INGESTION_RUN_TAGS,
     )
     with warnings.catch_warnings():
         # backfill_policy and MultiPartitionMapping are marked beta; they are used deliberately (single-run

@@ -12,6 +12,7 @@ from dagster import (
     schedule,
 )
 
+from crypto_platform.defs.k8s_tags import TRAINING_RUN_TAGS
 from crypto_platform.defs.ml.config import RETRAIN_JOB, WEEKLY_RETRAIN_CRON
 from crypto_platform.defs.resources import MLPlatformResource
 
@@ -21,6 +22,7 @@ ml_retrain_job = define_asset_job(
         AssetKey("trained_model"), AssetKey("model_promotion"), AssetKey("feature_drift")
     ),
     description="Train a challenger, run the promotion gate, re-evaluate drift against the champion.",
+    run_tags=TRAINING_RUN_TAGS,
 )
 
 

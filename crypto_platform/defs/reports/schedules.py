@@ -12,6 +12,8 @@ from dagster import (
     schedule,
 )
 
+from crypto_platform.defs.k8s_tags import REPORT_RUN_TAGS
+
 DAILY_REPORT_JOB = "daily_report_job"
 DAILY_REPORT_CRON = "30 0 * * *"  # after the 00:05 refresh has stored the previous day's last bar
 
@@ -19,6 +21,7 @@ daily_report_job = define_asset_job(
     DAILY_REPORT_JOB,
     selection=AssetSelection.assets(AssetKey("daily_report")),
     description="Write reports/daily/<date>.md.",
+    run_tags=REPORT_RUN_TAGS,
 )
 
 
