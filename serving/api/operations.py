@@ -25,10 +25,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from crypto_platform.lib.model.windows import FEATURE_BARS
 from serving.api import schemas
-from serving.api.model_store import ModelUnavailableError
 from serving.api.scoring import (
-    FEATURE_BARS,
     FeatureSnapshot,
     NotEnoughHistoryError,
     check_model_timeframe,
@@ -40,6 +39,7 @@ from serving.api.scoring import (
     signal_response,
 )
 from serving.api.services import InvalidInputError, Services
+from serving.core.model_store import ModelUnavailableError
 
 S = TypeVar("S", bound=msgspec.Struct)
 

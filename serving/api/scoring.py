@@ -23,15 +23,14 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from crypto_platform.lib.features import HEURISTIC_FEATURES, LOOKBACK_BARS, MODEL_FEATURES, compute_features
+from crypto_platform.lib.features import HEURISTIC_FEATURES, MODEL_FEATURES, compute_features
 from crypto_platform.lib.market.timeframes import hours_per_bar
-from crypto_platform.lib.model.windows import SEQUENCE_LENGTH, latest_window
+from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
 from crypto_platform.lib.signals import HeuristicSignal, classify_vol_regime, heuristic_signal, vol_thresholds
 from serving.api import schemas
-from serving.api.market import Bars, MarketService
-from serving.api.model_store import LoadedModel
+from serving.core.market import Bars, MarketService
+from serving.core.model_store import LoadedModel
 
-FEATURE_BARS = LOOKBACK_BARS + SEQUENCE_LENGTH
 SNAPSHOT_CACHE_SIZE = 64
 # Risk levels follow the forecast's regime; a forecast this far above the current realized volatility
 # raises the level by one step (volatility is expected to rise, not just be high).

@@ -25,11 +25,11 @@ from strawberry.extensions import SchemaExtension
 from strawberry.utils.str_converters import to_camel_case
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
-from serving.api.market import MarketUnavailableError
-from serving.api.model_store import ModelUnavailableError
 from serving.api.scoring import NotEnoughHistoryError
 from serving.api.security import Identity
 from serving.api.services import InvalidInputError, Services
+from serving.core.market import MarketUnavailableError
+from serving.core.model_store import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from grpc_reflection.v1alpha import reflection
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
 from serving.api import operations, schemas
-from serving.api.market import MarketUnavailableError
-from serving.api.model_store import ModelUnavailableError
 from serving.api.scoring import NotEnoughHistoryError, iso_ms
 from serving.api.services import InvalidInputError, Services, serving_lifetime
+from serving.core.market import MarketUnavailableError
+from serving.core.model_store import ModelUnavailableError
 from serving.grpc import stubs
 from serving.grpc.ratelimit import MinuteLimiter, peer_host
 
