@@ -25,8 +25,8 @@ from crypto_platform.lib.storage import ObjectStore, open_store
 from serving.api.history import History
 from serving.api.metrics import Counters, model_changed
 from serving.api.scoring import FeatureCache
-from serving.api.security import KeyRing
 from serving.api.settings import ServingSettings
+from serving.core.auth import KeyRing
 from serving.core.market import LiveLoader, MarketService
 from serving.core.model_store import ModelStore
 
