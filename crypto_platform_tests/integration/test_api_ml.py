@@ -62,6 +62,7 @@ def test_champion_is_loaded_and_ml_signal_matches_the_registered_model(
         "model_loaded": True,
         "model_version": api_champion.lstm_version,
     }
+    assert ml_client.get("/health").json()["ml_available"] is True  # the seed's liveness field
     response = ml_client.post("/v1/crypto/ml-signal", json={"symbol": "BTC/USDT"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -90,10 +91,7 @@ def test_champion_is_loaded_and_ml_signal_matches_the_registered_model(
     assert ml["predicted_volatility"] == pytest.approx(expected, rel=1e-5)
 
     tail = ml_client.get("/v1/crypto/ml-predictions/tail", params={"n": 5}).json()
-    assert (
-        tail["count"] == 1
-        and tail["items"][0]["ml_prediction"]["predicted_volatility"] == ml["predicted_volatility"]
-    )
+    assert len(tail) == 1 and tail[0]["ml_prediction"]["predicted_volatility"] == ml["predicted_volatility"]
     summary = ml_client.get("/v1/metrics/summary").json()
     assert summary["ml_available"] is True and summary["ml_predictions_total"] == 1
     metrics = ml_client.get("/metrics").text

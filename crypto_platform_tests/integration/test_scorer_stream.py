@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from crypto_platform.lib.features import MODEL_FEATURES
-from crypto_platform.lib.model.windows import latest_window
+from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
 from crypto_platform.lib.signals import heuristic_signal
 from crypto_platform.lib.storage import open_store, read_partitioned
 from crypto_platform.lib.stream.ticks import Tick, encode_tick
@@ -29,8 +29,7 @@ from crypto_platform_tests.integration.scorer_support import (
     ticks_for,
     values,
 )
-from serving.api.model_store import ModelStore
-from serving.api.scoring import FEATURE_BARS
+from serving.core.model_store import ModelStore
 from serving.stream.scorer import Scorer, ScorerConfig
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,7 @@ The app is the real one (`create_app`) over a data dir written the way the pipel
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -34,7 +35,15 @@ def _assert_bad_field(response, field: str) -> None:
 def test_health_and_not_ready_without_a_model(client):
     health = client.get("/health")
     assert health.status_code == 200
-    assert health.json()["status"] == "ok"
+    body = health.json()
+    # The seed's fields (status, ml_available, timestamp) beside today's (time, uptime_s).
+    _assert_types(
+        body, {"status": str, "ml_available": bool, "timestamp": str, "time": str, "uptime_s": float}
+    )
+    assert body["status"] == "ok" and body["ml_available"] is False
+    stamp = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    assert stamp.utcoffset() == timedelta(0) and body["timestamp"].endswith("Z")
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
     ready = client.get("/ready")
     assert ready.status_code == 503
     assert ready.json()["status"] == "not_ready" and ready.json()["reason"]
@@ -103,17 +112,38 @@ def test_batch_size_is_bounded(make_api_client, api_settings):
     _assert_bad_field(response, "symbols")
 
 
-def test_tail_returns_served_signals_newest_first(client):
+def test_tails_are_bare_lists_newest_last_as_the_seed_served_them(client):
     for horizon in (15, 30, 45):
         assert (
             client.post("/v1/crypto/signal", json={"symbol": "ETH/USDT", "horizon_min": horizon}).status_code
             == 200
         )
-    body = client.get("/v1/crypto/signals/tail", params={"n": 2}).json()
-    assert body["count"] == 2
-    assert [item["horizon_min"] for item in body["items"]] == [45, 30]
-    assert all(item["method"] == "heuristic" for item in body["items"])
-    assert client.get("/v1/crypto/ml-predictions/tail").json() == {"count": 0, "items": []}
+    response = client.get("/v1/crypto/signals/tail", params={"n": 2})
+    body = response.json()
+    assert isinstance(body, list) and [item["horizon_min"] for item in body] == [30, 45]
+    assert all(item["method"] == "heuristic" and isinstance(item["id"], int) for item in body)
+    assert client.get("/v1/crypto/ml-predictions/tail").json() == []
+    assert "link" not in client.get("/v1/crypto/ml-predictions/tail").headers
+
+
+def test_tail_pages_follow_the_link_header_to_older_rows(client):
+    for horizon in (10, 20, 30, 40, 50):
+        client.post("/v1/crypto/signal", json={"symbol": "BTC/USDT", "horizon_min": horizon})
+    seen, url, pages = [], "/v1/crypto/signals/tail?n=2", 0
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200, response.text
+        seen = [item["horizon_min"] for item in response.json()] + seen  # each page is older
+        pages += 1
+        link = response.headers.get("link")
+        url = link.split(">", 1)[0].lstrip("<") if link else None
+        if link:
+            assert link.endswith('; rel="next"') and "before=" in url and "n=2" in url
+    assert pages == 3 and seen == [10, 20, 30, 40, 50]  # no row skipped or repeated
+    newest = client.get("/v1/crypto/signals/tail", params={"n": 5}).json()
+    assert "link" not in client.get("/v1/crypto/signals/tail", params={"n": 5}).headers
+    older = client.get("/v1/crypto/signals/tail", params={"n": 5, "before": newest[-1]["id"]}).json()
+    assert [item["horizon_min"] for item in older] == [10, 20, 30, 40]
 
 
 def test_compare_without_model_gives_heuristic_and_reason(client):
@@ -175,6 +205,9 @@ def test_features_endpoint_has_no_nan(client):
         ("get", "/v1/crypto/signals/tail", {"n": 0}, "n"),
         ("get", "/v1/crypto/signals/tail", {"n": 1001}, "n"),
         ("get", "/v1/crypto/ml-predictions/tail", {"n": "many"}, "n"),
+        ("get", "/v1/crypto/signals/tail", {"before": 0}, "before"),
+        ("get", "/v1/crypto/signals/tail", {"before": "newest"}, "before"),
+        ("get", "/v1/crypto/ml-predictions/tail", {"before": 424242}, "before"),
     ],
 )
 def test_bad_input_is_400_naming_the_field(client, method, path, payload, field):

@@ -7,7 +7,7 @@ import math
 import pytest
 from sqlalchemy import inspect
 
-from serving.api.history import History
+from serving.api.history import History, UnknownCursorError
 
 
 def _row(symbol: str, created_at: float, risk: float = 0.5) -> dict:
@@ -43,3 +43,18 @@ def test_nan_never_reaches_the_db(tmp_path):
     with pytest.raises(ValueError):
         history.record_signal(_row("BTC/USDT", 1.0), {"risk": math.nan})
     assert history.tail_signals(5) == []
+
+
+def test_tail_pages_by_row_id_without_skipping_rows_served_at_the_same_time(tmp_path):
+    history = History(f"sqlite:///{tmp_path / 'h.db'}")
+    # Rows 2-4 share one created_at: the cursor must order them by id, not drop or repeat them.
+    for i, at in enumerate((1.0, 2.0, 2.0, 2.0, 3.0)):
+        history.record_signal(_row("BTC/USDT", at), {"i": i})
+    first = history.tail_signals(2)
+    second = history.tail_signals(2, before=first[-1]["id"])
+    third = history.tail_signals(2, before=second[-1]["id"])
+    assert [[r["i"] for r in page] for page in (first, second, third)] == [[4, 3], [2, 1], [0]]
+    assert history.tail_signals(2, before=third[-1]["id"]) == []
+    with pytest.raises(UnknownCursorError, match="id 99"):
+        history.tail_signals(2, before=99)
+    history.close()

@@ -10,7 +10,7 @@ from crypto_platform.lib.market.client import ExchangeUnavailableError
 from crypto_platform.lib.market.source import load_bars
 from crypto_platform.lib.storage import open_store
 from crypto_platform.settings import Settings
-from serving.api.market import LIVE_ORIGIN, STORE_ORIGIN, MarketService, MarketUnavailableError
+from serving.core.market import LIVE_ORIGIN, STORE_ORIGIN, MarketService, MarketUnavailableError
 
 HOUR = 3_600_000
 

@@ -6,10 +6,10 @@ import numpy as np
 
 from crypto_platform.lib.features import MODEL_FEATURES, compute_features
 from crypto_platform.lib.market.simulator import simulate_ohlcv
-from crypto_platform.lib.model.windows import SEQUENCE_LENGTH
-from serving.api.market import Bars
-from serving.api.model_store import LoadedModel
-from serving.api.scoring import FEATURE_BARS, FeatureSnapshot, ml_prediction
+from crypto_platform.lib.model.windows import FEATURE_BARS, SEQUENCE_LENGTH
+from serving.api.scoring import FeatureSnapshot, ml_prediction
+from serving.core.market import Bars
+from serving.core.model_store import LoadedModel
 
 HOUR_MS = 3_600_000
 END_MS = 1_700_000_000_000 // HOUR_MS * HOUR_MS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.api.security import KeyRing
 from serving.api.settings import ApiKeySpec, load_serving_settings, parse_api_keys
+from serving.core.auth import KeyRing
 
 READER = ApiKeySpec("dash", "reader", "reader-key-0123456789abcdef")
 ADMIN = ApiKeySpec("ops", "admin", "admin-key-0123456789abcdef")

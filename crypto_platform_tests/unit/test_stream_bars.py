@@ -8,9 +8,9 @@ import pytest
 
 from crypto_platform.lib.features import FEATURE_COLUMNS, compute_features
 from crypto_platform.lib.market.simulator import simulate_ohlcv
+from crypto_platform.lib.model.windows import FEATURE_BARS
 from crypto_platform.lib.stream.bars import BarBook, SymbolBars
 from crypto_platform.lib.stream.ticks import Tick
-from serving.api.scoring import FEATURE_BARS
 
 HOUR_MS = 3_600_000
 T0 = 1_748_736_000_000  # 2025-06-01T00:00Z, on the hourly grid

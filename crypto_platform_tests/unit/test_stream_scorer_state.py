@@ -10,12 +10,11 @@ import pytest
 
 from crypto_platform.lib.features import MODEL_FEATURES, compute_features
 from crypto_platform.lib.market.simulator import simulate_ohlcv
-from crypto_platform.lib.model.windows import SEQUENCE_LENGTH, latest_window
+from crypto_platform.lib.model.windows import FEATURE_BARS, SEQUENCE_LENGTH, latest_window
 from crypto_platform.lib.signals import heuristic_signal
 from crypto_platform.lib.stream.alerts import AlertConfig
 from crypto_platform.lib.stream.ticks import Tick, encode_tick
-from serving.api.model_store import LoadedModel
-from serving.api.scoring import FEATURE_BARS
+from serving.core.model_store import LoadedModel
 from serving.stream.scorer_state import InputRecord, OutputTopics, ScorerState
 
 HOUR_MS = 3_600_000

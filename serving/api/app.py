@@ -34,10 +34,8 @@ from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
 from serving.api.freshness import freshness_lifetime
 from serving.api.history import History
-from serving.api.market import LiveLoader, MarketService, MarketUnavailableError
-from serving.api.model_store import ModelStore, ModelUnavailableError
 from serving.api.scoring import NotEnoughHistoryError
-from serving.api.security import KeyRing, reader_guard
+from serving.api.security import rate_limit_identifier, reader_guard
 from serving.api.services import (
     InvalidInputError,
     Services,
@@ -46,6 +44,9 @@ from serving.api.services import (
     serving_lifetime,
 )
 from serving.api.settings import ServingSettings, get_serving_settings
+from serving.core.auth import KeyRing
+from serving.core.market import LiveLoader, MarketService, MarketUnavailableError
+from serving.core.model_store import ModelStore, ModelUnavailableError
 from serving.graphql.controller import graphql_controller
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def create_app(
             RateLimitConfig(
                 rate_limit=("minute", settings.rate_limit_per_minute),
                 exclude=UNMETERED_PATHS,
-                identifier_for_request=keyring.rate_limit_identifier,
+                identifier_for_request=rate_limit_identifier(keyring),
             ).middleware
         )
     cors = None

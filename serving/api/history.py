@@ -1,10 +1,10 @@
 """Every served signal and ML prediction, in a real database (SQLite file by default, Postgres in the stack).
 
 SQLAlchemy Core, two tables indexed on `created_at` (epoch seconds, float). Tails are read newest
-first through that index; the full response body is kept as JSON so a tail returns exactly what was
-served. SQLite runs in WAL mode with synchronous=NORMAL: a commit then costs no fsync (a crash can lose
-the last few rows, never corrupt the file). Rows are written behind the request by one writer thread
-(see `History`).
+first through that index, paged by a row-id cursor; the full response body is kept as JSON so a tail
+returns exactly what was served. SQLite runs in WAL mode with synchronous=NORMAL: a commit then costs
+no fsync (a crash can lose the last few rows, never corrupt the file). Rows are written behind the
+request by one writer thread (see `History`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -41,6 +43,11 @@ from serving.api.metrics import HISTORY_WRITE_ERRORS
 log = logging.getLogger(__name__)
 metadata = MetaData()
 MAX_BATCH = 512  # rows per transaction of the writer thread
+
+
+class UnknownCursorError(LookupError):
+    """A tail's `before` cursor names no row (rows are never deleted, so it was never one)."""
+
 
 signals = Table(
     "signals",
@@ -174,19 +181,32 @@ class History:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 
-    def tail_signals(self, n: int) -> list[dict[str, Any]]:
-        return self._tail(signals, n)
+    def tail_signals(self, n: int, before: int | None = None) -> list[dict[str, Any]]:
+        return self._tail(signals, n, before)
 
-    def tail_predictions(self, n: int) -> list[dict[str, Any]]:
-        return self._tail(ml_predictions, n)
+    def tail_predictions(self, n: int, before: int | None = None) -> list[dict[str, Any]]:
+        return self._tail(ml_predictions, n, before)
 
-    def _tail(self, table: Table, n: int) -> list[dict[str, Any]]:
-        """The last n rows, newest first, each the served payload plus `id` and `created_at`."""
+    def _tail(self, table: Table, n: int, before: int | None = None) -> list[dict[str, Any]]:
+        """The last n rows, newest first, each the served payload plus `id` and `created_at`; with
+        `before` (a row id), the n rows served just before that row (keyset paging on the same
+        (created_at, id) order, so pages neither skip nor repeat rows while new ones arrive).
+        UnknownCursorError when `before` names no row."""
         self.flush()
         query = select(table.c.id, table.c.created_at, table.c.payload).order_by(
             table.c.created_at.desc(), table.c.id.desc()
         )
         with self.engine.connect() as conn:
+            if before is not None:
+                cursor_at = conn.execute(select(table.c.created_at).where(table.c.id == before)).scalar()
+                if cursor_at is None:
+                    raise UnknownCursorError(f"no {table.name} row has id {before}")
+                query = query.where(
+                    or_(
+                        table.c.created_at < cursor_at,
+                        and_(table.c.created_at == cursor_at, table.c.id < before),
+                    )
+                )
             rows = conn.execute(query.limit(n)).all()
         return [{"id": r.id, "created_at": r.created_at, **json.loads(r.payload)} for r in rows]
 

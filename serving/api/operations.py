@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
 
+from crypto_platform.lib.model.windows import FEATURE_BARS
 from serving.api import schemas
-from serving.api.model_store import ModelUnavailableError
+from serving.api.history import UnknownCursorError
 from serving.api.scoring import (
-    FEATURE_BARS,
     FeatureSnapshot,
     NotEnoughHistoryError,
     check_model_timeframe,
@@ -40,6 +42,7 @@ from serving.api.scoring import (
     signal_response,
 )
 from serving.api.services import InvalidInputError, Services
+from serving.core.model_store import ModelUnavailableError
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -76,8 +79,16 @@ def check_range(name: str, value: int, low: int, high: int) -> int:
 
 
 def health(svc: Services) -> schemas.Health:
-    """Liveness: the process answers. Depends on nothing else."""
-    return schemas.Health(status="ok", time=iso_now(), uptime_s=round(time.time() - svc.started_at, 3))
+    """Liveness: the process answers. Depends on nothing else (whether a model is loaded is read from
+    memory, for the seed's `ml_available`; readiness is /ready)."""
+    now = iso_now()
+    return schemas.Health(
+        status="ok",
+        time=now,
+        uptime_s=round(time.time() - svc.started_at, 3),
+        ml_available=svc.models.current is not None,
+        timestamp=now,
+    )
 
 
 def readiness(svc: Services) -> schemas.Readiness:
@@ -95,7 +106,7 @@ def health_report(svc: Services) -> dict[str, Any]:
     live, ready = health(svc), readiness(svc)
     return {
         "status": live.status,
-        "timestamp": live.time,
+        "timestamp": live.timestamp,
         "uptime_s": live.uptime_s,
         "model_loaded": ready.model_loaded,
         "ml_available": ready.model_loaded,
@@ -226,10 +237,37 @@ def signal_batch(svc: Services, request: schemas.SignalBatchRequest) -> schemas.
     return schemas.SignalBatchResponse(count=len(results), results=results, errors=errors)
 
 
-def signals_tail(svc: Services, n: int = 50) -> schemas.TailResponse:
-    """The last `n` signals served, newest first. Blocking (waits for queued history writes)."""
-    items = svc.history.tail_signals(check_range("n", n, 1, schemas.MAX_TAIL))
-    return schemas.TailResponse(count=len(items), items=items)
+@dataclass(frozen=True)
+class TailPage:
+    """A page of served history rows (each the payload as served, plus `id` and `created_at`)."""
+
+    newest_first: list[dict[str, Any]]
+    next_before: int | None  # the `before` cursor of the next, older page; None: nothing older
+
+    @property
+    def newest_last(self) -> list[dict[str, Any]]:
+        """The seed's order (REST's tails)."""
+        return self.newest_first[::-1]
+
+
+def _tail_page(
+    read: Callable[[int, int | None], list[dict[str, Any]]], n: int, before: int | None
+) -> TailPage:
+    check_range("n", n, 1, schemas.MAX_TAIL)
+    if before is not None and before < 1:
+        raise InvalidInputError([{"key": "before", "message": f"must be a row id ≥ 1, got {before}"}])
+    try:
+        rows = read(n + 1, before)  # one more than asked: is there an older page?
+    except UnknownCursorError as exc:
+        raise InvalidInputError([{"key": "before", "message": str(exc)}]) from exc
+    page = rows[:n]
+    return TailPage(page, page[-1]["id"] if len(rows) > n else None)
+
+
+def signals_tail(svc: Services, n: int = 50, before: int | None = None) -> TailPage:
+    """The last `n` signals served (those served before row `before`, when given). Blocking (waits
+    for queued history writes)."""
+    return _tail_page(svc.history.tail_signals, n, before)
 
 
 def compare(
@@ -310,10 +348,9 @@ async def ml_signal(svc: Services, request: schemas.MLSignalRequest) -> schemas.
     return response
 
 
-def predictions_tail(svc: Services, n: int = 50) -> schemas.TailResponse:
-    """The last `n` ML predictions served, newest first. Blocking."""
-    items = svc.history.tail_predictions(check_range("n", n, 1, schemas.MAX_TAIL))
-    return schemas.TailResponse(count=len(items), items=items)
+def predictions_tail(svc: Services, n: int = 50, before: int | None = None) -> TailPage:
+    """The last `n` ML predictions served (before row `before`, when given). Blocking."""
+    return _tail_page(svc.history.tail_predictions, n, before)
 
 
 def ml_explain(svc: Services, request: schemas.MLExplainRequest) -> schemas.MLExplainResponse:

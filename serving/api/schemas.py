@@ -70,8 +70,10 @@ class MLExplainRequest(msgspec.Struct):
 
 class Health(msgspec.Struct):
     status: str
-    time: str
+    time: str  # server time; `timestamp` (the same value) is the seed's name for it
     uptime_s: float
+    ml_available: bool  # a model is loaded (the seed's field; /ready says why not)
+    timestamp: str
 
 
 class Readiness(_Struct):
@@ -200,11 +202,6 @@ class FeaturesResponse(msgspec.Struct):
     origin: str
     columns: list[str]
     rows: list[dict[str, Any]]
-
-
-class TailResponse(msgspec.Struct):
-    count: int
-    items: list[dict[str, Any]]
 
 
 class ModelInfo(_Struct):

@@ -23,21 +23,16 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from crypto_platform.lib.features import HEURISTIC_FEATURES, LOOKBACK_BARS, MODEL_FEATURES, compute_features
+from crypto_platform.lib import forecast
+from crypto_platform.lib.features import HEURISTIC_FEATURES, MODEL_FEATURES, compute_features
 from crypto_platform.lib.market.timeframes import hours_per_bar
-from crypto_platform.lib.model.windows import SEQUENCE_LENGTH, latest_window
-from crypto_platform.lib.signals import HeuristicSignal, classify_vol_regime, heuristic_signal, vol_thresholds
+from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
+from crypto_platform.lib.signals import HeuristicSignal, heuristic_signal, vol_thresholds
 from serving.api import schemas
-from serving.api.market import Bars, MarketService
-from serving.api.model_store import LoadedModel
+from serving.core.market import Bars, MarketService
+from serving.core.model_store import LoadedModel
 
-FEATURE_BARS = LOOKBACK_BARS + SEQUENCE_LENGTH
 SNAPSHOT_CACHE_SIZE = 64
-# Risk levels follow the forecast's regime; a forecast this far above the current realized volatility
-# raises the level by one step (volatility is expected to rise, not just be high).
-RISING_RATIO = 1.5
-_LEVELS = ("low", "medium", "high")
-_REGIME_LEVEL = {"calm": 0, "normal": 1, "turbulent": 2}
 
 
 class NotEnoughHistoryError(ValueError):
@@ -236,33 +231,20 @@ def ml_prediction(model: LoadedModel, snap: FeatureSnapshot) -> tuple[schemas.ML
 
 
 def describe_forecast(model: LoadedModel, snap: FeatureSnapshot, predicted: float) -> schemas.MLPrediction:
-    """Regime, risk level and confidence of a forecast of the next `horizon_bars` bars' volatility.
-
-    - regime: the forecast per bar (÷ √horizon) against the heuristic's per-bar thresholds, so both
-      methods speak the same calm / normal / turbulent scale;
-    - risk_level: low / medium / high from the regime, one step up when the forecast is ≥ 1.5× the
-      current 24-bar realized volatility;
-    - confidence ∈ (0, 1]: 1 / (1 + |ln(forecast / realized_vol_168)|), how consistent the forecast is
-      with the last week's realized volatility. A plausibility score, not a calibrated probability.
-    """
+    """The forecast of the next `horizon_bars` bars' volatility as served: its regime, risk level and
+    confidence come from `lib.forecast.describe_forecast` (the rules and their units are there)."""
     timeframe = snap.bars.timeframe
-    regime = classify_vol_regime(predicted / math.sqrt(model.horizon_bars), timeframe)
     current = snap.last_value("realized_vol_24")
-    level = _REGIME_LEVEL[regime]
-    if current is not None and current > 0 and predicted >= RISING_RATIO * current:
-        level = min(level + 1, 2)
-    weekly = snap.last_value("realized_vol_168")
-    if weekly and weekly > 0 and predicted > 0:
-        confidence = 1.0 / (1.0 + abs(math.log(predicted / weekly)))
-    else:
-        confidence = 0.0
+    described = forecast.describe_forecast(
+        predicted, timeframe, model.horizon_bars, current, snap.last_value("realized_vol_168")
+    )
     return schemas.MLPrediction(
         predicted_volatility=predicted,
         horizon_hours=model.horizon_bars * hours_per_bar(timeframe),
-        volatility_regime=regime,
-        risk_level=_LEVELS[level],
+        volatility_regime=described.regime,
+        risk_level=described.risk_level,
         current_volatility=current,
-        confidence=confidence,
+        confidence=described.confidence,
         prediction_timestamp=iso_now(),
         bar_timestamp=iso_ms(snap.last_ts),
     )

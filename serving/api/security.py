@@ -1,94 +1,62 @@
-"""API keys with roles, guards, and the rate-limit identity.
+"""REST's side of auth: the key read from the request, the guards, and the rate-limit identity.
 
-Keys are configured as `name:role:key` (serving.api.settings) and kept only as HMAC-SHA256 digests
-under a server pepper: a memory dump or a log of the key table does not reveal a usable key, and a
-leaked table cannot be brute-forced offline without the pepper. A presented key is hashed the same
-way and compared with `hmac.compare_digest` against every entry (no early exit), so the answer time
-does not depend on how many leading bytes matched or which entry matched.
-
-Keys are read from `X-API-Key` or `Authorization: Bearer <key>`. A presented but unknown key is
-always 401, even on routes that allow anonymous access: a typo should not silently fall back to the
-anonymous rate limit. Roles: `reader` (every /v1 read and signal) and `admin` (also model reload).
+The decision itself (key → role → allowed?) is `serving.core.auth`, shared with GraphQL and gRPC; here
+it is only read from the connection (`X-API-Key` or `Authorization: Bearer <key>`) and answered as 401
+(no or unknown key) or 403 (a key whose role is too low). Roles: `reader` (every /v1 read and signal)
+and `admin` (also model reload).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from serving.api.settings import ApiKeySpec
+from serving.core.auth import (
+    ADMIN,
+    READER,
+    AuthDecision,
+    Denial,
+    Identity,
+    KeyRing,
+    authorize,
+    presented_key,
+)
 
 IDENTITY_STATE_KEY = "api_identity"
+WHERE_THE_KEY_GOES = "X-API-Key header or Authorization: Bearer"
 _UNRESOLVED = object()
 
 
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    role: str
+def _lookup(connection: ASGIConnection, ring: KeyRing) -> tuple[bool, Identity | None]:
+    """(a key was presented, what it identified), hashed once per connection (guards may run twice)."""
+    state = connection.scope.setdefault("state", {})
+    cached = state.get(IDENTITY_STATE_KEY, _UNRESOLVED)
+    if cached is _UNRESOLVED:
+        key = presented_key(connection.headers)
+        cached = state[IDENTITY_STATE_KEY] = (key is not None, ring.identify(key) if key else None)
+    return cached
 
 
-class KeyRing:
-    def __init__(self, specs: tuple[ApiKeySpec, ...], pepper: str, require_key: bool = False) -> None:
-        self._pepper = pepper.encode()
-        self._entries = [(self._digest(s.key), Identity(s.name, s.role)) for s in specs]
-        self.require_key = require_key
+def decide(connection: ASGIConnection, ring: KeyRing, needs: str) -> AuthDecision:
+    """`serving.core.auth.authorize` for the key this connection presents."""
+    presented, identity = _lookup(connection, ring)
+    return authorize(presented, identity, needs, ring.require_key, ring.has_admin)
 
-    def _digest(self, key: str) -> bytes:
-        return hmac.new(self._pepper, key.encode(), hashlib.sha256).digest()
 
-    @property
-    def has_admin(self) -> bool:
-        return any(identity.role == "admin" for _, identity in self._entries)
-
-    def identify(self, key: str) -> Identity | None:
-        digest = self._digest(key)
-        found = None
-        for stored, identity in self._entries:
-            if hmac.compare_digest(stored, digest) and found is None:
-                found = identity
-        return found
-
-    @staticmethod
-    def presented_key(connection: ASGIConnection) -> str | None:
-        key = connection.headers.get("x-api-key")
-        if key:
-            return key.strip()
-        auth = connection.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
-
-    def resolve(self, connection: ASGIConnection) -> Identity | None:
-        """The caller's identity (cached on the connection); raises 401 for a key that matches nothing."""
-        cached = connection.scope.get("state", {}).get(IDENTITY_STATE_KEY, _UNRESOLVED)
-        if cached is not _UNRESOLVED:
-            if isinstance(cached, NotAuthorizedException):
-                raise cached
-            return cached
-        key = self.presented_key(connection)
-        outcome: Identity | NotAuthorizedException | None = None
-        if key is not None:
-            outcome = self.identify(key) or NotAuthorizedException(detail="invalid API key")
-        connection.scope.setdefault("state", {})[IDENTITY_STATE_KEY] = outcome
-        if isinstance(outcome, NotAuthorizedException):
-            raise outcome
-        return outcome
-
-    def rate_limit_identifier(self, connection: ASGIConnection) -> str:
-        """Rate limits count per key when a valid one is presented, else per client address."""
-        key = self.presented_key(connection)
-        identity = self.identify(key) if key else None
-        if identity is not None:
-            return f"key:{identity.name}"
-        client = connection.client
-        return f"ip:{client.host if client else 'unknown'}"
+def require(connection: ASGIConnection, ring: KeyRing, needs: str) -> Identity | None:
+    """The caller's identity if allowed; else 401 (no or unknown key) or 403 (role too low)."""
+    decision = decide(connection, ring, needs)
+    if decision.allowed:
+        return decision.identity
+    if decision.forbidden:
+        raise PermissionDeniedException(detail=decision.message)
+    detail = decision.message
+    if decision.denial is Denial.KEY_REQUIRED and needs == READER:
+        detail = f"{detail} ({WHERE_THE_KEY_GOES})"
+    raise NotAuthorizedException(detail=detail)
 
 
 def _keyring(connection: ASGIConnection) -> KeyRing:
@@ -99,21 +67,22 @@ def _keyring(connection: ASGIConnection) -> KeyRing:
 # a hop that cost more than the whole ml-signal handler (profiled: ~0.3 ms per request under load).
 async def reader_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Any valid key; none needed unless CRYPTO_API_REQUIRE_KEY is set."""
-    ring = _keyring(connection)
-    identity = ring.resolve(connection)
-    if identity is None and ring.require_key:
-        raise NotAuthorizedException(
-            detail="an API key is required (X-API-Key header or Authorization: Bearer)"
-        )
+    require(connection, _keyring(connection), READER)
 
 
 async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    ring = _keyring(connection)
-    identity = ring.resolve(connection)
-    if identity is None:
-        detail = "an admin API key is required" if ring.has_admin else "no admin API key is configured"
-        raise NotAuthorizedException(detail=detail)
-    if identity.role != "admin":
-        raise PermissionDeniedException(
-            detail=f"key {identity.name!r} has role {identity.role!r}; admin needed"
-        )
+    require(connection, _keyring(connection), ADMIN)
+
+
+def rate_limit_identifier(ring: KeyRing) -> Callable[[ASGIConnection], str]:
+    """Rate limits count per key when a valid one is presented, else per client address."""
+
+    def identifier(connection: ASGIConnection) -> str:
+        key = presented_key(connection.headers)
+        identity = ring.identify(key) if key else None
+        if identity is not None:
+            return f"key:{identity.name}"
+        client = connection.client
+        return f"ip:{client.host if client else 'unknown'}"
+
+    return identifier

@@ -23,12 +23,12 @@ from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_sym
 from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, validate_timeframe
 from crypto_platform.lib.storage import ObjectStore, open_store
 from serving.api.history import History
-from serving.api.market import LiveLoader, MarketService
 from serving.api.metrics import Counters, model_changed
-from serving.api.model_store import ModelStore
 from serving.api.scoring import FeatureCache
-from serving.api.security import KeyRing
 from serving.api.settings import ServingSettings
+from serving.core.auth import KeyRing
+from serving.core.market import LiveLoader, MarketService
+from serving.core.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from crypto_platform.lib.model.registry import CHAMPION, MODEL_NAME
 from crypto_platform.settings import Settings, load_settings
-
-ROLES = ("reader", "admin")
+from serving.core.auth import ROLES
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,16 @@ from typing import Any
 
 from graphql import GraphQLError
 from litestar import Request
-from litestar.exceptions import NotAuthorizedException
 from strawberry.extensions import SchemaExtension
 from strawberry.utils.str_converters import to_camel_case
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
-from serving.api.market import MarketUnavailableError
-from serving.api.model_store import ModelUnavailableError
 from serving.api.scoring import NotEnoughHistoryError
-from serving.api.security import Identity
+from serving.api.security import WHERE_THE_KEY_GOES, decide
 from serving.api.services import InvalidInputError, Services
+from serving.core.auth import READER, Denial, Identity
+from serving.core.market import MarketUnavailableError
+from serving.core.model_store import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,18 @@ VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 INTERNAL = "INTERNAL_SERVER_ERROR"
 
 
-def authorize(request: Request, services: Services, role: str = "reader") -> Identity | None:
-    """The REST guards' rules: a presented key must be valid; a key is needed for `reader` fields only
-    when CRYPTO_API_REQUIRE_KEY is set, and always for `admin` ones."""
-    ring = services.keyring
-    try:
-        identity = ring.resolve(request)
-    except NotAuthorizedException as exc:
-        raise GraphQLError(exc.detail, extensions={"code": UNAUTHENTICATED}) from None
-    if identity is None and (role == "admin" or ring.require_key):
-        what = "an admin API key" if role == "admin" else "an API key"
-        raise GraphQLError(
-            f"{what} is required (X-API-Key header or Authorization: Bearer)",
-            extensions={"code": UNAUTHENTICATED},
-        )
-    if role == "admin" and identity is not None and identity.role != "admin":
-        raise GraphQLError(
-            f"key {identity.name!r} has role {identity.role!r}; admin needed",
-            extensions={"code": FORBIDDEN},
-        )
-    return identity
+def authorize(request: Request, services: Services, role: str = READER) -> Identity | None:
+    """`serving.core.auth`'s decision for the request's key (the REST guards' rules), refusals as
+    UNAUTHENTICATED (no or unknown key) or FORBIDDEN (role too low)."""
+    decision = decide(request, services.keyring, role)
+    if decision.allowed:
+        return decision.identity
+    if decision.forbidden:
+        raise GraphQLError(decision.message, extensions={"code": FORBIDDEN})
+    message = decision.message
+    if decision.denial is Denial.KEY_REQUIRED:
+        message = f"{message} ({WHERE_THE_KEY_GOES})"
+    raise GraphQLError(message, extensions={"code": UNAUTHENTICATED})
 
 
 def _input_error(errors: list[dict[str, str]]) -> dict[str, Any]:

@@ -59,8 +59,9 @@ class Query:
 
     @strawberry.field(description="The last `n` heuristic signals served, newest first.")
     async def signals_tail(self, info: Info, n: int = 50) -> t.SignalsTail:
-        tail = await _blocking(operations.signals_tail, _services(info), n)
-        return t.SignalsTail(count=tail.count, items=t.signal_records(tail.items))  # type: ignore[arg-type]
+        page = await _blocking(operations.signals_tail, _services(info), n)
+        items = t.signal_records(page.newest_first)
+        return t.SignalsTail(count=len(items), items=items)  # type: ignore[arg-type]
 
     @strawberry.field(description="Heuristic signal and ML forecast for the same bar; records nothing.")
     async def compare_signals(self, info: Info, input: t.CompareInput) -> t.Comparison:

@@ -28,7 +28,7 @@ LONG_SCALAR = strawberry.scalar(
 @strawberry.type(description="Liveness, plus whether a model is loaded (REST /health and /ready).")
 class Health:
     status: str
-    timestamp: str = strawberry.field(description="Server time (REST /health `time`).")
+    timestamp: str = strawberry.field(description="Server time (REST /health `timestamp`).")
     uptime_s: float
     model_loaded: bool
     ml_available: bool

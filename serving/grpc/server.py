@@ -31,10 +31,11 @@ from grpc_reflection.v1alpha import reflection
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
 from serving.api import operations, schemas
-from serving.api.market import MarketUnavailableError
-from serving.api.model_store import ModelUnavailableError
 from serving.api.scoring import NotEnoughHistoryError, iso_ms
 from serving.api.services import InvalidInputError, Services, serving_lifetime
+from serving.core.auth import Denial, presented_key
+from serving.core.market import MarketUnavailableError
+from serving.core.model_store import ModelUnavailableError
 from serving.grpc import stubs
 from serving.grpc.ratelimit import MinuteLimiter, peer_host
 
@@ -128,23 +129,17 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
         self.limiter = MinuteLimiter(services.settings.rate_limit_per_minute)
 
     async def authorize(self, context: grpc.aio.ServicerContext, role: str) -> None:
+        """`serving.core.auth`'s decision for the call's key, then REST's rate limit per key/address."""
         metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
-        key = (metadata.get("x-api-key") or "").strip()
-        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
-        if not key and scheme.lower() == "bearer":
-            key = token.strip()
-        ring = self.services.keyring
-        identity = ring.identify(key) if key else None
-        if key and identity is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
-        if identity is None and (role == "admin" or ring.require_key):
-            what = "an admin API key" if role == "admin" else "an API key"
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{what} is required (x-api-key metadata)")
-        if role == "admin" and identity is not None and identity.role != "admin":
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"key {identity.name!r} has role {identity.role!r}; admin needed",
-            )
+        decision = self.services.keyring.decide(presented_key(metadata), role)
+        if decision.forbidden:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.message)
+        if not decision.allowed:
+            message = decision.message
+            if decision.denial is Denial.KEY_REQUIRED:
+                message = f"{message} (x-api-key metadata)"
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        identity = decision.identity
         who = f"key:{identity.name}" if identity is not None else f"ip:{peer_host(context.peer())}"
         retry_after = self.limiter.hit(who)
         if retry_after is not None:

@@ -47,11 +47,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from crypto_platform.lib.model.windows import FEATURE_BARS
 from crypto_platform.lib.stream.alerts import AlertConfig
 from crypto_platform.lib.stream.ticks import DEFAULT_MAX_FUTURE_MS
 from crypto_platform.settings import Settings
-from serving.api.model_store import ModelStore
-from serving.api.scoring import FEATURE_BARS
+from serving.core.model_store import ModelStore
 from serving.stream.config import Topics, ensure_topics
 from serving.stream.metrics import ScorerMetrics
 from serving.stream.scorer_state import BatchWork, OutMessage, ScorerState
@@ -95,7 +95,7 @@ class ScorerConfig:
 def load_warm_start(settings: Settings, symbols: Sequence[str], timeframe: str) -> dict[str, pl.DataFrame]:
     """The newest `FEATURE_BARS` closed bars per symbol (blocking: storage and maybe the exchange)."""
     from crypto_platform.lib.storage import open_store
-    from serving.api.market import MarketService
+    from serving.core.market import MarketService
 
     store = open_store(settings.data_location, settings.s3_endpoint_url)
     market = MarketService(settings, store)

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from crypto_platform.lib.features import compute_features
-from crypto_platform.lib.model.windows import latest_window
+from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
 from crypto_platform.lib.signals import heuristic_signal
 from crypto_platform.lib.stream.alerts import Alert, AlertConfig, AlertEngine
 from crypto_platform.lib.stream.bars import BarBook
@@ -45,8 +45,7 @@ from crypto_platform.lib.stream.ticks import (
     format_timestamp,
     parse_tick,
 )
-from serving.api.model_store import LoadedModel
-from serving.api.scoring import FEATURE_BARS
+from serving.core.model_store import LoadedModel
 
 log = logging.getLogger(__name__)
 

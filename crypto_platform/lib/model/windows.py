@@ -19,10 +19,15 @@ import numpy as np
 import polars as pl
 from numpy.lib.stride_tricks import sliding_window_view
 
+from crypto_platform.lib.features import LOOKBACK_BARS
 from crypto_platform.lib.market.timeframes import HOUR_MS, timeframe_ms
 
 SEQUENCE_LENGTH = 48
 HORIZON_BARS = 24
+# Closed bars an online scorer holds (API and Kafka scorer alike): the oldest bar of the newest
+# `SEQUENCE_LENGTH`-bar window still has its full `LOOKBACK_BARS` look-back, so every feature of the
+# window equals what the pipeline's `features` asset stores for that bar.
+FEATURE_BARS = LOOKBACK_BARS + SEQUENCE_LENGTH
 RETURN_COLUMN = "log_ret"
 
 

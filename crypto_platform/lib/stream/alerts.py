@@ -6,8 +6,8 @@ Rules (per symbol):
 - `price_move`: the price moved by at least `price_move_threshold` (fraction) against the lowest or
   highest price seen within the last `price_move_window_ms` (event time). value = the signed move.
 - `forecast_volatility`: the ML forecast of the next `horizon_bars` bars' volatility reaches
-  `forecast_threshold` (default: the turbulent per-bar threshold × √horizon, the level at which the
-  API calls the forecast regime turbulent).
+  `forecast_threshold` (default: `lib.forecast.turbulent_forecast_threshold`, the level from which
+  every face describes the forecast as turbulent).
 
 De-duplication is a small state machine per (symbol, type), `Gate`: it fires when the condition holds
 while *armed* and at least `cooldown_ms` after its last alert, then disarms; it re-arms only once the
@@ -22,11 +22,11 @@ times (the tick's or the bar's), so a replay produces the same alerts at any spe
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from crypto_platform.lib.forecast import turbulent_forecast_threshold
 from crypto_platform.lib.signals import vol_thresholds
 from crypto_platform.lib.stream.ticks import format_timestamp
 
@@ -40,7 +40,7 @@ ALERT_TYPES: tuple[str, ...] = (TURBULENT_REGIME, PRICE_MOVE, FORECAST_VOLATILIT
 class AlertConfig:
     price_move_threshold: float = 0.03
     price_move_window_ms: int = 5 * 60_000
-    forecast_threshold: float | None = None  # None: turbulent per-bar vol × √horizon_bars
+    forecast_threshold: float | None = None  # None: lib.forecast's turbulent forecast threshold
     cooldown_ms: int = 15 * 60_000
     rearm_ratio: float = 0.8
     critical_multiple: float = 2.0
@@ -136,7 +136,9 @@ class AlertEngine:
     @property
     def forecast_threshold(self) -> float:
         configured = self.config.forecast_threshold
-        return configured if configured is not None else self.turbulent_vol * math.sqrt(self.horizon_bars)
+        if configured is not None:
+            return configured
+        return turbulent_forecast_threshold(self.timeframe, self.horizon_bars)
 
     def _gate(self, symbol: str, kind: str) -> Gate:
         gate = self._gates.get((symbol, kind))

@@ -7,8 +7,8 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import Parameter
 
+from crypto_platform.lib.model.windows import FEATURE_BARS
 from serving.api import operations, schemas
-from serving.api.scoring import FEATURE_BARS
 from serving.api.services import Svc
 
 SymbolQ = Annotated[str, Parameter(min_length=1, max_length=32, description="e.g. BTC/USDT")]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
-from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar import Controller, Request, Response, get, post
 
 from serving.api import operations, schemas
+from serving.api.controllers.tails import LINK_HEADER, Before, TailN, tail_response
 from serving.api.schemas import UNAVAILABLE
 from serving.api.security import admin_guard
 from serving.api.services import Svc
@@ -24,12 +24,13 @@ class MLController(Controller):
         # Cached features inline, a miss in a worker thread (see SignalsController.signal).
         return await operations.ml_signal(svc, data)
 
-    @get("/ml-predictions/tail", sync_to_thread=True)
+    @get("/ml-predictions/tail", sync_to_thread=True, response_headers=[LINK_HEADER])
     def tail(
-        self, svc: Svc, n: Annotated[int, Parameter(ge=1, le=schemas.MAX_TAIL)] = 50
-    ) -> schemas.TailResponse:
-        """The last `n` ML predictions served, newest first."""
-        return operations.predictions_tail(svc, n)
+        self, request: Request, svc: Svc, n: TailN = 50, before: Before = None
+    ) -> Response[list[dict[str, Any]]]:
+        """The last `n` ML predictions served as a JSON list, newest last. Older pages: `before=<id>`,
+        given by the `Link: rel="next"` header."""
+        return tail_response(request, operations.predictions_tail(svc, n, before), n)
 
     @post("/ml-explain", status_code=200, sync_to_thread=True, responses=UNAVAILABLE)
     def explain(self, svc: Svc, data: schemas.MLExplainRequest) -> schemas.MLExplainResponse:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from serving.api import operations, schemas
 from serving.api.controllers.market import ExchangeQ, SymbolQ, TimeframeQ
+from serving.api.controllers.tails import LINK_HEADER, Before, TailN, tail_response
 from serving.api.services import Svc
 
 
@@ -29,12 +30,13 @@ class SignalsController(Controller):
         """Signals for several symbols; per-symbol failures are listed in `errors`, not fatal."""
         return operations.signal_batch(svc, data)
 
-    @get("/signals/tail", sync_to_thread=True)
+    @get("/signals/tail", sync_to_thread=True, response_headers=[LINK_HEADER])
     def tail(
-        self, svc: Svc, n: Annotated[int, Parameter(ge=1, le=schemas.MAX_TAIL)] = 50
-    ) -> schemas.TailResponse:
-        """The last `n` signals served, newest first."""
-        return operations.signals_tail(svc, n)
+        self, request: Request, svc: Svc, n: TailN = 50, before: Before = None
+    ) -> Response[list[dict[str, Any]]]:
+        """The last `n` signals served as a JSON list, newest last (each the response as served, plus
+        `id` and `created_at`). Older pages: `before=<id>`, given by the `Link: rel="next"` header."""
+        return tail_response(request, operations.signals_tail(svc, n, before), n)
 
     @get("/signals/compare", sync_to_thread=True)
     def compare(

@@ -139,10 +139,11 @@ async function chart() {
 }
 
 async function history() {
+  // The tails are bare lists, newest last (the seed's shape); the tables show the newest on top.
   const s = await api("/v1/crypto/signals/tail?n=20");
-  $("hist-signals").innerHTML = table(s.items, ["timestamp", "symbol", "risk_score", "vol_regime", "horizon_min", "source"]);
+  $("hist-signals").innerHTML = table(s.slice().reverse(), ["timestamp", "symbol", "risk_score", "vol_regime", "horizon_min", "source"]);
   const m = await api("/v1/crypto/ml-predictions/tail?n=20");
-  $("hist-ml").innerHTML = table(m.items, ["ml_prediction.bar_timestamp", "symbol", "model_version",
+  $("hist-ml").innerHTML = table(m.slice().reverse(), ["ml_prediction.bar_timestamp", "symbol", "model_version",
     "ml_prediction.predicted_volatility", "ml_prediction.volatility_regime", "source"]);
 }
 

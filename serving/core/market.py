@@ -1,4 +1,5 @@
-"""OHLCV for the API: the stored `ohlcv` asset first, the live exchange client when the store is stale.
+"""OHLCV for the serving faces (API, GraphQL, gRPC, the scorer's warm start): the stored `ohlcv` asset
+first, the live exchange client when the store is stale.
 
 The pipeline writes one UTC day of closed bars per (symbol, day) partition (lib.storage); the API reads
 the window it needs from there, so API features are computed from exactly the bars the pipeline stored.

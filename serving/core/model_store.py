@@ -26,13 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from crypto_platform.lib.model.tags import FAMILY_TAG, FEATURES_TAG, TIMEFRAME_TAG
 from crypto_platform.lib.model.windows import HORIZON_BARS
 
 log = logging.getLogger(__name__)
-
-FAMILY_TAG = "model_family"  # version tags written by lib.model.lifecycle
-FEATURES_TAG = "feature_columns"
-TIMEFRAME_TAG = "timeframe"
 
 
 class ModelUnavailableError(RuntimeError):
