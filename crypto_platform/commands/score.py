@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
 import click
+
+
+def _default_instance() -> str:
+    from serving.stream.config import load_stream_settings
+
+    return load_stream_settings().scorer_instance
+
+
+def _default_model_name() -> str:
+    from crypto_platform.lib.model.registry import MODEL_NAME
+    from serving.stream.config import load_stream_settings
+
+    return load_stream_settings().scorer_model_name or MODEL_NAME
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -26,7 +38,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 @click.option("--group-id", default="crypto-scorer", show_default=True, help="Consumer group.")
 @click.option(
     "--instance-id",
-    default=lambda: os.environ.get("CRYPTO_SCORER_INSTANCE", "0"),
+    default=_default_instance,
     show_default="CRYPTO_SCORER_INSTANCE or 0",
     help="Stable id of this scorer in its group; with --exactly-once the transactional id is "
     "<group>-scorer-<instance>, so a restarted instance fences its predecessor.",
@@ -37,7 +49,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 @click.option("--symbols", default=None, help="Comma-separated symbols accepted (default: CRYPTO_SYMBOLS).")
 @click.option(
     "--model-name",
-    default=lambda: os.environ.get("CRYPTO_SCORER_MODEL_NAME", "crypto-volatility"),
+    default=_default_model_name,
     show_default="CRYPTO_SCORER_MODEL_NAME or crypto-volatility",
     help="Registered model followed at its champion alias.",
 )

@@ -11,6 +11,8 @@ Environment:
 | `CRYPTO_TOPIC_DLQ` | `crypto-prices.dlq` | malformed ticks with the reason |
 | `CRYPTO_TOPIC_PARTITIONS` | `3` | partitions of topics created by `ensure_topics` |
 | `CRYPTO_KAFKA_CLIENT_ID` | `crypto-platform` | client id prefix (broker logs, quotas) |
+| `CRYPTO_SCORER_INSTANCE` | `0` | stable id of a scorer in its group (transactional id, static membership) |
+| `CRYPTO_SCORER_MODEL_NAME` | `crypto-volatility` | registered model the scorer follows at `champion` |
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class StreamSettings:
     topics: Topics = field(default_factory=Topics)
     partitions: int = DEFAULT_PARTITIONS
     client_id: str = "crypto-platform"
+    scorer_instance: str = "0"
+    # None: the registry's default model name (lib.model.registry.MODEL_NAME, not imported here: it pulls
+    # in MLflow, and the producer reads these settings too).
+    scorer_model_name: str | None = None
 
 
 def _topic(env: Mapping[str, str], name: str, default: str) -> str:
@@ -88,6 +94,8 @@ def load_stream_settings(env: Mapping[str, str] | None = None) -> StreamSettings
         topics=topics,
         partitions=partitions,
         client_id=_topic(env, "CRYPTO_KAFKA_CLIENT_ID", "crypto-platform"),
+        scorer_instance=_topic(env, "CRYPTO_SCORER_INSTANCE", "0"),
+        scorer_model_name=env.get("CRYPTO_SCORER_MODEL_NAME", "").strip() or None,
     )
 
 
