@@ -3,7 +3,8 @@
 Both methods run on the same data in the same run:
 
 * new — `lib.drift.detect_drift`: the recent window ranked among same-length windows of the reference
-  period (block null), Westfall–Young min-p over features and label, effect floor over the null median;
+  period (block null), Westfall–Young max-T over features, label and trailing windows, effect floor
+  over the null median;
 * old — the method before issue 13, kept here verbatim as the baseline (`pooled_ks_drift`): two-sample
   KS of the recent rows against the pooled reference rows, Benjamini–Hochberg, KS ≥ 0.1 or PSI ≥ 0.2.
 
@@ -144,7 +145,9 @@ def scale_volatility(bars: pl.DataFrame, from_ms: int, factor: float) -> pl.Data
             h, low = h.copy(), low.copy()
             o[first:], c[first:] = new_open, new_close
             h[first:], low[first:] = new_open * h_ratio**factor, new_open * l_ratio**factor
-        out.append(frame.with_columns(open=pl.Series(o), high=pl.Series(h), low=pl.Series(low), close=pl.Series(c)))
+        out.append(
+            frame.with_columns(open=pl.Series(o), high=pl.Series(h), low=pl.Series(low), close=pl.Series(c))
+        )
     return pl.concat(out)
 
 
@@ -250,7 +253,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stationary = {"new": Tally(), "old": Tally()}
     changes = {
         "volatility_x2": lambda bars: scale_volatility(bars, change_at, 2.0),
-        f"volume_level_x{args.volume_factor:g}": lambda bars: scale_volume(bars, change_at, args.volume_factor),
+        f"volume_level_x{args.volume_factor:g}": lambda bars: scale_volume(
+            bars, change_at, args.volume_factor
+        ),
     }
     delays: dict[str, dict[str, list[int | None]]] = {k: {"new": [], "old": []} for k in changes}
     detected_by: dict[str, Counter[str]] = {k: Counter() for k in changes}
@@ -380,14 +385,17 @@ def _real(args: argparse.Namespace, features_cols: list[str], label: str, kw: di
         report = null.test(current, features_cols, label, **kw)
         tallies["new"].add(report.drifted_features, report.label_drift_detected, month)
         tallies["old"].add(*pooled_ks_drift(reference, current, features_cols, label, **kw), month)
-    months = len({datetime.fromtimestamp(e / 1000, UTC).strftime("%Y-%m") for e in range(first_day, last_end, DAY_MS)})
+    months = len(
+        {datetime.fromtimestamp(e / 1000, UTC).strftime("%Y-%m") for e in range(first_day, last_end, DAY_MS)}
+    )
     return {
         "symbols": symbol_ids,
         "source": "Binance hourly OHLCV (shared data directory)",
         "first_day": args.real_from,
         "last_day": datetime.fromtimestamp((last_end - DAY_MS) / 1000, UTC).date().isoformat(),
         "retrain": "weekly (Monday), 365 days; drift-triggered retrains not simulated",
-        "new": tallies["new"].summary(months) | {"alarms_by_month": dict(sorted(tallies["new"].by_group.items()))},
+        "new": tallies["new"].summary(months)
+        | {"alarms_by_month": dict(sorted(tallies["new"].by_group.items()))},
         "old": tallies["old"].summary(months),
     }
 
