@@ -19,6 +19,10 @@ Delivery:
 - Failures while producing or committing (a broker restart) are retried with backoff on the SAME
   outputs (computed once; the state is not rolled back), in a new transaction in exactly-once mode,
   until they succeed: recovery needs no manual action.
+- No record stalls a partition: a record that fails to parse or to score is a dead letter (reason,
+  exception class, original bytes); a dead letter the broker refuses (not retriable, or failing
+  `DLQ_MAX_ATTEMPTS` times) is logged with its source offset, counted (`crypto_scorer_dlq_unwritable_total`)
+  and left out, and the batch commits without it.
 - A `ConsumerRebalanceListener` takes the batch lock in `on_partitions_revoked`, so the batch in
   flight finishes and commits before partitions move; records fetched for a partition no longer
   assigned are dropped (the new owner reads them from the committed offset).
