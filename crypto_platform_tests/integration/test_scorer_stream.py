@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from crypto_platform.lib.features import MODEL_FEATURES
 from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
@@ -21,6 +23,7 @@ from crypto_platform_tests.fixtures.api import write_pipeline_store
 from crypto_platform_tests.integration.scorer_support import (
     HOUR_MS,
     InProcessScorer,
+    end_and_committed,
     now_ms,
     platform_settings,
     produce,
@@ -139,6 +142,92 @@ def test_every_malformed_kind_lands_in_the_dlq_and_scoring_carries_on(kafka_brok
     assert set(reasons) == set(malformed)
     good_positions = {positions[i] for i, (_, raw) in enumerate(messages) if raw == good}
     assert {(b["source"]["partition"], b["source"]["offset"]) for b in values(predictions)} == good_positions
+
+
+async def _allow_large_messages(bootstrap: str, topic: str, max_bytes: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
+        )
+    finally:
+        await admin.close()
+
+
+async def _produce_large(
+    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]
+) -> list[tuple[int, int]]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        sent = [await (await producer.send(topic, value, key=key)) for key, value in messages]
+        return [(m.partition, m.offset) for m in sent]
+    finally:
+        await producer.stop()
+
+
+def test_poison_messages_go_to_the_dlq_with_their_reason_and_never_stall_the_scorer(
+    kafka_broker, kafka_topics, live_store
+):
+    bootstrap = kafka_broker.bootstrap_servers
+    stamp = json.loads(encode_tick(Tick("BTC/USDT", 1.0, 0.1, now_ms() - 1000, "test")))["timestamp"]
+    head = '{"symbol":"BTC/USDT","volume":0.1,"timestamp":"' + stamp + '","price":'
+    poison = {  # name → (bytes, reason code)
+        "price_400_digits": ((head + "9" * 400 + "}").encode(), "not_finite"),
+        "nested_1000_alone": (b"[" * 1000 + b"]" * 1000, "not_object"),
+        "nested_1000_in_a_field": ((head + '1,"x":' + "[" * 1000 + "]" * 1000 + "}").encode(), "bad_json"),
+        "nested_1000_objects": (b'{"a":' * 1000 + b"1" + b"}" * 1000, "bad_json"),
+        "invalid_utf8": ((head + '1,"source":"\xff\xfe"}').encode("latin-1"), "bad_json"),
+        "two_megabytes": (b'{"pad":"' + b"x" * (2 * 1024 * 1024) + b'"}', "too_large"),
+        "nan_price": ((head + "NaN}").encode(), "not_finite"),
+    }
+    asyncio.run(_allow_large_messages(bootstrap, kafka_topics.prices, 4 * 1024 * 1024))
+    ticks = ticks_for(SYMBOLS, 40, now_ms() - 20_000, step_ms=100)
+    messages: list[tuple[bytes, bytes]] = []
+    names: list[str | None] = []
+    for i, tick in enumerate(ticks):
+        messages.append((tick.symbol.encode(), encode_tick(tick)))
+        names.append(None)
+        if i % 5 == 4 and i // 5 < len(poison):
+            name = list(poison)[i // 5]
+            messages.append((b"BTC/USDT", poison[name][0]))
+            names.append(name)
+    assert set(names) - {None} == set(poison)
+    runner = InProcessScorer(make_scorer(bootstrap, kafka_topics, live_store)).start()
+    try:
+        positions = asyncio.run(_produce_large(bootstrap, kafka_topics.prices, messages))
+        dead = read_topic(bootstrap, kafka_topics.dlq, until_count=len(poison), timeout_s=60)
+        predictions = read_topic(bootstrap, kafka_topics.predictions, until_count=len(ticks), timeout_s=60)
+        deadline = time.monotonic() + 30
+        while True:  # the batch with the last record commits after its outputs are acknowledged
+            ends, committed = end_and_committed(bootstrap, kafka_topics.prices, f"g-{kafka_topics.prices}")
+            if all(committed[p] == end for p, end in ends.items() if end) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        alive = runner.thread.is_alive() and not runner.error
+    finally:
+        runner.stop()
+    assert alive, "the scorer exited on a poison message"
+    assert all(committed[p] == end for p, end in ends.items() if end), (ends, committed)
+    by_position = dict(zip(positions, names, strict=True))
+    predicted = {(b["source"]["partition"], b["source"]["offset"]) for b in values(predictions)}
+    assert predicted == {pos for pos, name in by_position.items() if name is None}  # every valid one
+    assert len(dead) == len(poison)
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        name = by_position[(int(headers["source_partition"]), int(headers["source_offset"]))]
+        raw, code = poison[name]
+        assert headers["reason"].split(":", 1)[0] == code, (name, headers["reason"])
+        assert headers["error_class"] == "InvalidTick"
+        if name == "two_megabytes":  # cut to fit the dead-letter topic; the size says what it was
+            assert headers["value_truncated"] == "true" and int(headers["value_bytes"]) == len(raw)
+            assert raw.startswith(record.value) and len(record.value) < 1024 * 1024
+        else:
+            assert record.value == raw  # the original bytes, untouched
 
 
 def _stored_features(store: Path, symbol: str, last_closed: int) -> pl.DataFrame:

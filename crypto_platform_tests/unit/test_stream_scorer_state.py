@@ -213,3 +213,49 @@ def test_alerts_reach_the_alerts_topic_once_per_event():
     assert message["symbol"] == "BTC/USDT" and message["value"] == pytest.approx(-0.06)
     assert message["threshold"] == 0.05 and message["timestamp"] == "2025-06-01T00:00:03.000Z"
     assert len(predictions(out)) == 6
+
+
+def test_poison_values_and_a_failure_to_score_one_tick_become_dead_letters_with_class_and_reason(
+    state_and_model, monkeypatch
+):
+    state, _ = state_and_model
+    ids = Offsets()
+    good_btc = encode_tick(Tick("BTC/USDT", 64000.0, 0.5, T0 + 1000))
+    good_eth = encode_tick(Tick("ETH/USDT", 2500.0, 0.5, T0 + 1000))
+    huge_price = good_btc.replace(b'"price":64000.0', b'"price":' + b"9" * 400)
+    nested = b"[" * 1000 + b"]" * 1000
+    real_on_tick = state.alerts.on_tick
+
+    def on_tick(symbol, ts, price):  # scoring ETH breaks (an alert-engine bug, say); BTC is unaffected
+        if symbol == "ETH/USDT":
+            raise ZeroDivisionError("division by zero")
+        return real_on_tick(symbol, ts, price)
+
+    monkeypatch.setattr(state.alerts, "on_tick", on_tick)
+    records = [ids.record(huge_price), ids.record(good_btc), ids.record(nested), ids.record(good_eth)]
+    out, _, work = state.process(records)
+    dead = {int(dict(m.headers)["source_offset"]): m for m in out if m.topic == "dlq"}
+    assert sorted(dead) == [0, 2, 3]
+    reasons = {offset: dict(m.headers)["reason"].decode() for offset, m in dead.items()}
+    classes = {offset: dict(m.headers)["error_class"] for offset, m in dead.items()}
+    assert reasons[0].startswith("not_finite:price") and classes[0] == b"InvalidTick"
+    assert reasons[2].startswith("not_object") and classes[2] == b"InvalidTick"
+    assert (
+        reasons[3] == "score_error: ZeroDivisionError: division by zero"
+        and classes[3] == b"ZeroDivisionError"
+    )
+    assert dead[3].value == good_eth and dead[0].value == huge_price  # the original bytes
+    assert [p["source"]["offset"] for p in predictions(out)] == [1]
+    assert work.offsets == {("prices", 0): 4}  # every record moves the offset on
+    assert state.counters.dlq == {"not_finite": 1, "not_object": 1, "score_error": 1}
+
+
+def test_a_value_too_large_for_the_dlq_is_cut_and_says_so():
+    state = ScorerState(SYMBOLS, "1h", TOPICS, clock_ms=lambda: T0, dlq_max_value_bytes=1000)
+    big = b"x" * 20_000  # past MAX_TICK_BYTES as well
+    out, _, _ = state.process([Offsets().record(big)])
+    (dead,) = out
+    headers = dict(dead.headers)
+    assert dead.value == big[:1000]
+    assert headers["value_truncated"] == b"true" and headers["value_bytes"] == b"20000"
+    assert headers["reason"].startswith(b"too_large")

@@ -28,8 +28,14 @@ class ScorerMetrics:
         )
         self.dlq = Counter(
             "crypto_scorer_dlq_total",
-            "Malformed ticks sent to the dead-letter topic, per reason.",
+            "Records sent to the dead-letter topic (malformed, or failed to score), per reason code.",
             ["reason"],
+            registry=r,
+        )
+        self.dlq_unwritable = Counter(
+            "crypto_scorer_dlq_unwritable_total",
+            "Dead letters the broker would not take (too large, or refused on every retry): logged with "
+            "their source offset and dropped, so they never block a batch.",
             registry=r,
         )
         self.alerts = Counter("crypto_scorer_alerts_total", "Alerts emitted, per type.", ["type"], registry=r)

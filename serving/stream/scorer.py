@@ -19,6 +19,10 @@ Delivery:
 - Failures while producing or committing (a broker restart) are retried with backoff on the SAME
   outputs (computed once; the state is not rolled back), in a new transaction in exactly-once mode,
   until they succeed: recovery needs no manual action.
+- No record stalls a partition: a record that fails to parse or to score is a dead letter (reason,
+  exception class, original bytes); a dead letter the broker refuses (not retriable, or failing
+  `DLQ_MAX_ATTEMPTS` times) is logged with its source offset, counted (`crypto_scorer_dlq_unwritable_total`)
+  and left out, and the batch commits without it.
 - A `ConsumerRebalanceListener` takes the batch lock in `on_partitions_revoked`, so the batch in
   flight finishes and commits before partitions move; records fetched for a partition no longer
   assigned are dropped (the new owner reads them from the committed offset).
@@ -60,6 +64,9 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 STOP_ATTEMPTS = 3  # delivery retries left once a stop is requested
+# A dead letter the broker keeps refusing is given up after this many failed attempts (at once when the
+# error is not retriable), logged with its source offset and counted: a dead letter never blocks a batch.
+DLQ_MAX_ATTEMPTS = 5
 _PARTITIONER = DefaultPartitioner()
 T = TypeVar("T")
 
@@ -109,6 +116,15 @@ def load_warm_start(settings: Settings, symbols: Sequence[str], timeframe: str) 
         seeded[symbol] = bars.frame
         log.info("warm start %s: %d bars from %s (%s)", symbol, bars.frame.height, bars.origin, bars.source)
     return seeded
+
+
+class Undelivered(KafkaError):
+    """Some outputs of a batch were not acknowledged: `failed` pairs each with the broker's error."""
+
+    def __init__(self, failed: list[tuple[OutMessage, BaseException]]) -> None:
+        first = failed[0][1]
+        super().__init__(f"{len(failed)} messages not acknowledged, first: {type(first).__name__}: {first}")
+        self.failed = failed
 
 
 class _Revoker(ConsumerRebalanceListener):
@@ -313,20 +329,28 @@ class Scorer:
         m.batch_seconds.observe(time.perf_counter() - started)
 
     async def _deliver(self, out: list[OutMessage], work: BatchWork) -> None:
-        """Produce `out` and commit the batch's offsets; retried on the same outputs until it succeeds."""
+        """Produce `out` and commit the batch's offsets; retried until it succeeds.
+
+        Retries send the same outputs (computed once), except dead letters the broker will not take
+        (`_give_up_unwritable`): those are logged and counted, and the batch commits without them.
+        """
         offsets = {TopicPartition(t, p): o for (t, p), o in work.offsets.items()}
         attempt = 0
-        sent = False
+        pending = list(out)  # exactly-once: the transaction's content; at-least-once: not yet acknowledged
+        dlq_failures: dict[int, int] = {}  # id(dead letter) → failed attempts
         while True:
             try:
                 if self.config.exactly_once:
                     # Any failure aborts the transaction (outputs and offsets together) and retries it
                     # whole: nothing of this batch is visible to read_committed readers until it commits.
-                    await self._deliver_transaction(out, offsets)
+                    await self._deliver_transaction(pending, offsets)
                     return
-                if not sent:
-                    await self._send_all(out)
-                    sent = True
+                if pending:
+                    failed = await self._send_all(pending)
+                    if failed:
+                        pending = [message for message, _ in failed]  # the acknowledged ones stand
+                        raise Undelivered(failed)
+                    pending = []
                 try:
                     await self._commit(offsets)
                 except (CommitFailedError, IllegalStateError) as exc:
@@ -336,6 +360,8 @@ class Scorer:
                     log.warning("offsets of a batch not committed (%s): the group rebalanced", exc)
                 return
             except KafkaError as exc:
+                if isinstance(exc, Undelivered):
+                    pending = self._give_up_unwritable(pending, exc.failed, dlq_failures)
                 attempt += 1
                 if self.stopping.is_set() and attempt > STOP_ATTEMPTS:
                     raise  # shutting down with the broker gone: the batch is re-read after a restart
@@ -350,16 +376,52 @@ class Scorer:
                 await asyncio.sleep(delay)
                 await self._recover_producer()
 
-    async def _send_all(self, out: list[OutMessage]) -> None:
-        """Produce `out` and wait for every acknowledgement.
+    def _give_up_unwritable(
+        self,
+        pending: list[OutMessage],
+        failed: list[tuple[OutMessage, BaseException]],
+        dlq_failures: dict[int, int],
+    ) -> list[OutMessage]:
+        """`pending` without the dead letters to give up: refused with a non-retriable error (too large,
+        invalid record) or failed `DLQ_MAX_ATTEMPTS` times. Each is logged with its source and counted;
+        the source topic still holds the original at that offset."""
+        dropped: set[int] = set()
+        for message, error in failed:
+            if message.topic != self.config.topics.dlq:
+                continue  # predictions and alerts are retried until the broker takes them
+            key = id(message)
+            dlq_failures[key] = dlq_failures.get(key, 0) + 1
+            retriable = isinstance(error, KafkaError) and error.retriable
+            if retriable and dlq_failures[key] < DLQ_MAX_ATTEMPTS:
+                continue
+            dropped.add(key)
+            headers = {name: value.decode(errors="replace") for name, value in message.headers}
+            log.error(
+                "dead letter of %s:%s@%s (%s) could not be written after %d attempts (%s: %s); dropped",
+                headers.get("source_topic"),
+                headers.get("source_partition"),
+                headers.get("source_offset"),
+                headers.get("reason", "")[:200],
+                dlq_failures[key],
+                type(error).__name__,
+                error,
+            )
+            self.metrics.dlq_unwritable.inc()
+        return [message for message in pending if id(message) not in dropped]
+
+    async def _send_all(self, out: list[OutMessage]) -> list[tuple[OutMessage, BaseException]]:
+        """Produce `out`, wait for every acknowledgement, and return the messages the broker did not take
+        with its error (empty: all acknowledged).
 
         Messages are packed into one record batch per partition (`create_batch` / `send_batch`) instead
         of `send` per message: one coroutine and one accumulator call per ~1 MB instead of per message,
         which is most of the scorer's per-tick cost. The partition is the producer's default partitioner
         applied to the key (murmur2, as `send` and the Java client do), so each symbol keeps one
-        partition of the output topics and its order.
+        partition of the output topics and its order. Dead letters (rare, and possibly refused one by
+        one: too large) travel in batches of their own, so a refusal names the one that caused it.
         """
         producer = self.producer
+        dlq_topic = self.config.topics.dlq
         groups: dict[tuple[str, int], list[OutMessage]] = {}
         for message in out:
             partitions = self._partitions.get(message.topic)
@@ -369,24 +431,27 @@ class Scorer:
                 )
             partition = _PARTITIONER(message.key, partitions, partitions)
             groups.setdefault((message.topic, partition), []).append(message)
-        futures = []
+        sent: list[tuple[list[OutMessage], asyncio.Future]] = []
         for (topic, partition), messages in groups.items():
-            batch = producer.create_batch()
+            one_per_batch = topic == dlq_topic
+            batch, in_batch = producer.create_batch(), []
             for message in messages:
-                if (
-                    batch.append(
-                        key=message.key, value=message.value, timestamp=None, headers=list(message.headers)
-                    )
-                    is None
-                ):
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(
-                        key=message.key, value=message.value, timestamp=None, headers=list(message.headers)
-                    )
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        if futures:
-            await asyncio.gather(*futures)
+                if in_batch and not one_per_batch and _append(batch, message):
+                    in_batch.append(message)
+                    continue
+                if in_batch:  # full (or a dead letter already in it): send it, start the next
+                    sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
+                    batch, in_batch = producer.create_batch(), []
+                _append(batch, message)  # the first message of a batch always fits; the broker may refuse it
+                in_batch.append(message)
+            sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
+        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        return [
+            (message, result)
+            for (messages, _), result in zip(sent, results, strict=True)
+            if isinstance(result, BaseException)
+            for message in messages
+        ]
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assigned = self.consumer.assignment()
@@ -398,7 +463,9 @@ class Scorer:
         producer = self.producer
         await producer.begin_transaction()
         try:
-            await self._send_all(out)
+            failed = await self._send_all(out)
+            if failed:
+                raise Undelivered(failed)
             await producer.send_offsets_to_transaction(offsets, self.config.group_id)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -414,3 +481,11 @@ class Scorer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.stop(), timeout=10)
         self.producer = await self._until_connected("restarting the producer", self._started_producer)
+
+
+def _append(batch, message: OutMessage) -> bool:
+    """Add `message` to an aiokafka record batch; False when the batch is full."""
+    appended = batch.append(
+        key=message.key, value=message.value, timestamp=None, headers=list(message.headers)
+    )
+    return appended is not None

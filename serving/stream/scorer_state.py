@@ -13,6 +13,12 @@ One batch goes through three steps (`serving.stream.scorer` drives them):
 3. `emit(work)` (event loop): exactly one `predictions` message per valid tick, in input order (so per
    symbol order is kept), plus alerts.
 
+No record can stop a batch: a record that fails to parse OR to score (an exception anywhere in the
+three steps, not only `InvalidTick`) becomes a dead letter with the reason (`code: ExceptionClass:
+message`) and the original bytes, and the batch goes on, so its offsets advance and a restarted scorer
+never re-reads a poison message forever. A value too large for the dead-letter topic is cut to
+`dlq_max_value_bytes`, and the headers say so and give its size.
+
 Scores are therefore per closed bar: every tick of a bar gets the signal and forecast of the newest bar
 closed before it, like the API, which serves the newest closed bar. The features are the pipeline's:
 `compute_features` over at least `FEATURE_BARS` = LOOKBACK_BARS + the model's sequence length closed
@@ -50,6 +56,14 @@ from serving.core.model_store import LoadedModel
 log = logging.getLogger(__name__)
 
 HEURISTIC_HORIZON_MIN = 60  # the API's default horizon for `nowcast_ret`
+# Dead letters must fit the broker's default message.max.bytes (1,048,588 for a record batch): the value
+# is cut to this, leaving room for the key (cut to DLQ_MAX_KEY_BYTES) and the headers.
+DEFAULT_DLQ_MAX_VALUE_BYTES = 960 * 1024
+DLQ_MAX_KEY_BYTES = 16 * 1024
+MAX_REASON_CHARS = 500
+# Reason codes of failures that are not `InvalidTick` (the part before ":" in the reason header).
+PARSE_ERROR = "parse_error"  # the parser raised something else: a parser bug, the record still moves on
+SCORE_ERROR = "score_error"  # the tick was valid but adding, scoring or encoding it failed
 KEEP_SCORES = 4  # closed-bar scores kept per symbol after a batch (only the newest is used later)
 
 
@@ -103,6 +117,9 @@ class BatchWork:
     new_bars: dict[str, list[int]] = field(default_factory=dict)  # symbol → bars closed in the batch
     model: LoadedModel | None = None
     forecast_alerts: list[tuple[str, int, float]] = field(default_factory=list)  # model-change forecasts
+    failed_symbols: dict[str, BaseException] = field(
+        default_factory=dict
+    )  # refresh failed: ticks dead-lettered
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) → next offset
 
 
@@ -126,6 +143,11 @@ class Counters:
     refreshes: int = 0
 
 
+def _describe(error: BaseException) -> str:
+    """`ExceptionClass: message`, the reason of a dead letter that is not an `InvalidTick`."""
+    return f"{type(error).__name__}: {error}"
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -141,12 +163,14 @@ class ScorerState:
         max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
         keep_bars: int = FEATURE_BARS,
         clock_ms: Callable[[], int] | None = None,
+        dlq_max_value_bytes: int = DEFAULT_DLQ_MAX_VALUE_BYTES,
     ) -> None:
         self.symbols = frozenset(symbols)
         self.timeframe = timeframe
         self.topics = topics
         self.model = model
         self.max_future_ms = max_future_ms
+        self.dlq_max_value_bytes = dlq_max_value_bytes
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.book = BarBook(timeframe, max(keep_bars, FEATURE_BARS))
         self.alerts = AlertEngine(timeframe, config=alert_config)
@@ -178,12 +202,26 @@ class ScorerState:
             try:
                 tick = parse_tick(record.value, self.symbols, now, self.max_future_ms)
             except InvalidTick as exc:
-                counters.dlq[exc.code] += 1
-                work.dlq.append(self._dead_letter(record, exc.reason))
+                self._reject(work, record, exc.code, exc.reason, exc)
+                continue
+            except (
+                Exception
+            ) as exc:  # parse_tick promises InvalidTick only; a bug must not block the partition
+                log.exception(
+                    "the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset
+                )
+                self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+                continue
+            bars = self.book.get(tick.symbol)
+            try:
+                ingested = bars.add(tick)
+            except Exception as exc:
+                log.exception(
+                    "adding a tick failed at %s:%d@%d", record.topic, record.partition, record.offset
+                )
+                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
                 continue
             counters.valid += 1
-            bars = self.book.get(tick.symbol)
-            ingested = bars.add(tick)
             if ingested.late:
                 counters.late += 1
             if ingested.closed:
@@ -201,23 +239,57 @@ class ScorerState:
                 work.refresh_symbols.add(symbol)  # seeded after start, or never scored
         return work
 
-    def _dead_letter(self, record: InputRecord, reason: str) -> OutMessage:
-        headers = (
-            ("reason", reason.encode()),
+    def _reject(
+        self, work: BatchWork, record: InputRecord, code: str, reason: str, error: BaseException
+    ) -> None:
+        self.counters.dlq[code] += 1
+        work.dlq.append(self._dead_letter(record, reason, type(error).__name__))
+
+    def _dead_letter(self, record: InputRecord, reason: str, error_class: str) -> OutMessage:
+        """The original key and bytes with why and where they came from (cut to fit the topic)."""
+        headers = [
+            ("reason", reason[:MAX_REASON_CHARS].encode(errors="replace")),
+            ("error_class", error_class.encode()),
             ("source_topic", record.topic.encode()),
             ("source_partition", str(record.partition).encode()),
             ("source_offset", str(record.offset).encode()),
             ("source_timestamp_ms", str(record.timestamp).encode()),
-        )
-        return OutMessage(self.topics.dlq, record.key, record.value or b"", headers)
+        ]
+        value = bytes(record.value or b"")
+        key = record.key
+        if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+            headers += [("key_truncated", b"true"), ("key_bytes", str(len(key)).encode())]
+            key = bytes(key[:DLQ_MAX_KEY_BYTES])
+        if len(value) > self.dlq_max_value_bytes:
+            # Whole it could never be written (the broker refuses it, and the batch would retry forever);
+            # the source topic still holds the original at source_offset.
+            headers += [("value_truncated", b"true"), ("value_bytes", str(len(value)).encode())]
+            value = value[: self.dlq_max_value_bytes]
+        return OutMessage(self.topics.dlq, key, value, tuple(headers))
 
     # -- step 2 (blocking; run in a thread) ------------------------------------------------------------
 
     def refresh(self, work: BatchWork) -> None:
+        """Score the symbols of `work.refresh_symbols`; one symbol whose scoring fails does not fail the
+        others: it is retried alone, and if it fails alone its ticks of this batch become dead letters."""
         symbols = sorted(work.refresh_symbols)
         if not symbols:
             return
         self.counters.refreshes += 1
+        try:
+            self._refresh(work, symbols)
+        except Exception:
+            log.exception("scoring %d symbols together failed; scoring them one by one", len(symbols))
+            for symbol in symbols:
+                try:
+                    self._refresh(work, [symbol])
+                except Exception as exc:
+                    log.exception(
+                        "scoring %s failed; its ticks of this batch go to the dead-letter topic", symbol
+                    )
+                    work.failed_symbols[symbol] = exc
+
+    def _refresh(self, work: BatchWork, symbols: list[str]) -> None:
         frames = self.book.frames(symbols)
         if frames.height == 0:
             return
@@ -282,7 +354,7 @@ class ScorerState:
 
     def emit(self, work: BatchWork) -> tuple[list[OutMessage], list[Alert]]:
         """Prediction messages (one per valid tick, input order) and alerts, dead letters first."""
-        out: list[OutMessage] = list(work.dlq)
+        predictions: list[OutMessage] = []
         alerts: list[Alert] = []
         for symbol, bar_ts, value in work.forecast_alerts:
             alert = self.alerts.on_forecast(symbol, bar_ts, value)
@@ -295,30 +367,21 @@ class ScorerState:
         empty = BarScore(0, None, None, None, None)
         for item in work.ticks:
             tick, record = item.tick, item.record
-            scores = self.scores.get(tick.symbol, {})
-            for bar_ts in item.closed:
-                alerts.extend(self._bar_alerts(tick.symbol, scores.get(bar_ts)))
-            if not item.late:
-                alert = self.alerts.on_tick(tick.symbol, tick.timestamp_ms, tick.price)
-                if alert is not None:
-                    alerts.append(alert)
-            score = scores.get(item.bar_ts, empty) if item.bar_ts is not None else empty
-            now = time.time_ns() // 1_000_000
-            payload = {
-                "symbol": tick.symbol,
-                "timestamp": format_timestamp(tick.timestamp_ms),
-                "price": tick.price,
-                "risk_score": score.risk_score,
-                "vol_regime": score.vol_regime,
-                "nowcast_ret": score.nowcast_ret,
-                "predicted_volatility": score.predicted_volatility,
-                "model_version": score.model_version,
-                "bar_timestamp": format_timestamp(item.bar_ts) if item.bar_ts is not None else None,
-                "late": item.late,
-                "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-                "latency_ms": now - record.timestamp if record.timestamp > 0 else None,
-            }
-            out.append(OutMessage(predictions_topic, tick.symbol.encode(), dumps(payload)))
+            failed = work.failed_symbols.get(tick.symbol)
+            if failed is not None:
+                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(failed)}", failed)
+                continue
+            try:
+                message, tick_alerts = self._prediction(item, predictions_topic, dumps, empty)
+            except Exception as exc:
+                log.exception(
+                    "scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset
+                )
+                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
+                continue
+            predictions.append(message)
+            alerts.extend(tick_alerts)
+        out: list[OutMessage] = [*work.dlq, *predictions]
         for alert in alerts:
             self.counters.alerts[alert.type] += 1
             out.append(
@@ -327,6 +390,37 @@ class ScorerState:
         self._forget_old_scores(work)
         self.book.trim()
         return out, alerts
+
+    def _prediction(
+        self, item: _Scored, predictions_topic: str, dumps: Callable[[object], bytes], empty: BarScore
+    ) -> tuple[OutMessage, list[Alert]]:
+        """One tick's prediction message and the alerts it raises (none of them is emitted if this raises)."""
+        tick, record = item.tick, item.record
+        alerts: list[Alert] = []
+        scores = self.scores.get(tick.symbol, {})
+        for bar_ts in item.closed:
+            alerts.extend(self._bar_alerts(tick.symbol, scores.get(bar_ts)))
+        if not item.late:
+            alert = self.alerts.on_tick(tick.symbol, tick.timestamp_ms, tick.price)
+            if alert is not None:
+                alerts.append(alert)
+        score = scores.get(item.bar_ts, empty) if item.bar_ts is not None else empty
+        now = time.time_ns() // 1_000_000
+        payload = {
+            "symbol": tick.symbol,
+            "timestamp": format_timestamp(tick.timestamp_ms),
+            "price": tick.price,
+            "risk_score": score.risk_score,
+            "vol_regime": score.vol_regime,
+            "nowcast_ret": score.nowcast_ret,
+            "predicted_volatility": score.predicted_volatility,
+            "model_version": score.model_version,
+            "bar_timestamp": format_timestamp(item.bar_ts) if item.bar_ts is not None else None,
+            "late": item.late,
+            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+            "latency_ms": now - record.timestamp if record.timestamp > 0 else None,
+        }
+        return OutMessage(predictions_topic, tick.symbol.encode(), dumps(payload)), alerts
 
     def _bar_alerts(self, symbol: str, score: BarScore | None) -> list[Alert]:
         if score is None:

@@ -7,6 +7,10 @@ Wire format (UTF-8 JSON object): `{"symbol": "BTC/USDT", "price": 64123.5, "volu
 `parse_tick` is the scorer's gate: anything it rejects goes to the dead-letter topic with the
 `InvalidTick.reason`, a short stable code (`bad_json`, `missing_field:price`, ...) followed by a detail
 after ": " where one helps. Dashboards group by the code (`InvalidTick.code`), so codes never change.
+Whatever the bytes, `parse_tick` returns a `Tick` or raises `InvalidTick`, nothing else: the size is
+bounded before decoding (`MAX_TICK_BYTES`), msgspec decodes into a typed struct (a value of the wrong
+kind stops it at once, a number beyond a float is refused), and the recursion of skipped deep nesting
+and the slow path's own failures are turned into reasons.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ DEFAULT_SOURCE = "unknown"
 # A producer's clock may run a little ahead of ours; more than this and the tick is rejected, since a bar
 # built from it would close every real bar before its time.
 DEFAULT_MAX_FUTURE_MS = 60_000
+# A tick is ~130 bytes; a message past this is refused unread (bounded work per message, whatever it holds).
+MAX_TICK_BYTES = 16 * 1024
 # The reasons `parse_tick` can give (the part before any ":"), for metrics and documentation.
 REASON_CODES: tuple[str, ...] = (
+    "too_large",
     "bad_json",
     "not_object",
     "missing_field",
@@ -118,15 +125,37 @@ def parse_timestamp_ms(value: object) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _number(payload: dict, name: str) -> float:
-    value = payload[name]
-    # bool is an int subclass in Python; `true` is not a price.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidTick(f"bad_type:{name}: expected a number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidTick(f"not_finite:{name}")
-    return number
+class _WireTick(msgspec.Struct):
+    """The wire format as msgspec decodes it: typed, so a value of the wrong kind stops the decoding at
+    once (never a 1,000-deep array where a price belongs) and a number too large for a float is refused
+    instead of becoming a 400-digit int. Unknown fields are skipped; null is read as absent."""
+
+    symbol: str | None = None
+    price: float | None = None
+    volume: float | None = None
+    timestamp: str | None = None
+    source: str | None = None
+
+
+_decode = msgspec.json.Decoder(_WireTick).decode
+# Only for telling why a typed decode failed: each field's raw JSON text, checked one field at a time.
+_decode_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_float = msgspec.json.Decoder(float).decode
+_EXPECTED = {
+    "symbol": "string",
+    "price": "number",
+    "volume": "number",
+    "timestamp": "string",
+    "source": "string",
+}
+_KIND_OF_FIRST_BYTE = {ord('"'): "string", ord("{"): "object", ord("["): "array", ord("t"): "boolean"}
+_KIND_OF_FIRST_BYTE |= {ord("f"): "boolean", ord("n"): "null"}
+
+
+def _json_kind(value: msgspec.Raw | bytes) -> str:
+    """The kind of a JSON value from its first byte (the decoder already knows the text is valid JSON)."""
+    text = bytes(value).lstrip()
+    return _KIND_OF_FIRST_BYTE.get(text[0], "number") if text else "nothing"
 
 
 def _reject_constant(name: str) -> float:
@@ -135,16 +164,65 @@ def _reject_constant(name: str) -> float:
     raise InvalidTick(f"not_finite: {name} literal")
 
 
-_decode = msgspec.json.Decoder().decode
-
-
-def _decode_slow(raw: bytes | bytearray | memoryview) -> object:
+def _malformed(raw: bytes | bytearray | memoryview, error: msgspec.DecodeError) -> InvalidTick:
+    """The reason for a message strict JSON refused, in json.loads' words where it has them (a NaN
+    literal, the position of a syntax error). json.loads only explains: what it returns is never used,
+    since it accepts what msgspec rightly refuses (NaN, lone surrogates)."""
     try:
-        return json.loads(bytes(raw), parse_constant=_reject_constant)
-    except InvalidTick:
-        raise
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTick(f"bad_json: {exc}"[:200]) from None
+        json.loads(bytes(raw), parse_constant=_reject_constant)
+    except InvalidTick as exc:
+        return exc
+    except RecursionError:
+        return InvalidTick("bad_json: nested too deeply")
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int past the digit limit
+        return InvalidTick(f"bad_json: {exc}"[:200])
+    return InvalidTick(f"bad_json: {error}"[:200])
+
+
+def _mistyped(raw: bytes | bytearray | memoryview, error: msgspec.ValidationError) -> InvalidTick:
+    """The reason for a well-formed document the typed decode refused, in the order the fields are
+    checked: not an object, a required field missing, then each field's kind, then numbers out of range."""
+    try:
+        fields = _decode_raw_fields(raw)
+    except msgspec.ValidationError:
+        return InvalidTick(f"not_object: got a JSON {_json_kind(bytes(raw))}")
+    except (msgspec.MsgspecError, RecursionError):
+        return InvalidTick(f"bad_type: {error}"[:200])
+    for name in REQUIRED_FIELDS:
+        if name not in fields or _json_kind(fields[name]) == "null":
+            return InvalidTick(f"missing_field:{name}")
+    for name, expected in _EXPECTED.items():
+        value = fields.get(name)
+        if value is None:
+            continue
+        kind = _json_kind(value)
+        if kind not in (expected, "null"):
+            return InvalidTick(f"bad_type:{name}: expected a {expected}, got a {kind}")
+        if kind == "number":
+            try:
+                _decode_float(value)
+            except msgspec.ValidationError:
+                text = bytes(value)
+                shown = text[:24].decode(errors="replace") + ("..." if len(text) > 24 else "")
+                return InvalidTick(f"not_finite:{name}: {shown} is out of a float's range")
+    return InvalidTick(f"bad_type: {error}"[:200])
+
+
+def _decode_tick(raw: bytes | bytearray | memoryview) -> _WireTick:
+    try:
+        return _decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _mistyped(raw, exc) from None
+    except msgspec.DecodeError as exc:
+        raise _malformed(raw, exc) from None
+    except RecursionError:  # deep nesting inside a field the tick does not have (skipped recursively)
+        raise InvalidTick("bad_json: nested too deeply") from None
+
+
+def _finite_number(value: float, name: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidTick(f"not_finite:{name}")
+    return value
 
 
 def parse_tick(
@@ -155,27 +233,24 @@ def parse_tick(
 ) -> Tick:
     """Decode and validate one message value; raise `InvalidTick(reason)` for anything unusable.
 
+    Nothing else escapes: whatever the bytes (any size, nesting, number or encoding), the answer is a
+    `Tick` or an `InvalidTick`, so one hostile message can never stop the scorer.
+
     `known_symbols` holds normalised symbols (BTC/USDT); the tick's symbol is normalised first, so
     `btcusdt` is accepted as BTC/USDT. An empty collection accepts every well-formed symbol.
     """
     if raw is None:
         raise InvalidTick("bad_json: empty message (tombstone)")
-    try:
-        # msgspec's decoder is ~4× faster than json.loads (JSON is the scorer's largest per-tick cost).
-        payload = _decode(raw)
-    except msgspec.DecodeError:
-        # Strict JSON refused it: json.loads tells why, in the same words as ever (a NaN literal, a
-        # number too large for a float, or text that is not JSON at all).
-        payload = _decode_slow(raw)
-    if not isinstance(payload, dict):
-        raise InvalidTick(f"not_object: got a JSON {type(payload).__name__}")
+    if len(raw) > MAX_TICK_BYTES:
+        # Checked before decoding: a tick is ~130 bytes, and nothing bigger is worth parsing.
+        raise InvalidTick(f"too_large: {len(raw)} bytes (limit {MAX_TICK_BYTES})")
+    # msgspec's decoder is ~4× faster than json.loads (JSON is the scorer's largest per-tick cost).
+    wire = _decode_tick(raw)
     for name in REQUIRED_FIELDS:
-        if payload.get(name) is None:
+        if getattr(wire, name) is None:
             raise InvalidTick(f"missing_field:{name}")
 
-    raw_symbol = payload["symbol"]
-    if not isinstance(raw_symbol, str):
-        raise InvalidTick(f"bad_type:symbol: expected a string, got {type(raw_symbol).__name__}")
+    raw_symbol = wire.symbol
     try:
         symbol = _normalize(raw_symbol)
     except InvalidSymbolError:
@@ -183,20 +258,18 @@ def parse_tick(
     if known_symbols and symbol not in known_symbols:
         raise InvalidTick(f"unknown_symbol: {symbol}")
 
-    price = _number(payload, "price")
+    price = _finite_number(wire.price, "price")
     if price <= 0:
         raise InvalidTick(f"bad_price: {price!r} is not positive")
-    volume = _number(payload, "volume")
+    volume = _finite_number(wire.volume, "volume")
     if volume < 0:
         raise InvalidTick(f"bad_volume: {volume!r} is negative")
 
-    ts = parse_timestamp_ms(payload["timestamp"])
+    ts = parse_timestamp_ms(wire.timestamp)
     if ts <= 0:
         raise InvalidTick(f"bad_timestamp: {ts} is not after 1970")
     if ts - now_ms > max_future_ms:
         raise InvalidTick(f"future_timestamp: {ts - now_ms} ms ahead of the scorer's clock")
-
-    source = payload.get("source", DEFAULT_SOURCE)
-    if not isinstance(source, str):
-        raise InvalidTick(f"bad_type:source: expected a string, got {type(source).__name__}")
-    return Tick(symbol=symbol, price=price, volume=volume, timestamp_ms=ts, source=source or DEFAULT_SOURCE)
+    return Tick(
+        symbol=symbol, price=price, volume=volume, timestamp_ms=ts, source=wire.source or DEFAULT_SOURCE
+    )
