@@ -107,6 +107,7 @@ def pandas_groupby(bars: pd.DataFrame) -> pd.DataFrame:
     r2 = out["log_ret"] ** 2
     out["realized_vol_24"] = np.sqrt(per_symbol(r2, lambda s: s.rolling(24).sum()).clip(lower=0))
     out["realized_vol_168"] = np.sqrt(per_symbol(r2, lambda s: s.rolling(168).sum()).clip(lower=0) * 24 / 168)
+    out["realized_vol_720"] = np.sqrt(per_symbol(r2, lambda s: s.rolling(720).sum()).clip(lower=0) * 24 / 720)
     complete = (
         per_symbol(c.notna().astype(float), lambda s: s.rolling(F.RSI_WINDOW + 1).sum()) == F.RSI_WINDOW + 1
     )
@@ -164,6 +165,7 @@ def pandas_masked(bars: pd.DataFrame) -> pd.DataFrame:
     r2 = out["log_ret"].fillna(0.0) ** 2
     out["realized_vol_24"] = window(np.sqrt(r2.rolling(24).sum().clip(lower=0)), 25)
     out["realized_vol_168"] = window(np.sqrt(r2.rolling(168).sum().clip(lower=0) * 24 / 168), 169)
+    out["realized_vol_720"] = window(np.sqrt(r2.rolling(720).sum().clip(lower=0) * 24 / 720), 721)
     change = c - prev
     ewm = [x.clip(lower=0).fillna(0.0).ewm(alpha=F.RSI_ALPHA, adjust=False).mean() for x in (change, -change)]
     windowed = [e - _DECAY * e.shift(F.RSI_WINDOW) for e in ewm]
@@ -253,6 +255,8 @@ def _naive_symbol(g: pd.DataFrame) -> pd.DataFrame:
             flat = sd <= F.FLAT_REL * mid
             row["bb_pct_b"] = 0.5 if flat else (c[i] - mid + F.BB_K * sd) / (2 * F.BB_K * sd)
             row["bb_width"] = 0.0 if flat else 2 * F.BB_K * sd / mid
+        if whole(F.RV_MONTH + 1):
+            row["realized_vol_720"] = np.sqrt(np.sum(logrets(F.RV_MONTH) ** 2) * 24 / F.RV_MONTH)
         if whole(F.RSI_WINDOW + 1):
             row["realized_vol_168"] = np.sqrt(np.sum(logrets(168) ** 2) * 24 / 168)
             d = np.diff(c[i - F.RSI_WINDOW : i + 1])
