@@ -28,7 +28,11 @@ class CombinationWeights:
     validation_qlike: float
 
     def to_dict(self) -> dict[str, object]:
-        return {"weights": dict(self.weights), "log_scale": self.log_scale, "validation_qlike": self.validation_qlike}
+        return {
+            "weights": dict(self.weights),
+            "log_scale": self.log_scale,
+            "validation_qlike": self.validation_qlike,
+        }
 
 
 def _stack(forecast_vol: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
@@ -64,8 +68,12 @@ def fit_combination(realized_vol: np.ndarray, forecast_vol: Mapping[str, np.ndar
         ratio = rv2 * np.exp(-log_h)
         return float(np.mean(ratio - np.log(ratio) - 1.0))
 
-    best = minimize(loss, np.zeros(len(names)), method="Nelder-Mead" if len(names) > 1 else "Powell",
-                    options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    best = minimize(
+        loss,
+        np.zeros(len(names)),
+        method="Nelder-Mead" if len(names) > 1 else "Powell",
+        options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000},
+    )
     theta = best.x
     w = np.exp(theta - theta.max())
     w /= w.sum()

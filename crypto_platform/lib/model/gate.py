@@ -95,7 +95,9 @@ def judge(
     if not improvement >= margin:
         reasons.append(f"improvement {improvement:+.2%} is below the {margin:.1%} margin")
     if not (candidate.dm_stat < 0 and candidate.dm_pvalue < max_pvalue):
-        reasons.append(f"DM stat {candidate.dm_stat:.2f}, p {candidate.dm_pvalue:.3g} (need < 0 and < {max_pvalue})")
+        reasons.append(
+            f"DM stat {candidate.dm_stat:.2f}, p {candidate.dm_pvalue:.3g} (need < 0 and < {max_pvalue})"
+        )
     if won < need:
         reasons.append(f"won {won} of {len(reference.fold_qlike)} folds (need {need})")
     return GateVerdict(candidate.name, not reasons, improvement, won, tuple(reasons))
@@ -110,7 +112,9 @@ def choose_champion(
 ) -> GateDecision:
     """The gate's decision: the best passing challenger, or the reference when none passes."""
     verdicts = tuple(
-        judge(c, reference, margin, max_pvalue, fold_win_share) for c in candidates if c.name != reference.name
+        judge(c, reference, margin, max_pvalue, fold_win_share)
+        for c in candidates
+        if c.name != reference.name
     )
     by_name: Mapping[str, CandidateEvidence] = {c.name: c for c in candidates}
     passing = [v for v in verdicts if v.passed]

@@ -9,6 +9,7 @@ logs (floored at `LOG_VARIANCE_FLOOR`) so they fit float32 windows and enter the
 | column                    | definition (windows in bars, r = log_ret)                                  |
 |---------------------------|----------------------------------------------------------------------------|
 | log_rv_1                  | ln(24 · r_t²): the last hour's squared return                              |
+| log_rv_{24,168,720}       | ln(realized_vol_n²), recomputed per symbol (see below)                      |
 | log_gk_{1,24,168,720}     | ln(24/n · Σ Garman–Klass bar variance) over the last n bars                |
 | log_pk_{24,168}           | ln(24/n · Σ Parkinson bar variance) (kept for the ablation in the benchmark)|
 | harq_ratio_24             | √RQ_24 / RV_24, RQ_24 = (24/3) Σ r⁴: relative measurement error of RV_24   |
@@ -19,8 +20,11 @@ logs (floored at `LOG_VARIANCE_FLOOR`) so they fit float32 windows and enter the
 |                           | bar's own value when no other symbol has a bar then (a one-symbol frame)    |
 
 Garman–Klass per bar: ½ ln(H/L)² − (2 ln 2 − 1) ln(C/O)² (≥ 0 because |ln C/O| ≤ ln H/L); Parkinson:
-ln(H/L)² / (4 ln 2). Range estimators see the whole intrabar path, not only two closes, so their day sums
-are several times less noisy than the squared hourly returns (Garman & Klass 1980).
+ln(H/L)² / (4 ln 2). Rolling sums run per symbol (`.over("symbol")`): lib.features' whole-column
+incremental sums let rounding from one symbol's last bars reach the next symbol's first ones (~1e-16),
+which would make "the past is bit-identical when the future changes" false. Range estimators see the
+whole intrabar path, not only two closes, so their day sums are several times less noisy than the
+squared hourly returns (Garman & Klass 1980).
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ import math
 
 import polars as pl
 
-from crypto_platform.lib.features import RV_LONG, RV_MONTH, RV_SHORT
 # lib.features' gap mask and sanitised close: one definition of "a complete window", not a second copy.
 from crypto_platform.lib.features import _C as _CLOSE
-from crypto_platform.lib.features import _with_runs, _window
+from crypto_platform.lib.features import RV_LONG, RV_MONTH, RV_SHORT, _window, _with_runs
 from crypto_platform.lib.market.timeframes import timeframe_ms
 
 LOG_VARIANCE_FLOOR = 1e-12
@@ -41,6 +44,9 @@ _PK_SCALE = 1.0 / (4.0 * math.log(2.0))
 
 HAR_PLUS_FEATURES: tuple[str, ...] = (
     "log_rv_1",
+    "log_rv_24",
+    "log_rv_168",
+    "log_rv_720",
     "log_gk_1",
     "log_gk_24",
     "log_gk_168",
@@ -85,7 +91,10 @@ def har_plus_features(features: pl.DataFrame, timeframe: str = "1h") -> pl.DataF
     co = (positive("close") / positive("open")).log()
     r = pl.col("log_ret").fill_null(0.0)
     stage1 = runs.with_columns(
-        pl.when(hl >= 0).then(0.5 * hl**2 - _GK_CLOSE_WEIGHT * co**2).clip(lower_bound=0.0).alias("__harp_gk"),
+        pl.when(hl >= 0)
+        .then(0.5 * hl**2 - _GK_CLOSE_WEIGHT * co**2)
+        .clip(lower_bound=0.0)
+        .alias("__harp_gk"),
         pl.when(hl >= 0).then(_PK_SCALE * hl**2).alias("__harp_pk"),
         (r**2).alias("__harp_r2"),
         (r**4).alias("__harp_r4"),
@@ -93,16 +102,26 @@ def har_plus_features(features: pl.DataFrame, timeframe: str = "1h") -> pl.DataF
         (pl.col("volume").cast(pl.Float64).clip(lower_bound=0.0) + 1.0).log().alias("__harp_lv"),
     )
 
+    def per_symbol(expr: pl.Expr) -> pl.Expr:
+        # Incremental rolling sums carry rounding along the column; per symbol, the bars of one symbol's
+        # future (sorted before the next symbol's past) cannot nudge another symbol's values.
+        return expr.over(keys) if keys else expr
+
     def bar_sum(col: str, n: int, extra_bars: int = 0) -> pl.Expr:
         # clip: an incremental rolling sum can end a hair below zero; null where the window breaks.
-        return _window(pl.col(col).fill_null(0.0).rolling_sum(n).clip(lower_bound=0.0), n + extra_bars)
+        total = per_symbol(pl.col(col).fill_null(0.0).rolling_sum(n))
+        return _window(total.clip(lower_bound=0.0), n + extra_bars)
 
     def range_var(col: str, n: int) -> pl.Expr:
         return _log_var(bar_sum(col, n) * (RV_SHORT / n))
 
     rv24 = bar_sum("__harp_r2", RV_SHORT, 1)
+    rv720 = bar_sum("__harp_r2", RV_MONTH, 1) * (RV_SHORT / RV_MONTH)
     stage2 = stage1.with_columns(
         _window(_log_var(RV_SHORT * pl.col("__harp_r2")), 2).alias("log_rv_1"),
+        _log_var(rv24).alias("log_rv_24"),
+        _log_var(bar_sum("__harp_r2", RV_LONG, 1) * (RV_SHORT / RV_LONG)).alias("log_rv_168"),
+        _log_var(rv720).alias("log_rv_720"),
         range_var("__harp_gk", 1).alias("log_gk_1"),
         range_var("__harp_gk", RV_SHORT).alias("log_gk_24"),
         range_var("__harp_gk", RV_LONG).alias("log_gk_168"),
@@ -118,15 +137,14 @@ def har_plus_features(features: pl.DataFrame, timeframe: str = "1h") -> pl.DataF
         _neg_share(bar_sum("__harp_r2neg", RV_LONG, 1), bar_sum("__harp_r2", RV_LONG, 1)).alias(
             "semivar_neg_share_168"
         ),
-        pl.when(pl.col("realized_vol_720") > 0)
-        .then(_window((pl.col(_CLOSE) / pl.col(_CLOSE).shift(RV_SHORT)).log(), RV_SHORT + 1))
-        .truediv(pl.col("realized_vol_720"))
+        pl.when(rv720 > 0)
+        .then(_window((pl.col(_CLOSE) / pl.col(_CLOSE).shift(RV_SHORT)).log(), RV_SHORT + 1) / rv720.sqrt())
         .alias("signed_ret_24"),
         (
-            _window(pl.col("__harp_lv").rolling_mean(RV_SHORT), RV_SHORT)
-            - _window(pl.col("__harp_lv").rolling_mean(RV_MONTH), RV_MONTH)
+            _window(per_symbol(pl.col("__harp_lv").rolling_mean(RV_SHORT)), RV_SHORT)
+            - _window(per_symbol(pl.col("__harp_lv").rolling_mean(RV_MONTH)), RV_MONTH)
         ).alias("volume_ratio_24_720"),
-        _log_var(pl.col("realized_vol_24").cast(pl.Float64) ** 2).alias("__harp_own_log_rv"),
+        _log_var(rv24).alias("__harp_own_log_rv"),
     )
     frame = stage2.collect(engine="in-memory")
     frame = frame.with_columns(_cross_asset(frame, keys).alias("cross_log_rv_24"))

@@ -82,7 +82,9 @@ def log_residuals(realized_vol: np.ndarray, forecast_vol: np.ndarray) -> np.ndar
     y = np.asarray(realized_vol, dtype=np.float64)
     f = np.asarray(forecast_vol, dtype=np.float64)
     if y.shape != f.shape or y.ndim != 1:
-        raise ValueError(f"realized and forecast volatility must be 1-d of one length, got {y.shape}, {f.shape}")
+        raise ValueError(
+            f"realized and forecast volatility must be 1-d of one length, got {y.shape}, {f.shape}"
+        )
     if not (np.all(np.isfinite(f)) and np.all(f > 0)):
         raise ValueError("forecast volatility must be finite and > 0")
     keep = np.isfinite(y) & (y > 0)
@@ -110,7 +112,9 @@ def volatility_interval(
     try:
         k = next(i for i, p in enumerate(dispersion.levels) if abs(p - level) < 1e-12)
     except StopIteration:
-        raise ValueError(f"level {level} was not fitted; the dispersion has {list(dispersion.levels)}") from None
+        raise ValueError(
+            f"level {level} was not fitted; the dispersion has {list(dispersion.levels)}"
+        ) from None
     f = np.asarray(forecast_vol, dtype=np.float64)
     return f * math.exp(0.5 * dispersion.lower[k]), f * math.exp(0.5 * dispersion.upper[k])
 
@@ -144,7 +148,9 @@ def expected_shortfall(forecast_vol: np.ndarray, level: float = VAR_LEVEL) -> np
     return 1.0 - np.exp(0.5 * sigma**2) * _normal_cdf(-z - sigma) / (1.0 - level)
 
 
-def var_breach_rate(forward_log_return: np.ndarray, forecast_vol: np.ndarray, level: float = VAR_LEVEL) -> float:
+def var_breach_rate(
+    forward_log_return: np.ndarray, forecast_vol: np.ndarray, level: float = VAR_LEVEL
+) -> float:
     """Share of horizons whose realised loss 1 − e^r exceeded the VaR (nominal 1 − level)."""
     r = np.asarray(forward_log_return, dtype=np.float64)
     loss = 1.0 - np.exp(r)

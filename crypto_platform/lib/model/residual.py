@@ -1,6 +1,6 @@
 """The TensorFlow model as a residual on HAR+ (HARNet-style, Reisenhofer et al. 2022), seed-ensembled.
 
-    ln ĥ = ln ĥ_HAR+  +  (1/M) Σ_m g_m(sequence, z)  +  ln c
+    ln ĥ = ln ĥ_HAR+  +  (1/M) Σ_m g_m(sequence, z)
 
 - ln ĥ_HAR+: the fitted `HARPlusBaseline`'s log-variance forecast (scale included);
 - g_m, one network per seed: LSTM(`lstm_units`) over the last `sequence_length` bars of the window
@@ -9,9 +9,9 @@
   as exactly HAR+ and training can only move away from it where the QLIKE gradient says so;
 - trained on QLIKE of the variance (`lstm.qlike_loss`), AdamW (decoupled weight decay), early stopping
   on a rolling validation block — the latest `validation_fraction` of the training windows, purged by
-  the horizon — with the best epoch's weights restored;
-- members averaged in log space, then c = the QLIKE-optimal scale of the averaged forecast on the
-  validation block (averaging logs shrinks the level slightly).
+  the horizon — with the best epoch's weights restored; a member whose best validation QLIKE is not
+  below HAR+'s own keeps a zero correction (it cannot make the ensemble worse on validation);
+- members averaged in log space (c = 1: each member's QLIKE-trained output bias sets the level).
 Pooled over symbols: one network for every symbol, per-asset standardisation for the inputs (the
 per-asset level stays in the HAR+ base).
 
@@ -21,7 +21,7 @@ layers (tested equal within 1e-5 for the whole ensemble); Keras is only needed t
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,7 +56,7 @@ class ResidualConfig:
     lstm_units: int = 8  # 0: no sequence encoder, the correction sees HAR+'s regressors only
     hidden_units: int = 16
     seeds: tuple[int, ...] = (11, 12, 13, 14, 15)
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     weight_decay: float = 1e-3
     batch_size: int = 512
     max_epochs: int = 25
@@ -80,7 +80,7 @@ class ResidualConfig:
     @classmethod
     def fast(cls) -> ResidualConfig:
         """Same code path, smaller: an MLP correction (no LSTM), 5 seeds, few epochs (seconds)."""
-        return cls(lstm_units=0, hidden_units=8, max_epochs=6, patience=2, learning_rate=3e-3)
+        return cls(lstm_units=0, hidden_units=8, max_epochs=6, patience=2, learning_rate=1e-3)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -138,10 +138,18 @@ class ResidualMember:
         parts = []
         if self.lstm is not None:
             kernel, recurrent, bias = prescaled_lstm(self.lstm, dtype)
-            parts.append(lstm_steps(sequence.astype(dtype), kernel, recurrent, bias, self.lstm.units, False, dtype))
+            parts.append(
+                lstm_steps(sequence.astype(dtype), kernel, recurrent, bias, self.lstm.units, False, dtype)
+            )
         parts.append(design.astype(dtype))
-        hidden = np.tanh(np.concatenate(parts, axis=1) @ self.hidden_kernel.astype(dtype) + self.hidden_bias.astype(dtype))
-        return (hidden @ self.out_kernel.astype(dtype) + self.out_bias.astype(dtype)).reshape(-1).astype(np.float64)
+        hidden = np.tanh(
+            np.concatenate(parts, axis=1) @ self.hidden_kernel.astype(dtype) + self.hidden_bias.astype(dtype)
+        )
+        return (
+            (hidden @ self.out_kernel.astype(dtype) + self.out_bias.astype(dtype))
+            .reshape(-1)
+            .astype(np.float64)
+        )
 
 
 @dataclass(frozen=True)
@@ -180,17 +188,21 @@ def _build_network(config: ResidualConfig, n_sequence: int, n_design: int, seed:
         parts.insert(0, keras.layers.LSTM(config.lstm_units, name="lstm")(seq_in))
     joined = keras.layers.Concatenate(name="joined")(parts) if len(parts) > 1 else parts[0]
     hidden = keras.layers.Dense(config.hidden_units, activation="tanh", name="hidden")(joined)
-    correction = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros", name=CORRECTION_LAYER)(
-        hidden
-    )
+    correction = keras.layers.Dense(
+        1, kernel_initializer="zeros", bias_initializer="zeros", name=CORRECTION_LAYER
+    )(hidden)
     log_var = keras.layers.Add(name="log_variance")([base_in, correction])
     return keras.Model([seq_in, design_in, base_in], log_var, name="har_plus_residual")
 
 
-def _member_from_keras(model: keras.Model, config: ResidualConfig, seed: int, history: dict[str, list[float]]) -> ResidualMember:
+def _member_from_keras(
+    model: keras.Model, config: ResidualConfig, seed: int, history: dict[str, list[float]]
+) -> ResidualMember:
     lstm = None
     if config.lstm_units:
-        kernel, recurrent, bias = (np.asarray(w, dtype=np.float64) for w in model.get_layer("lstm").get_weights())
+        kernel, recurrent, bias = (
+            np.asarray(w, dtype=np.float64) for w in model.get_layer("lstm").get_weights()
+        )
         lstm = LSTMWeights(kernel, recurrent, bias)
     hk, hb = (np.asarray(w, dtype=np.float64) for w in model.get_layer("hidden").get_weights())
     ok, ob = (np.asarray(w, dtype=np.float64) for w in model.get_layer(CORRECTION_LAYER).get_weights())
@@ -221,7 +233,9 @@ class ResidualHARPlusForecaster:
             self.base = HARPlusBaseline().fit(train)
         index = tuple(train.column_index(c) for c in cfg.sequence_features)
         if train.sequence_length < cfg.sequence_length:
-            raise ValueError(f"windows hold {train.sequence_length} bars, the config needs {cfg.sequence_length}")
+            raise ValueError(
+                f"windows hold {train.sequence_length} bars, the config needs {cfg.sequence_length}"
+            )
         fit_rows, val_rows = validation_cut(train.ts, cfg.validation_fraction, train.horizon, train.bar_ms)
         fit_block = train.take(fit_rows)
         scaler = PerAssetScaler.fit(fit_block.X[:, -1, list(index)].astype(np.float64), fit_block.symbol)
@@ -232,14 +246,21 @@ class ResidualHARPlusForecaster:
         def part(rows: np.ndarray) -> list[np.ndarray]:
             return [seq[rows], design[rows], base_lv[rows, None].astype(np.float32)]
 
+        val_y2 = np.maximum(train.y[val_rows] ** 2, 1e-12)
+        val_ratio = val_y2 * np.exp(-base_lv[val_rows])
+        base_val_qlike = float(np.mean(val_ratio - np.log(val_ratio) - 1.0))  # what qlike_loss reports
         members, models = [], []
         for seed in cfg.seeds:
             model = _build_network(cfg, seq.shape[2], design.shape[1], seed)
             model.compile(
-                optimizer=keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay),
+                optimizer=keras.optimizers.AdamW(
+                    learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay
+                ),
                 loss=qlike_loss,
             )
-            stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+            stopper = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+            )
             fit = model.fit(
                 part(fit_rows),
                 y[fit_rows],
@@ -251,13 +272,23 @@ class ResidualHARPlusForecaster:
                 verbose=0,
             )
             history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-            members.append(_member_from_keras(model, cfg, seed, history))
+            member = _member_from_keras(model, cfg, seed, history)
+            if not member.best_val_loss < base_val_qlike:
+                # The correction did not beat HAR+ on validation at any epoch: this member stays HAR+
+                # (zero output layer), in Keras too, so both paths keep computing the same thing.
+                layer = model.get_layer(CORRECTION_LAYER)
+                layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+                member = _member_from_keras(model, cfg, seed, history)
+                member = dataclasses.replace(member, best_epoch=0)
+            members.append(member)
             models.append(model)
         shell = ResidualEnsemble(cfg, scaler, index, tuple(members), 0.0, 0.0, np.zeros(0))
         val_lv = base_lv[val_rows] + shell.log_correction(seq[val_rows], design[val_rows])
         keep = train.y[val_rows] > 0
         log_y2 = 2.0 * np.log(train.y[val_rows][keep])
-        log_scale = math.log(float(np.mean(np.exp(log_y2 - val_lv[keep]))))
+        # No extra scale: the correction's bias is trained on QLIKE, so the level is already learned
+        # (a validation-block scale was measured to cost more than it gave: it is one noisy mean).
+        log_scale = 0.0
         self.ensemble = ResidualEnsemble(
             cfg,
             scaler,
@@ -282,13 +313,22 @@ class ResidualHARPlusForecaster:
     def keras_log_variance(self, windows: WindowSet) -> np.ndarray:
         """The same ensemble forecast from the Keras models (the reference the numpy path is tested on)."""
         if self.ensemble is None or self.base is None or not self.keras_models:
-            raise RuntimeError("har_plus_residual: call fit first (the Keras models live only in that process)")
+            raise RuntimeError(
+                "har_plus_residual: call fit first (the Keras models live only in that process)"
+            )
         seq, design, base_lv = self.ensemble.inputs(windows, self.base)
         inputs = [seq, design, base_lv[:, None].astype(np.float32)]
-        outs = [np.asarray(m(inputs, training=False), dtype=np.float64).reshape(-1) for m in self.keras_models]
+        outs = [
+            np.asarray(m(inputs, training=False), dtype=np.float64).reshape(-1) for m in self.keras_models
+        ]
         # Each Keras model adds the base itself (in float32); the ensemble mean of corrections is the same
         # as the mean of outputs minus the base.
-        return np.mean(outs, axis=0) - base_lv.astype(np.float32).astype(np.float64) + base_lv + self.ensemble.log_scale
+        return (
+            np.mean(outs, axis=0)
+            - base_lv.astype(np.float32).astype(np.float64)
+            + base_lv
+            + self.ensemble.log_scale
+        )
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"config": self.config.to_dict()}
@@ -297,7 +337,12 @@ class ResidualHARPlusForecaster:
                 log_scale=self.ensemble.log_scale,
                 seconds=self.ensemble.seconds,
                 members=[
-                    {"seed": m.seed, "best_epoch": m.best_epoch, "epochs_run": m.epochs_run, "best_val_loss": m.best_val_loss}
+                    {
+                        "seed": m.seed,
+                        "best_epoch": m.best_epoch,
+                        "epochs_run": m.epochs_run,
+                        "best_val_loss": m.best_val_loss,
+                    }
                     for m in self.ensemble.members
                 ],
             )
