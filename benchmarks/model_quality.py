@@ -16,6 +16,17 @@ Prints JSON (`figure` = pooled LSTM QLIKE, `baseline` = best baseline's, `ratio`
 `--folds` and `--epochs` (maximum LSTM epochs per fold).
 
     .venv/bin/python benchmarks/model_quality.py --years 3 --folds 4 --epochs 8 --json out.json
+
+Issue 14 adds, per fold and fitted on the same training block: `har_plus` (lib.model.har_plus), the
+TensorFlow residual ensemble on it (`har_plus_residual`, lib.model.residual), and their convex
+QLIKE-weighted log combination (`combination`, weights fitted on the latest 15 % of the training block
+with every member refitted on the rest — lib.model.combination). Every forecaster then gets
+`improvement_vs_har` and `dm_pvalue_vs_har` (pooled, against plain HAR), the gate of lib.model.gate
+names the `champion`, and `intervals` reports the holdout coverage of the 80 % / 95 % predictive
+intervals and the 99 % VaR breach rate (lib.model.intervals) of the new forecasters.
+
+    .venv/bin/python benchmarks/model_quality.py --symbols BTC,ETH --years 2 --skip-lstm --preset fast
+    .venv/bin/python benchmarks/model_quality.py --symbols SOL,BNB --years 2 --end 2024-04-15
 """
 
 from __future__ import annotations
@@ -42,12 +53,25 @@ GOAL_PVALUE = 0.05
 HOUR_MS = 3_600_000
 
 
-def load_bars(symbol_ids: list[str], years: float) -> pl.DataFrame:
+def file_symbol(symbol: str) -> str:
+    """ "BTC", "BTCUSDT" or "BTC/USDT" → the shared file's id "BTCUSDT"."""
+    compact = symbol.strip().upper().replace("/", "")
+    return compact if compact.endswith("USDT") else compact + "USDT"
+
+
+def load_bars(symbol_ids: list[str], years: float, end: str | None = None) -> pl.DataFrame:
+    """The last `years` of hourly bars of each symbol, all cut at one common end.
+
+    The end is `end` (UTC date) when given, else the earliest last bar among the files (the files end on
+    different days; cross-asset terms and pooled folds need the symbols over the same hours).
+    """
+    from datetime import UTC, datetime
+
     from crypto_platform.lib.market.schema import normalize_ohlcv
     from crypto_platform.lib.market.symbols import normalize_symbol
 
-    frames = []
-    for symbol_id in symbol_ids:
+    loaded = []
+    for symbol_id in map(file_symbol, symbol_ids):
         path = DATA_DIR / f"binance_{symbol_id}_1h.csv.gz"
         if not path.exists():
             sys.exit(
@@ -56,11 +80,20 @@ def load_bars(symbol_ids: list[str], years: float) -> pl.DataFrame:
             )
         with gzip.open(path) as handle:
             raw = pl.read_csv(handle.read(), schema_overrides={"ts": pl.Int64})
-        bars = normalize_ohlcv(raw)
+        loaded.append((symbol_id, normalize_ohlcv(raw)))
+    if end is not None:
+        end_ts = int(datetime.fromisoformat(end).replace(tzinfo=UTC).timestamp() * 1000)
+    else:
+        end_ts = min(int(bars["ts"].max()) for _, bars in loaded) + HOUR_MS
+    frames = []
+    for symbol_id, bars in loaded:
+        bars = bars.filter(pl.col("ts") < end_ts)
         if years > 0:
             # + 31 days: the first window of the period needs a month of feature warm-up.
-            start = int(bars["ts"].max()) - int((years * 365.25 + 31) * 24) * HOUR_MS
+            start = end_ts - int((years * 365.25 + 31) * 24) * HOUR_MS
             bars = bars.filter(pl.col("ts") >= start)
+        if bars.height == 0:
+            sys.exit(f"model_quality: {symbol_id} has no bars before {end or 'the common end'}")
         frames.append(bars.with_columns(pl.lit(normalize_symbol(symbol_id)).alias("symbol")))
     return pl.concat(frames)
 
@@ -69,7 +102,9 @@ def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _table(table: Any) -> dict[str, dict[str, float | None]]:
+def _table(table: Any, dm_har: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per forecaster: the table's metrics (DM vs the best baseline) and QLIKE improvement / DM vs HAR."""
+    har_q = table.row("har").qlike
     return {
         row.name: {
             "qlike": _finite(row.qlike),
@@ -77,27 +112,84 @@ def _table(table: Any) -> dict[str, dict[str, float | None]]:
             "mz_r2": _finite(row.mz_r2),
             "dm_stat": _finite(row.dm_stat),
             "dm_pvalue": _finite(row.dm_pvalue),
+            "improvement_vs_har": _finite((har_q - row.qlike) / har_q),
+            "dm_stat_vs_har": _finite(dm_har[row.name].stat) if row.name in dm_har else None,
+            "dm_pvalue_vs_har": _finite(dm_har[row.name].pvalue) if row.name in dm_har else None,
         }
         for row in table.rows
     }
 
 
+def forward_log_returns(features: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """(symbol, ts, fwd_log_ret): ln(c_{t+h} / c_t) where bar t+h is exactly h bars later (VaR checks)."""
+    return (
+        features.sort("symbol", "ts")
+        .with_columns(
+            pl.when((pl.col("ts").shift(-horizon) - pl.col("ts")).over("symbol") == horizon * HOUR_MS)
+            .then((pl.col("close").shift(-horizon) / pl.col("close")).log().over("symbol"))
+            .alias("fwd_log_ret")
+        )
+        .select("symbol", "ts", "fwd_log_ret")
+    )
+
+
+def _combination_members(train: Any, names: tuple[str, ...], har_plus: Any) -> Any:
+    """Convex weights fitted on the latest 15 % of `train`, each member refitted on the rest (purged)."""
+    from crypto_platform.lib.model.baselines import BASELINES
+    from crypto_platform.lib.model.combination import fit_combination
+    from crypto_platform.lib.model.har_plus import HARPlusBaseline, validation_cut
+
+    fit_rows, val_rows = validation_cut(train.ts, 0.15, train.horizon, train.bar_ms)
+    early, val = train.take(fit_rows), train.take(val_rows)
+    val_forecasts = {}
+    for name in names:
+        if name == "har_plus":
+            model = HARPlusBaseline(har_plus.config).fit(early)
+        elif name in BASELINES:
+            model = BASELINES[name]().fit(early)
+        else:
+            continue
+        val_forecasts[name] = np.asarray(model.predict(val), dtype=np.float64)
+    return fit_combination(val.y, val_forecasts), val, val_forecasts
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from crypto_platform.lib.features import MODEL_FEATURES, compute_features
     from crypto_platform.lib.model.baselines import BASELINES
-    from crypto_platform.lib.model.evaluation import evaluate_forecasts
+    from crypto_platform.lib.model.combination import combine
+    from crypto_platform.lib.model.evaluation import diebold_mariano_against, evaluate_forecasts
+    from crypto_platform.lib.model.gate import CandidateEvidence, choose_champion
+    from crypto_platform.lib.model.har_features import HAR_PLUS_FEATURES, har_plus_features
+    from crypto_platform.lib.model.har_plus import HARPlusBaseline
+    from crypto_platform.lib.model.intervals import (
+        fit_dispersion,
+        interval_coverage,
+        log_residuals,
+        var_breach_rate,
+    )
     from crypto_platform.lib.model.lstm import LSTMConfig, LSTMForecaster, limit_tf_threads
-    from crypto_platform.lib.model.training import fit_baselines
+    from crypto_platform.lib.model.residual import ResidualConfig, ResidualHARPlusForecaster
+    from crypto_platform.lib.model.training import fit_baselines, select_columns
     from crypto_platform.lib.model.windows import build_windows, walk_forward_folds
 
     limit_tf_threads(args.threads, 1)
     started = time.perf_counter()
-    bars = load_bars(args.symbols.split(","), args.years)
-    features = compute_features(bars)
-    windows = build_windows(features, MODEL_FEATURES)
+    symbols = [file_symbol(s) for s in args.symbols.split(",")]
+    bars = load_bars(symbols, args.years, args.end)
+    features = har_plus_features(compute_features(bars))
+    windows = build_windows(features, (*MODEL_FEATURES, *HAR_PLUS_FEATURES))
+    fwd = forward_log_returns(features, windows.horizon)
+    fwd_ret = (
+        pl.DataFrame({"symbol": windows.symbol.astype(str), "ts": windows.ts})
+        .join(fwd, on=["symbol", "ts"], how="left")["fwd_log_ret"]
+        .to_numpy()
+    )
     prep_s = time.perf_counter() - started
 
     preset = LSTMConfig.fast() if args.preset == "fast" else LSTMConfig.default()
+    residual_cfg = ResidualConfig.fast() if args.preset == "fast" else ResidualConfig.default()
+    if args.seeds is not None:
+        residual_cfg = dataclasses.replace(residual_cfg, seeds=tuple(range(11, 11 + args.seeds)))
     overrides = {
         k: v
         for k, v in {
@@ -114,23 +206,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     config = dataclasses.replace(preset, **overrides)
     folds = walk_forward_folds(windows.ts, n_folds=args.folds, min_train_frac=args.min_train_frac)
+    new_models = ("har_plus", "har_plus_residual", "combination")
 
     fold_reports = []
     pooled: dict[str, list[np.ndarray]] = {}
-    pooled_y, pooled_ts = [], []
+    pooled_y, pooled_ts, pooled_ret = [], [], []
+    dispersions: dict[str, list[Any]] = {}
     for k, fold in enumerate(folds):
         t0 = time.perf_counter()
         train, test = windows.take(fold.train), windows.take(fold.test)
         baselines, skipped = fit_baselines(train, tuple(BASELINES))
         t1 = time.perf_counter()
-        lstm = LSTMForecaster(config).fit(train)
+        har_plus = HARPlusBaseline().fit(train)
         t2 = time.perf_counter()
-        forecasts = {"lstm": lstm.predict(test)}
-        forecasts.update(
-            {name: np.asarray(b.predict(test), dtype=np.float64) for name, b in baselines.items()}
-        )
+        residual = ResidualHARPlusForecaster(residual_cfg, base=har_plus).fit(train)
+        t3 = time.perf_counter()
+        forecasts = {name: np.asarray(b.predict(test), dtype=np.float64) for name, b in baselines.items()}
+        forecasts["har_plus"] = har_plus.predict(test)
+        forecasts["har_plus_residual"] = residual.predict(test)
+        members = tuple(n for n in ("har_plus", "har", "ewma", "garch") if n in forecasts)
+        weights, val, val_forecasts = _combination_members(train, members, har_plus)
+        forecasts["combination"] = combine(weights, forecasts)
+        t4 = time.perf_counter()
+        lstm = None
+        if not args.skip_lstm:
+            lstm = LSTMForecaster(config).fit(select_columns(train, MODEL_FEATURES))
+            forecasts["lstm"] = lstm.predict(select_columns(test, MODEL_FEATURES))
+        t5 = time.perf_counter()
+
+        # Validation log-residuals of each new forecaster → its predictive intervals on this fold's test.
+        fold_disp = {
+            "har_plus": fit_dispersion(har_plus.validation_log_residuals),
+            "har_plus_residual": fit_dispersion(residual.ensemble.validation_log_residuals),
+            "combination": fit_dispersion(log_residuals(val.y, combine(weights, val_forecasts))),
+        }
+        for name, disp in fold_disp.items():
+            dispersions.setdefault(name, []).append(disp)
+
         table = evaluate_forecasts(test.y, forecasts, ts=test.ts)
-        trained = lstm.trained
+        dm_har = diebold_mariano_against(test.y, forecasts, "har", ts=test.ts)
+        trained = lstm.trained if lstm else None
         fold_reports.append(
             {
                 "fold": k,
@@ -139,20 +254,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "test_start": _iso(fold.test_start_ts),
                 "test_end": _iso(fold.test_end_ts),
                 "best_baseline": table.best_baseline,
-                "lstm_vs_best_baseline": _improvement(table, "lstm"),
-                "metrics": _table(table),
+                "lstm_vs_best_baseline": _improvement(table, "lstm") if lstm else None,
+                "metrics": _table(table, dm_har),
                 "skipped_baselines": skipped,
+                "combination_weights": weights.to_dict(),
+                "har_plus_qlike_scale": har_plus.scale,
+                "residual_members": residual.params()["members"],
                 "lstm_epochs_run": trained.epochs_run if trained else None,
                 "lstm_best_epoch": trained.best_epoch if trained else None,
                 "seconds_baselines": round(t1 - t0, 1),
-                "seconds_lstm": round(t2 - t1, 1),
+                "seconds_har_plus": round(t2 - t1, 2),
+                "seconds_residual": round(t3 - t2, 1),
+                "seconds_combination": round(t4 - t3, 1),
+                "seconds_lstm": round(t5 - t4, 1),
             }
         )
+        har_q = table.row("har").qlike
         print(
-            f"fold {k}: test {_iso(fold.test_start_ts)}…{_iso(fold.test_end_ts)} n={len(test)} "
-            f"lstm QLIKE {table.row('lstm').qlike:.4f} vs {table.best_baseline} "
-            f"{table.row(table.best_baseline).qlike:.4f} (DM p {table.row('lstm').dm_pvalue:.3g}), "
-            f"{t2 - t1:.0f}s LSTM",
+            f"fold {k}: test {_iso(fold.test_start_ts)}…{_iso(fold.test_end_ts)} n={len(test)} QLIKE har "
+            f"{har_q:.4f} | "
+            + " | ".join(f"{n} {table.row(n).qlike:.4f}" for n in (*new_models, "lstm") if n in forecasts)
+            + f" | residual {t3 - t2:.0f}s, lstm {t5 - t4:.0f}s",
             file=sys.stderr,
             flush=True,
         )
@@ -160,38 +282,95 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pooled.setdefault(name, []).append(values)
         pooled_y.append(test.y)
         pooled_ts.append(test.ts)
+        pooled_ret.append(fwd_ret[fold.test])
 
     y = np.concatenate(pooled_y)
-    overall = evaluate_forecasts(
-        y, {n: np.concatenate(v) for n, v in pooled.items()}, ts=np.concatenate(pooled_ts)
-    )
+    ts = np.concatenate(pooled_ts)
+    rets = np.concatenate(pooled_ret)
+    pooled_fc = {n: np.concatenate(v) for n, v in pooled.items()}
+    overall = evaluate_forecasts(y, pooled_fc, ts=ts)
+    dm_har = diebold_mariano_against(y, pooled_fc, "har", ts=ts)
+    pooled_table = _table(overall, dm_har)
+
+    def evidence(name: str) -> CandidateEvidence:
+        dm = dm_har.get(name)
+        return CandidateEvidence(
+            name=name,
+            pooled_qlike=overall.row(name).qlike,
+            dm_stat=dm.stat if dm else 0.0,
+            dm_pvalue=dm.pvalue if dm else 1.0,
+            fold_qlike=tuple(f["metrics"][name]["qlike"] for f in fold_reports),
+        )
+
+    decision = choose_champion(evidence("har"), [evidence(n) for n in pooled_fc if n != "har"])
+    intervals = {}
+    for name in new_models:
+        if name not in dispersions:
+            continue
+        parts = np.cumsum([0, *(len(v) for v in pooled_y)])
+        covered = {}
+        for lvl in dispersions[name][0].levels:
+            inside = []
+            for k, disp in enumerate(dispersions[name]):
+                sl = slice(parts[k], parts[k + 1])
+                inside.append(
+                    interval_coverage(y[sl], pooled_fc[name][sl], disp)[lvl] * (parts[k + 1] - parts[k])
+                )
+            covered[f"coverage_{round(lvl * 100)}"] = float(sum(inside) / parts[-1])
+        ok = np.isfinite(rets)
+        intervals[name] = {
+            **covered,
+            "holdout_log_residual_sd": float(np.std(log_residuals(y, pooled_fc[name]))),
+            "validation_log_residual_sd_mean": float(np.mean([d.sd for d in dispersions[name]])),
+            "var99_breach_rate": var_breach_rate(rets[ok], pooled_fc[name][ok], 0.99),
+            "var_assumption": "24-bar log return ~ N(0, forecast variance), unit long position",
+        }
+    # Issue 14 asks whether the TF residual beats HAR+ itself: the same DM test with HAR+ as the reference.
+    vs_plus = diebold_mariano_against(y, pooled_fc, "har_plus", ts=ts)
+    plus_q = overall.row("har_plus").qlike
+    residual_vs_har_plus = {
+        name: {
+            "improvement": _finite((plus_q - overall.row(name).qlike) / plus_q),
+            "dm_stat": _finite(vs_plus[name].stat),
+            "dm_pvalue": _finite(vs_plus[name].pvalue),
+        }
+        for name in ("har_plus_residual", "combination", "lstm")
+        if name in vs_plus
+    }
+    champion = decision.champion
+    champ_row = pooled_table[champion]
     best = overall.best_baseline
-    lstm_q, best_q = overall.row("lstm").qlike, overall.row(best).qlike
-    improvement = (best_q - lstm_q) / best_q
-    pvalue = overall.row("lstm").dm_pvalue
-    return {
+    report: dict[str, Any] = {
         "benchmark": "model_quality",
-        "figure": "pooled out-of-sample QLIKE of the LSTM",
-        "value": lstm_q,
-        "baseline": f"pooled QLIKE of the best baseline ({best})",
-        "baseline_value": best_q,
-        "ratio": lstm_q / best_q,
-        "lstm_improvement_vs_best_baseline": improvement,
-        "lstm_dm_pvalue_vs_best_baseline": _finite(pvalue),
-        "goal": f"improvement ≥ {GOAL_IMPROVEMENT:.0%} with DM p < {GOAL_PVALUE}",
-        "goal_met": bool(
-            improvement >= GOAL_IMPROVEMENT and pvalue < GOAL_PVALUE and overall.row("lstm").dm_stat < 0
+        "figure": f"pooled out-of-sample QLIKE of the champion ({champion})",
+        "value": overall.row(champion).qlike,
+        "baseline": "pooled QLIKE of plain HAR (the reference)",
+        "baseline_value": overall.row("har").qlike,
+        "ratio": overall.row(champion).qlike / overall.row("har").qlike,
+        "champion": champion,
+        "champion_improvement_vs_har": champ_row["improvement_vs_har"],
+        "champion_dm_pvalue_vs_har": champ_row["dm_pvalue_vs_har"],
+        "champion_folds_won_vs_har": next(
+            (v.folds_won for v in decision.verdicts if v.name == champion), None
         ),
-        "pooled": _table(overall),
+        "goal": f"champion ≥ {GOAL_IMPROVEMENT:.0%} below plain HAR, DM p < {GOAL_PVALUE}, ≥ 3 of 4 folds",
+        "gate": decision.to_dict(),
+        "pooled": pooled_table,
         "pooled_best_baseline": best,
+        "intervals": intervals,
+        "vs_har_plus": residual_vs_har_plus,
         "folds": fold_reports,
         "settings": {
-            "symbols": args.symbols,
+            "symbols": ",".join(symbols),
             "years": args.years,
+            "end": args.end,
             "folds": args.folds,
             "min_train_frac": args.min_train_frac,
-            "lstm": config.to_dict(),
-            "features": list(MODEL_FEATURES),
+            "preset": args.preset,
+            "har_plus": HARPlusBaseline().config.to_dict(),
+            "residual": residual_cfg.to_dict(),
+            "lstm": None if args.skip_lstm else config.to_dict(),
+            "features": [*MODEL_FEATURES, *HAR_PLUS_FEATURES],
             "windows": len(windows),
             "first_window": _iso(int(windows.ts.min())),
             "last_window": _iso(int(windows.ts.max())),
@@ -199,6 +378,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": {"prepare": round(prep_s, 1), "total": round(time.perf_counter() - started, 1)},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "tf_threads": args.threads},
     }
+    report["goal_met"] = bool(
+        champion != "har"
+        and (champ_row["improvement_vs_har"] or 0) >= GOAL_IMPROVEMENT
+        and (champ_row["dm_pvalue_vs_har"] or 1) < GOAL_PVALUE
+        and (report["champion_folds_won_vs_har"] or 0) >= 3
+    )
+    if "lstm" in pooled_fc and best:
+        report["lstm_improvement_vs_best_baseline"] = _finite(
+            (overall.row(best).qlike - overall.row("lstm").qlike) / overall.row(best).qlike
+        )
+        report["lstm_dm_pvalue_vs_best_baseline"] = _finite(overall.row("lstm").dm_pvalue)
+    return report
 
 
 def _improvement(table: Any, name: str) -> float | None:
@@ -217,45 +408,60 @@ def _p(value: float | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    settings = report["settings"]
     names = list(report["pooled"])
+    folds = report["folds"]
     lines = [
-        f"# Model quality: {report['settings']['symbols']}, last {report['settings']['years']} years, "
-        f"{len(report['folds'])} walk-forward folds",
+        f"# Model quality: {settings['symbols']}, {settings['years']} years to {settings['last_window']}, "
+        f"{len(folds)} walk-forward folds ({settings['preset']} preset)",
         "",
-        f"LSTM {report['settings']['lstm']['layers']}×{report['settings']['lstm']['units']}, "
-        f"≤ {report['settings']['lstm']['max_epochs']} epochs. Goal: {report['goal']} — "
-        f"**{'met' if report['goal_met'] else 'not met'}** (pooled improvement "
-        f"{report['lstm_improvement_vs_best_baseline']:+.2%}, "
-        f"DM p {_p(report['lstm_dm_pvalue_vs_best_baseline'])}).",
+        f"Champion (gate vs plain HAR): **{report['champion']}** — improvement "
+        f"{report['champion_improvement_vs_har'] or 0:+.2%}, DM p {_p(report['champion_dm_pvalue_vs_har'])}, "
+        f"folds won {report['champion_folds_won_vs_har']}. Goal: {report['goal']} — "
+        f"**{'met' if report['goal_met'] else 'not met'}**.",
         "",
         "| forecaster | "
-        + " | ".join(f"fold {f['fold']} QLIKE" for f in report["folds"])
-        + " | pooled QLIKE | "
-        "pooled MSE (var) | pooled MZ R² | pooled DM p vs best |",
-        "|---|" + "---:|" * (len(report["folds"]) + 4),
+        + " | ".join(f"fold {f['fold']}" for f in folds)
+        + " | pooled QLIKE | vs HAR | DM p vs HAR | MZ R² |",
+        "|---|" + "---:|" * (len(folds) + 4),
     ]
     for name in names:
-        per_fold = [f["metrics"][name]["qlike"] for f in report["folds"]]
         p = report["pooled"][name]
         cells = [
-            *(f"{q:.4f}" if q is not None else "—" for q in per_fold),
-            f"{p['qlike']:.4f}",
-            f"{p['mse_var']:.3e}",
+            *(_q(f["metrics"][name]["qlike"]) for f in folds),
+            _q(p["qlike"]),
+            f"{p['improvement_vs_har']:+.2%}",
+            _p(p["dm_pvalue_vs_har"]) if name != "har" else "(ref)",
             f"{p['mz_r2']:.3f}" if p["mz_r2"] is not None else "—",
-            _p(p["dm_pvalue"]) if name != report["pooled_best_baseline"] else "(best)",
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        "Per-fold DM p (LSTM vs that fold's best baseline): "
-        + ", ".join(f"fold {f['fold']}: {_p(f['metrics']['lstm']['dm_pvalue'])}" for f in report["folds"])
-    )
+    if report["intervals"]:
+        lines += [
+            "",
+            "| forecaster | 80 % coverage | 95 % coverage | 99 % VaR breaches |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, iv in report["intervals"].items():
+            lines.append(
+                f"| {name} | {iv['coverage_80']:.1%} | {iv['coverage_95']:.1%} "
+                f"| {iv['var99_breach_rate']:.2%} |"
+            )
+    for name, v in report.get("vs_har_plus", {}).items():
+        lines.append(f"\n{name} vs har_plus: {v['improvement']:+.2%}, DM p {_p(v['dm_pvalue'])}")
+    secs = [
+        f"fold {f['fold']}: HAR+ {f['seconds_har_plus']}s, residual {f['seconds_residual']}s" for f in folds
+    ]
+    lines += ["", "Training time per fold: " + "; ".join(secs)]
     return "\n".join(lines) + "\n"
+
+
+def _q(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--symbols", default="BTCUSDT,ETHUSDT")
+    parser.add_argument("--symbols", default="BTC,ETH", help="any of the shared files: BTC, ETH, SOL, BNB")
     parser.add_argument("--years", type=float, default=3.0, help="most recent years of data (0: all)")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--min-train-frac", type=float, default=0.5)
@@ -269,6 +475,11 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--l2", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--end", default=None, help="UTC date the period ends (default: the files' common end)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="residual ensemble size (default: preset's)")
+    parser.add_argument("--skip-lstm", action="store_true", help="leave the plain LSTM out (it is slow)")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the summary table here")
     args = parser.parse_args()

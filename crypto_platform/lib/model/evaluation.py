@@ -16,6 +16,7 @@ import numpy as np
 from crypto_platform.lib.model.baselines import BASELINE_NAMES
 from crypto_platform.lib.model.metrics import (
     DEFAULT_HAC_LAG,
+    DieboldMariano,
     diebold_mariano,
     mincer_zarnowitz,
     mse_var,
@@ -196,3 +197,30 @@ def evaluate_forecasts(
     return EvaluationTable(
         rows=tuple(rows), primary=primary, best_baseline=best_baseline, hac_lag=hac_lag, dm_loss=primary
     )
+
+
+def diebold_mariano_against(
+    y_true_vol: np.ndarray,
+    forecasts: Mapping[str, np.ndarray],
+    reference: str,
+    ts: np.ndarray | None = None,
+    hac_lag: int = DEFAULT_HAC_LAG,
+) -> dict[str, DieboldMariano]:
+    """QLIKE Diebold–Mariano test of every forecast against one named reference (plain HAR, say).
+
+    Same construction as the table's test against the best baseline: loss differential per observation,
+    averaged per timestamp when `ts` is given, Newey–West with `hac_lag` lags. The reference itself is
+    left out of the result.
+    """
+    if reference not in forecasts:
+        raise KeyError(f"reference {reference!r} is not among the forecasts {sorted(forecasts)}")
+    realized_var = np.asarray(y_true_vol, dtype=np.float64) ** 2
+    ref_loss = qlike_losses(realized_var, np.asarray(forecasts[reference], dtype=np.float64) ** 2)
+    out = {}
+    for name, f in forecasts.items():
+        if name == reference:
+            continue
+        d = qlike_losses(realized_var, np.asarray(f, dtype=np.float64) ** 2) - ref_loss
+        series = _by_time(d, ts)
+        out[name] = diebold_mariano(series, np.zeros_like(series), lag=hac_lag)
+    return out

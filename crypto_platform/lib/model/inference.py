@@ -245,23 +245,7 @@ class FastVolatilityPredictor:
         units: int,
         return_sequences: bool,
     ) -> np.ndarray:
-        n, steps, _ = x.shape
-        # The input projection of every timestep in one matmul; only h @ U is sequential.
-        zx = x @ kernel + bias
-        h = np.zeros((n, units), dtype=self.dtype)
-        c = np.zeros((n, units), dtype=self.dtype)
-        outputs = np.empty((n, steps, units), dtype=self.dtype) if return_sequences else None
-        u2, u3 = 2 * units, 3 * units
-        for t in range(steps):
-            z = zx[:, t] + h @ recurrent
-            np.tanh(z, out=z)  # i, f, o columns were pre-halved: 0.5·tanh(z/2)+0.5 = sigmoid(z)
-            gates = z[:, :u2] * 0.5 + 0.5  # i | f
-            o = z[:, u3:] * 0.5 + 0.5
-            c = gates[:, units:] * c + gates[:, :units] * z[:, u2:u3]
-            h = o * np.tanh(c)
-            if outputs is not None:
-                outputs[:, t] = h
-        return outputs if outputs is not None else h
+        return lstm_steps(x, kernel, recurrent, bias, units, return_sequences, self.dtype)
 
     # -- persistence --------------------------------------------------------------------------------
 
@@ -326,6 +310,45 @@ class FastVolatilityPredictor:
             feature_columns=header["feature_columns"],
             dtype=dtype or header["dtype"],
         )
+
+
+def prescaled_lstm(layer: LSTMWeights, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kernel, recurrent kernel, bias) of one Keras LSTM layer in the form `lstm_steps` takes."""
+    scale = _gate_prescale(layer.units, np.dtype(np.float64))
+    return (
+        (layer.kernel * scale).astype(dtype),
+        (layer.recurrent_kernel * scale).astype(dtype),
+        (layer.bias * scale).astype(dtype),
+    )
+
+
+def lstm_steps(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    recurrent: np.ndarray,
+    bias: np.ndarray,
+    units: int,
+    return_sequences: bool,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """One Keras LSTM layer over x [n, steps, inputs] with gate-prescaled weights (`prescaled_lstm`)."""
+    n, steps, _ = x.shape
+    # The input projection of every timestep in one matmul; only h @ U is sequential.
+    zx = x @ kernel + bias
+    h = np.zeros((n, units), dtype=dtype)
+    c = np.zeros((n, units), dtype=dtype)
+    outputs = np.empty((n, steps, units), dtype=dtype) if return_sequences else None
+    u2, u3 = 2 * units, 3 * units
+    for t in range(steps):
+        z = zx[:, t] + h @ recurrent
+        np.tanh(z, out=z)  # i, f, o columns were pre-halved: 0.5·tanh(z/2)+0.5 = sigmoid(z)
+        gates = z[:, :u2] * 0.5 + 0.5  # i | f
+        o = z[:, u3:] * 0.5 + 0.5
+        c = gates[:, units:] * c + gates[:, :units] * z[:, u2:u3]
+        h = o * np.tanh(c)
+        if outputs is not None:
+            outputs[:, t] = h
+    return outputs if outputs is not None else h
 
 
 def _activation_name(activation: Any) -> str:
