@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from crypto_platform.devtools.kafka.cluster_state import group_state, partition_replicas, topic_configs
 from crypto_platform_tests.fixtures.kafka import KAFKA_TEST_PARTITIONS
@@ -112,7 +113,10 @@ def wait_for(predicate, timeout_s: float, what: str, *procs: ScorerProcess) -> N
 
 def owners(cluster, group: str, topic: str) -> dict[int, str]:
     """partition → owning client id, once the group is Stable (empty while it rebalances)."""
-    state = asyncio.run(group_state(cluster.bootstrap_servers, group))
+    try:
+        state = asyncio.run(group_state(cluster.bootstrap_servers, group))
+    except KafkaError:  # the coordinator moving (a broker down) or still loading
+        return {}
     return state.owners(topic) if state.state == "Stable" else {}
 
 
