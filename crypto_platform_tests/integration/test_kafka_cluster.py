@@ -168,9 +168,16 @@ def stop_all(procs: list[ScorerProcess]) -> None:
 def test_cluster_replicates_platform_and_internal_topics(cluster_running, cluster_topics):
     bootstrap = cluster_running.bootstrap_servers
     for topic in (*cluster_topics.all(), "__consumer_offsets", "__transaction_state"):
-        replicas = asyncio.run(partition_replicas(bootstrap, topic))
-        assert replicas, topic
-        assert all(len(r.replicas) == 3 and len(r.isr) == 3 for r in replicas), (topic, replicas)
+        replicas: list = []
+
+        def replicated(topic: str = topic) -> bool:
+            nonlocal replicas
+            # A broker that has not yet applied the new topic's metadata record describes no partitions.
+            replicas = asyncio.run(partition_replicas(bootstrap, topic))
+            return len(replicas) >= KAFKA_TEST_PARTITIONS and all(len(r.isr) == 3 for r in replicas)
+
+        wait_for(replicated, 30, f"{topic} fully replicated")
+        assert all(len(r.replicas) == 3 for r in replicas), (topic, replicas)
     configs = asyncio.run(topic_configs(bootstrap, [*cluster_topics.all(), "__consumer_offsets"]))
     assert {name: c["min.insync.replicas"] for name, c in configs.items()} == dict.fromkeys(configs, "2")
     assert (
