@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "materialize": ("materialize", "Materialize the asset graph once on the current Dagster instance."),
     "exchange-replay": ("exchange_replay", "Serve Binance REST endpoints from files or the simulator."),
     "serve": ("serve", "Run the Litestar risk API and web UI."),
-    "kafka-local": ("kafka_local", "Run a single-node Apache Kafka (KRaft) broker in the foreground."),
+    "kafka-local": ("kafka_local", "Run a Kafka (KRaft) broker, or an N-broker cluster, in the foreground."),
     "produce": ("produce", "Publish price ticks to Kafka (exchange, simulated or replayed bars)."),
     "score": ("score", "Score ticks from Kafka: predictions, alerts and a dead-letter queue."),
     "grpc": ("grpc_server", "Run the gRPC interface (crypto.CryptoService) over the API's services."),

@@ -1,9 +1,15 @@
-"""`crypto-platform kafka-local`: a real single-node Apache Kafka (KRaft) broker in the foreground.
+"""`crypto-platform kafka-local`: an Apache Kafka (KRaft) broker, or an N-broker cluster, in the foreground.
 
 The broker's jars come from Maven Central once (the pom in `crypto_platform/devtools/kafka/`), the storage is
 formatted on the first start, then this process *becomes* the broker (exec): SIGTERM and SIGINT reach
 the JVM directly and run its controlled shutdown, and whoever started the command holds the broker's
 pid, with no wrapper process left behind to forward signals or to survive it.
+
+`--brokers N` (N > 1): a cluster in `--data-dir` (layout in `cluster.json`, node i's data in `node-i/`,
+client ports `--port` … `--port + N - 1`). With `--node-id i` this process becomes node i (what the test
+fixtures start, one process per node, so one broker can be killed alone); without it, it starts every
+node as a child, creates the platform's topics (CRYPTO_TOPIC_*, replication 3 / min ISR 2 on 3 brokers)
+and waits, passing SIGTERM/SIGINT on to all of them.
 """
 
 from __future__ import annotations
@@ -39,6 +45,19 @@ import click
     default=None,
     help="Broker jar cache (default: $CRYPTO_KAFKA_CACHE or ~/.cache/crypto-platform/kafka-<version>).",
 )
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Nodes of the cluster (each broker+controller, all voters of the quorum).",
+)
+@click.option(
+    "--node-id",
+    type=int,
+    default=None,
+    help="With --brokers N: run only this node (1..N) of the cluster in --data-dir.",
+)
 @click.option("--resolve-only", is_flag=True, help="Download the jars into the cache and exit.")
 def command(
     port: int,
@@ -47,14 +66,17 @@ def command(
     controller_port: int,
     heap: str,
     cache_dir: Path | None,
+    brokers: int,
+    node_id: int | None,
     resolve_only: bool,
 ) -> None:
-    """Run a single-node Kafka broker (KRaft, broker+controller) on HOST:PORT until SIGTERM/SIGINT."""
+    """Run a Kafka broker (KRaft, broker+controller) on HOST:PORT, or a cluster, until SIGTERM/SIGINT."""
     from crypto_platform.devtools.kafka.local_broker import (
         BrokerConfig,
         BrokerSetupError,
         broker_command,
         choose_controller_port,
+        cluster_layout,
         java_executable,
         kafka_version,
         prepare_data_dir,
@@ -76,21 +98,77 @@ def command(
             )
         data_dir = data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        config = BrokerConfig(
-            port=port,
-            controller_port=controller_port or choose_controller_port(data_dir, port, host),
-            data_dir=data_dir,
-            host=host,
-        )
-        if prepare_data_dir(config, java, libs):
+        if node_id is not None and brokers == 1:
+            raise click.BadParameter("needs --brokers N with N > 1", param_hint="--node-id")
+        cluster_id = None
+        if brokers > 1:
+            if controller_port:
+                raise click.BadParameter(
+                    "a cluster's controller ports are chosen once and kept in cluster.json",
+                    param_hint="--controller-port",
+                )
+            layout = cluster_layout(data_dir, brokers, host, port)
+            if node_id is None:
+                _run_cluster(data_dir, brokers, host, port, heap, say)
+                return
+            config = layout.broker_config(node_id)
+            cluster_id = layout.cluster_id
+        else:
+            config = BrokerConfig(
+                port=port,
+                controller_port=controller_port or choose_controller_port(data_dir, port, host),
+                data_dir=data_dir,
+                host=host,
+            )
+        if prepare_data_dir(config, java, libs, cluster_id=cluster_id):
             say(f"formatted new storage in {config.log_dir}")
     except BrokerSetupError as exc:
         raise click.ClickException(str(exc)) from exc
+    node = f"node {config.node_id} of {brokers}, " if brokers > 1 else ""
     say(
-        f"Kafka {kafka_version()} (KRaft) on {config.bootstrap_servers}, controller port "
-        f"{config.controller_port}, data in {data_dir}"
+        f"Kafka {kafka_version()} (KRaft) {node}on {config.bootstrap_servers}, controller port "
+        f"{config.controller_port}, data in {config.data_dir}"
     )
     sys.stdout.flush()
     sys.stderr.flush()
     args = broker_command(java, libs, config, heap)
     os.execv(args[0], args)
+
+
+def _run_cluster(root: Path, brokers: int, host: str, base_port: int, heap: str, say) -> None:
+    """Every node as a child `kafka-local --node-id i`; the platform topics; then wait for a signal."""
+    import asyncio
+    import signal
+    import threading
+
+    from crypto_platform.devtools.kafka.local_broker import replication_for
+    from crypto_platform.devtools.kafka.runner import LocalKafkaCluster
+    from serving.stream.config import ensure_topics, load_stream_settings
+
+    cluster = LocalKafkaCluster(root, brokers, host=host, base_port=base_port, heap=heap)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cluster.start()
+        stream = load_stream_settings()
+        replication, min_isr = replication_for(brokers)
+        asyncio.run(
+            ensure_topics(
+                cluster.bootstrap_servers, stream.topics, stream.partitions, replication_factor=replication
+            )
+        )
+        say(
+            f"{brokers}-broker cluster on {cluster.bootstrap_servers} (replication {replication}, "
+            f"min ISR {min_isr}); topics {', '.join(stream.topics.all())}; node logs in {root}"
+        )
+        reported: set[int] = set()
+        while not stop.wait(1.0):
+            down = set(cluster.nodes) - set(cluster.running_ids())
+            for node_id in sorted(down - reported):
+                say(f"node {node_id} exited; the cluster goes on with {brokers - len(down)} (see its log)")
+            reported = down
+            if len(down) == brokers:
+                raise click.ClickException("every node exited")
+    finally:
+        cluster.stop()

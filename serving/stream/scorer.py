@@ -63,6 +63,7 @@ from serving.stream.scorer_state import BatchWork, OutMessage, ScorerState
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+VISIBLE_OFFSETS_WAIT_S = 10.0  # exactly-once: how long a revoked member waits for its offsets to show
 STOP_ATTEMPTS = 3  # delivery retries left once a stop is requested
 # A dead letter the broker keeps refusing is given up after this many failed attempts (at once when the
 # error is not retriable), logged with its source offset and counted: a dead letter never blocks a batch.
@@ -136,6 +137,8 @@ class _Revoker(ConsumerRebalanceListener):
         # before the partitions go to another member.
         async with self.scorer.batch_lock:
             log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+            if self.scorer.config.exactly_once:
+                await self.scorer.await_visible_offsets(revoked)
 
     async def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
@@ -177,6 +180,8 @@ class Scorer:
         self.producer: AIOKafkaProducer | None = None
         self.batches = 0
         self._partitions: dict[str, list[int]] = {}
+        # Exactly-once: the offsets each partition's last committed transaction carried.
+        self._transaction_offsets: dict[TopicPartition, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -344,6 +349,7 @@ class Scorer:
                     # Any failure aborts the transaction (outputs and offsets together) and retries it
                     # whole: nothing of this batch is visible to read_committed readers until it commits.
                     await self._deliver_transaction(pending, offsets)
+                    self._transaction_offsets.update(offsets)
                     return
                 if pending:
                     failed = await self._send_all(pending)
@@ -472,6 +478,38 @@ class Scorer:
                 await producer.abort_transaction()
             raise
         await producer.commit_transaction()
+
+    async def await_visible_offsets(self, revoked) -> None:
+        """Exactly-once, before partitions go to another member: wait until the group coordinator returns
+        the offsets this member's last committed transaction carried for them.
+
+        `commit_transaction` returns once the transaction coordinator has logged the commit; the offsets
+        become visible to OffsetFetch only when its marker reaches `__consumer_offsets`, a moment later.
+        aiokafka's OffsetFetch (≤ v3) cannot ask for stable offsets (KIP-447's `require_stable`), so a
+        new owner fetching in that moment gets the previous offsets and scores the last batch again: a
+        duplicate for read_committed readers (seen on a 3-broker cluster). The rebalance completes only
+        after this member rejoins, so waiting here, in the revocation, closes the window.
+        """
+        pending = {tp: self._transaction_offsets.pop(tp) for tp in revoked if tp in self._transaction_offsets}
+        deadline = time.monotonic() + VISIBLE_OFFSETS_WAIT_S
+        while pending and time.monotonic() < deadline:
+            for tp, offset in list(pending.items()):
+                try:
+                    committed = await self.consumer.committed(tp)
+                except KafkaError as exc:
+                    log.warning("reading the committed offset of %s failed (%s); retrying", tp, exc)
+                    continue
+                if committed is not None and committed >= offset:
+                    del pending[tp]
+            if pending:
+                await asyncio.sleep(0.05)
+        if pending:
+            log.warning(
+                "committed offsets of %s not visible after %.0f s: the next owner may score their last "
+                "batch again",
+                sorted((tp.topic, tp.partition) for tp in pending),
+                VISIBLE_OFFSETS_WAIT_S,
+            )
 
     async def _recover_producer(self) -> None:
         """After a failed delivery the producer may be unusable (a transaction it could not abort while

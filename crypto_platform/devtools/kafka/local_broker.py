@@ -1,13 +1,17 @@
-"""A single-node Apache Kafka (KRaft) broker from Maven Central, for development and tests.
+"""Apache Kafka (KRaft) brokers from Maven Central, for development and tests: one node, or an N-node cluster.
 
-What `crypto-platform kafka-local` and the test fixture share:
+What `crypto-platform kafka-local` and the test fixtures share:
 
 - `resolve_jars()`: the broker's jars, copied once from Maven Central with `mvn dependency:copy-dependencies`
   (the pom beside this module pins the version) into a cache directory, under a file lock so two processes
   starting at once do not both download into it;
-- `server_properties()`: one process acting as broker and controller, both listeners on loopback, and the
-  internal topics (consumer offsets, transaction state) at replication 1 / min ISR 1 so transactions work
-  on one node;
+- `server_properties()`: each process acts as broker and controller, both listeners on loopback. One node:
+  the internal topics (consumer offsets, transaction state) at replication 1 / min ISR 1 so transactions
+  work on it. A cluster (`ClusterLayout`, every node a voter of the controller quorum): replication
+  `min(3, N)` and min ISR one less (2 on 3 brokers) for the internal topics and as the topics' default,
+  so one broker may die without an `acks=all` write failing;
+- `ClusterLayout`: a cluster's id, ports and controller ports, kept in `cluster.json` of its root directory
+  (each node's data in `node-<id>/`): every node and every restart reads the same quorum;
 - `prepare_data_dir()`: writes the configuration into the data directory and formats the storage the first
   time (`kafka.tools.StorageTool format`, what `kafka-storage.sh format` runs);
 - `broker_command()`: the `java -cp … kafka.Kafka server.properties` command line.
@@ -41,6 +45,7 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 LOG_DIR_NAME = "kraft-combined-logs"
 STATE_FILE = "kafka-local.json"
+CLUSTER_FILE = "cluster.json"
 DEFAULT_HEAP = "512m"
 
 # WARN and above to stderr: a dev broker at INFO prints hundreds of lines per start.
@@ -159,9 +164,19 @@ def new_cluster_id() -> str:
             return text
 
 
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min in-sync replicas) for a cluster of `brokers` nodes.
+
+    Three copies at most (more buys little and costs a copy per write); min ISR one below the replication
+    factor, so an `acks=all` write survives one broker down (on 3 brokers: 3 and 2; on 1: 1 and 1).
+    """
+    replication = max(1, min(3, brokers))
+    return replication, max(1, replication - 1)
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
-    """One single-node KRaft broker: where it listens and where it keeps its data."""
+    """One KRaft node (broker and controller): where it listens, where it keeps its data, its quorum."""
 
     port: int
     controller_port: int
@@ -169,6 +184,14 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     node_id: int = 1
     partitions: int = 3
+    # The controller quorum as (node id, controller port); empty: this node alone.
+    voters: tuple[tuple[int, int], ...] = ()
+    brokers: int = 1
+
+    @property
+    def quorum_voters(self) -> str:
+        voters = self.voters or ((self.node_id, self.controller_port),)
+        return ",".join(f"{node}@{self.host}:{port}" for node, port in voters)
 
     @property
     def log_dir(self) -> Path:
@@ -188,12 +211,13 @@ class BrokerConfig:
 
 
 def server_properties(config: BrokerConfig) -> str:
-    """server.properties of a combined broker+controller on one node."""
+    """server.properties of a combined broker+controller node (alone, or one of `config.brokers`)."""
     host = config.host
+    replication, min_isr = replication_for(config.brokers)
     lines = {
         "process.roles": "broker,controller",
         "node.id": str(config.node_id),
-        "controller.quorum.voters": f"{config.node_id}@{host}:{config.controller_port}",
+        "controller.quorum.voters": config.quorum_voters,
         "listeners": f"PLAINTEXT://{host}:{config.port},CONTROLLER://{host}:{config.controller_port}",
         "advertised.listeners": f"PLAINTEXT://{host}:{config.port}",
         "controller.listener.names": "CONTROLLER",
@@ -204,19 +228,24 @@ def server_properties(config: BrokerConfig) -> str:
         # Topics are created explicitly (ensure_topics), with the partition count the platform expects;
         # a typo in a topic name must fail rather than create a new one.
         "auto.create.topics.enable": "false",
-        # One node: internal topics cannot have more replicas than brokers, and the transaction
-        # coordinator refuses to start with min.insync above the replication factor.
-        "offsets.topic.replication.factor": "1",
+        # Internal topics cannot have more replicas than brokers (one node: 1), and the transaction
+        # coordinator refuses to start with min.insync above the replication factor. On a cluster a
+        # committed offset or transaction state survives one broker down, as the topics' records do.
+        "offsets.topic.replication.factor": str(replication),
         "offsets.topic.num.partitions": "3",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replication),
+        "transaction.state.log.min.isr": str(min_isr),
         "transaction.state.log.num.partitions": "3",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
+        # Topics created without a replication factor (-1), and every topic's min ISR unless it sets one.
+        "default.replication.factor": str(replication),
+        "min.insync.replicas": str(min_isr),
+        # An out-of-sync replica never becomes leader: a broker that crashed behind would lose writes.
+        "unclean.leader.election.enable": "false",
         # Consumers join a group at once instead of waiting 3 s for more members.
         "group.initial.rebalance.delay.ms": "0",
-        # Controlled shutdown is what makes SIGTERM clean; its retries are pointless with one node.
-        "controlled.shutdown.max.retries": "1",
+        # Controlled shutdown is what makes SIGTERM clean (leadership moves first on a cluster); its
+        # retries are pointless with one node.
+        "controlled.shutdown.max.retries": "1" if config.brokers == 1 else "3",
         "log.retention.hours": "168",
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
@@ -296,8 +325,13 @@ def broker_command(java: str, libs: Path, config: BrokerConfig, heap: str = DEFA
     ]
 
 
-def prepare_data_dir(config: BrokerConfig, java: str, libs: Path, timeout_s: float = 120.0) -> bool:
-    """Write the configuration and format the storage if it never was; True when it formatted."""
+def prepare_data_dir(
+    config: BrokerConfig, java: str, libs: Path, timeout_s: float = 120.0, *, cluster_id: str | None = None
+) -> bool:
+    """Write the configuration and format the storage if it never was; True when it formatted.
+
+    The nodes of one cluster must be formatted with the same `cluster_id` (a single node: a new one).
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config.properties_path.write_text(server_properties(config))
     config.log4j_path.write_text(LOG4J_PROPERTIES)
@@ -307,7 +341,7 @@ def prepare_data_dir(config: BrokerConfig, java: str, libs: Path, timeout_s: flo
     if is_formatted(config):
         return False
     done = subprocess.run(
-        format_command(java, libs, config, new_cluster_id()),
+        format_command(java, libs, config, cluster_id or new_cluster_id()),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -319,3 +353,112 @@ def prepare_data_dir(config: BrokerConfig, java: str, libs: Path, timeout_s: flo
             f"{(done.stdout + done.stderr).strip()[-3000:]}"
         )
     return True
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    node_id: int
+    port: int
+    controller_port: int
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """An N-node KRaft cluster on one host: the id its storage is formatted with, and every node's ports.
+
+    Written once into `<root>/cluster.json` and read by every node and every restart: the controller
+    quorum is configuration each node must agree on, so, unlike a single node's, a cluster's controller
+    ports never change.
+    """
+
+    root: Path
+    cluster_id: str
+    host: str
+    nodes: tuple[ClusterNode, ...]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"{self.host}:{node.port}" for node in self.nodes)
+
+    def node(self, node_id: int) -> ClusterNode:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise BrokerSetupError(
+            f"node {node_id} is not in the cluster of {self.root} (nodes {[n.node_id for n in self.nodes]})"
+        )
+
+    def broker_config(self, node_id: int, partitions: int = 3) -> BrokerConfig:
+        node = self.node(node_id)
+        return BrokerConfig(
+            port=node.port,
+            controller_port=node.controller_port,
+            data_dir=self.root / f"node-{node_id}",
+            host=self.host,
+            node_id=node_id,
+            partitions=partitions,
+            voters=tuple((n.node_id, n.controller_port) for n in self.nodes),
+            brokers=len(self.nodes),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "cluster_id": self.cluster_id,
+                "host": self.host,
+                "nodes": [
+                    {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port}
+                    for n in self.nodes
+                ],
+            },
+            indent=2,
+        )
+
+
+def _read_layout(root: Path) -> ClusterLayout | None:
+    try:
+        raw = json.loads((root / CLUSTER_FILE).read_text())
+        nodes = tuple(
+            ClusterNode(int(n["node_id"]), int(n["port"]), int(n["controller_port"])) for n in raw["nodes"]
+        )
+        return ClusterLayout(root, str(raw["cluster_id"]), str(raw["host"]), nodes)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrokerSetupError(f"{root / CLUSTER_FILE} is not a cluster layout: {exc}") from exc
+
+
+def cluster_layout(root: Path, brokers: int, host: str = "127.0.0.1", base_port: int = 0) -> ClusterLayout:
+    """The cluster kept in `root`, created the first time: node ids 1..N, client ports `base_port + i`
+    (0: free ports), controller ports free ones. An existing layout must have `brokers` nodes on `host`."""
+    if brokers < 1:
+        raise BrokerSetupError(f"a cluster needs at least one broker, got {brokers}")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{CLUSTER_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # nodes started at once agree on one layout
+        layout = _read_layout(root)
+        if layout is not None:
+            if len(layout.nodes) != brokers or layout.host != host:
+                raise BrokerSetupError(
+                    f"{root} holds a {len(layout.nodes)}-broker cluster on {layout.host}, not {brokers} on "
+                    f"{host}: use another --data-dir (or delete this one)"
+                )
+            return layout
+        taken: set[int] = set(range(base_port, base_port + brokers)) if base_port else set()
+        nodes = []
+        for node_id in range(1, brokers + 1):
+            port = base_port + node_id - 1 if base_port else _distinct_free_port(host, taken)
+            taken.add(port)
+            controller_port = _distinct_free_port(host, taken)
+            taken.add(controller_port)
+            nodes.append(ClusterNode(node_id, port, controller_port))
+        layout = ClusterLayout(root, new_cluster_id(), host, tuple(nodes))
+        (root / CLUSTER_FILE).write_text(layout.to_json() + "\n")
+        return layout
+
+
+def _distinct_free_port(host: str, taken: set[int]) -> int:
+    while True:
+        port = free_port(host)
+        if port not in taken:
+            return port

@@ -1,7 +1,9 @@
-"""Run `crypto-platform kafka-local` as a child process: start, wait until it serves metadata, stop, restart.
+"""Run `crypto-platform kafka-local` as child processes: start, wait until serving metadata, stop, restart.
 
-Used by the test fixture and the streaming benchmark. The broker keeps its port and data directory
-across `stop()` / `start()`, so a restart looks to clients like the same broker coming back.
+`LocalKafka` is one node (a single broker, or one node of a cluster); `LocalKafkaCluster` is N of them
+sharing a `ClusterLayout`, each its own process so one can be stopped, SIGKILLed or restarted alone.
+Used by the test fixtures, the benchmarks and `kafka-local --brokers N`. A node keeps its port and data
+directory across `stop()` / `start()`, so a restart looks to clients like the same broker coming back.
 
 Readiness is a real Kafka Metadata request (v4, which every broker since 1.0 and 4.x still serves)
 over a plain socket: the broker is ready when it lists itself. A plain socket, not aiokafka, so the
@@ -63,19 +65,27 @@ def broker_count(host: str, port: int, timeout_s: float = 2.0) -> int:
         return parse_broker_count(_recv_exact(sock, size), correlation_id)
 
 
-def wait_until_serving(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> float:
-    """Seconds until the broker answers metadata listing at least itself; raises TimeoutError/RuntimeError."""
+def wait_until_serving(
+    host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None, *, min_brokers: int = 1
+) -> float:
+    """Seconds until the broker answers metadata listing at least `min_brokers` live brokers (itself, and on
+    a cluster the others it has heard of); raises TimeoutError/RuntimeError."""
     started = time.monotonic()
+    seen = 0
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the broker exited with code {proc.returncode} before serving")
         try:
-            if broker_count(host, port) > 0:
+            seen = broker_count(host, port)
+            if seen >= max(min_brokers, 1):
                 return time.monotonic() - started
         except (OSError, ValueError, struct.error):
             pass
         if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"no Kafka broker answered metadata on {host}:{port} within {timeout_s:.0f}s")
+            raise TimeoutError(
+                f"no Kafka broker on {host}:{port} listed {min_brokers} live broker(s) within "
+                f"{timeout_s:.0f}s (last seen: {seen})"
+            )
         time.sleep(0.1)
 
 
@@ -101,15 +111,23 @@ class LocalKafka:
         heap: str | None = None,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        brokers: int = 1,
+        node_id: int | None = None,
     ) -> None:
+        # A cluster node: `data_dir` is the cluster's root (its layout in cluster.json), `node_id` the node.
+        self.brokers, self.node_id = brokers, node_id
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.heap = heap
-        self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}.log"
+        if log_path is None:
+            parent = self.data_dir if node_id else self.data_dir.parent
+            log_path = parent / (f"node-{node_id}.log" if node_id else f"{self.data_dir.name}.log")
+        self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.last_start_s: float | None = None
+        self._launched_at = 0.0
 
     @property
     def bootstrap_servers(self) -> str:
@@ -132,14 +150,24 @@ class LocalKafka:
             "--data-dir",
             str(self.data_dir),
         ]
+        if self.node_id is not None:
+            command += ["--brokers", str(self.brokers), "--node-id", str(self.node_id)]
         return command + (["--heap", self.heap] if self.heap else [])
 
-    def start(self, timeout_s: float = 120.0) -> LocalKafka:
-        """Start the broker (formatting its storage the first time) and wait until it serves metadata."""
+    def start(self, timeout_s: float = 120.0, *, min_brokers: int = 1) -> LocalKafka:
+        """Start the broker (formatting its storage the first time) and wait until it serves metadata
+        listing `min_brokers` live brokers."""
         if self.running:
             return self
+        self.launch()
+        return self.wait_ready(timeout_s, min_brokers=min_brokers)
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster's nodes start together: none serves alone)."""
+        if self.running:
+            return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        self._launched_at = time.monotonic()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -151,26 +179,35 @@ class LocalKafka:
                 start_new_session=True,
             )
         _live.add(self)
+
+    def wait_ready(self, timeout_s: float = 120.0, *, min_brokers: int = 1) -> LocalKafka:
         try:
-            wait_until_serving(self.host, self.port, timeout_s, self.proc)
+            wait_until_serving(self.host, self.port, timeout_s, self.proc, min_brokers=min_brokers)
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(f"{exc}; broker log {self.log_path}:\n{self.log_tail()}") from exc
-        self.last_start_s = time.monotonic() - started
+        self.last_start_s = time.monotonic() - self._launched_at
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (the broker's controlled shutdown), then SIGKILL if it is still up after `timeout_s`."""
-        proc, self.proc = self.proc, None
-        _live.discard(self)
-        if proc is None or proc.poll() is not None:
+        proc = self.signal_stop()
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+    def signal_stop(self) -> subprocess.Popen | None:
+        """Send SIGTERM and return the process to wait for (None when it was not running)."""
+        proc, self.proc = self.proc, None
+        _live.discard(self)
+        if proc is None or proc.poll() is not None:
+            return None
+        proc.send_signal(signal.SIGTERM)
+        return proc
 
     def kill(self) -> None:
         """SIGKILL: a crash. The next start recovers the logs from the same data directory."""
@@ -180,12 +217,12 @@ class LocalKafka:
             proc.kill()
             proc.wait(10)
 
-    def restart(self, timeout_s: float = 120.0, *, hard: bool = False) -> LocalKafka:
+    def restart(self, timeout_s: float = 120.0, *, hard: bool = False, min_brokers: int = 1) -> LocalKafka:
         if hard:
             self.kill()
         else:
             self.stop()
-        return self.start(timeout_s)
+        return self.start(timeout_s, min_brokers=min_brokers)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -194,6 +231,97 @@ class LocalKafka:
             return "(no log)"
 
     def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalKafkaCluster:
+    """N `kafka-local` nodes (combined broker+controller, every one a quorum voter) on loopback ports.
+
+    The layout (cluster id, ports) is written into `root/cluster.json` before any node starts, so the
+    nodes and every later restart agree on it. Single nodes can be stopped, SIGKILLed and started again
+    (`node(i)`, `kill(i)`, `start_node(i)`); a node started again waits until it sees every running node.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        brokers: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        base_port: int = 0,
+        heap: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        from crypto_platform.devtools.kafka.local_broker import cluster_layout
+
+        self.root = Path(root)
+        self.layout = cluster_layout(self.root, brokers, host, base_port)
+        self.nodes = {
+            node.node_id: LocalKafka(
+                self.root, node.port, host=host, heap=heap, env=env, brokers=brokers, node_id=node.node_id
+            )
+            for node in self.layout.nodes
+        }
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.layout.bootstrap_servers
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id]
+
+    def running_ids(self) -> list[int]:
+        return [node_id for node_id, node in self.nodes.items() if node.running]
+
+    def start(self, timeout_s: float = 180.0) -> LocalKafkaCluster:
+        """Start every node that is not running, together, and wait until each lists all of them."""
+        waiting = [node for node in self.nodes.values() if not node.running]
+        for node in waiting:
+            node.launch()
+        deadline = time.monotonic() + timeout_s
+        try:
+            for node in waiting:
+                node.wait_ready(max(deadline - time.monotonic(), 1.0), min_brokers=self.size)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def start_node(self, node_id: int, timeout_s: float = 120.0) -> LocalKafka:
+        """Start one node and wait until it lists every running node (itself included)."""
+        node = self.nodes[node_id]
+        node.launch()
+        return node.wait_ready(timeout_s, min_brokers=len(self.running_ids()))
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node: a crash; `start_node` recovers its logs from the same data directory."""
+        self.nodes[node_id].kill()
+
+    def stop_node(self, node_id: int, timeout_s: float = 30.0) -> None:
+        self.nodes[node_id].stop(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every node at once, SIGKILL what is left after `timeout_s`.
+
+        At once: stopped one by one, the last node would wait for a controller quorum it no longer has.
+        """
+        procs = [proc for node in self.nodes.values() if (proc := node.signal_stop()) is not None]
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def __enter__(self) -> LocalKafkaCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
