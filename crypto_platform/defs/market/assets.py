@@ -16,6 +16,7 @@ gap-repair sensor read those instead of the bars.
 # No `from __future__ import annotations` here: Dagster checks the `context` annotation unevaluated.
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     DataVersion,
     Failure,
     MetadataValue,
@@ -170,7 +172,11 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
         # One data version per output: for the hourly refresh and a repair (one day per symbol) it is
         # that partition's fingerprint; a multi-day run shares one, and each partition's own is in
         # its `bars_sha256` metadata.
-        yield Output(frame, metadata=metadata, data_version=DataVersion(bars_fingerprint(frame)))
+        with warnings.catch_warnings():
+            # Output(data_version=) is marked beta; it is the documented way to report a data version.
+            warnings.simplefilter("ignore", BetaWarning)
+            output = Output(frame, metadata=metadata, data_version=DataVersion(bars_fingerprint(frame)))
+        yield output
         yield from evaluate_ohlcv_checks(OHLCV_KEY, units, timeframe)
 
     @asset(

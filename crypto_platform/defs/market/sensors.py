@@ -42,6 +42,8 @@ GAP_REPAIR_INTERVAL_S = 15 * 60
 MAX_REPAIR_RUNS_PER_TICK = 4
 MAX_REPAIR_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
 REPAIR_BACKOFF_S = DEFAULT_BACKOFF_S
+# A back-off that ends within this of a tick has ended (ticks are never exactly on time).
+BACKOFF_SLACK_S = 120.0
 # Materialisation records read per tick: a first tick over years of history catches up over a few ticks.
 RECORDS_PER_TICK = 5000
 _PAGE = 1000
@@ -89,7 +91,7 @@ def build_market_sensors(settings: Settings, job_name: str) -> list[SensorDefini
         ledger = GapLedger.from_cursor(context.cursor, MAX_REPAIR_ATTEMPTS, REPAIR_BACKOFF_S)
         now_ms = market_now_ms(market_data.source, market_data.settings())
         read = _read_new_materialisations(context, ledger, now_ms)
-        due, given_up = ledger.due(now_ms, limit=len(ledger.gaps))
+        due, given_up = ledger.due(now_ms, limit=len(ledger.gaps), slack_s=BACKOFF_SLACK_S)
 
         observations = []
         for partition in given_up:

@@ -56,12 +56,18 @@ class GapLedger:
             entry.missing_bars = missing_bars
 
     # --- deciding ----------------------------------------------------------------------------------
-    def due(self, now_ms: int, limit: int) -> tuple[list[str], list[str]]:
-        """(partitions to request now, oldest first, at most `limit`; partitions given up on just now)."""
+    def due(self, now_ms: int, limit: int, slack_s: float = 0.0) -> tuple[list[str], list[str]]:
+        """(partitions to request now, oldest first, at most `limit`; partitions given up on just now).
+
+        `slack_s`: an entry due that soon counts as due now. A back-off is measured from the instant of
+        the request, and the tick that should honour it comes a few seconds early or late; without slack
+        an hour's back-off checked hourly would wait two.
+        """
         given_up = []
         ready = []
+        horizon = now_ms + int(slack_s * 1000)
         for partition, entry in sorted(self.gaps.items(), key=lambda kv: (kv[1].next_attempt_ms, kv[0])):
-            if entry.given_up or now_ms < entry.next_attempt_ms:
+            if entry.given_up or horizon < entry.next_attempt_ms:
                 continue
             if entry.attempts >= self.max_attempts:
                 entry.given_up = True
