@@ -32,6 +32,7 @@ from crypto_platform.defs.market.partitions import contiguous_ranges, market_par
 from crypto_platform.defs.market.run_requests import market_run_request
 from crypto_platform.defs.market.schedules import TRIGGER_TAG
 from crypto_platform.defs.resources import MarketDataResource
+from crypto_platform.lib.market.client import ExchangeUnavailableError
 from crypto_platform.lib.market.gap_repair import DEFAULT_BACKOFF_S, DEFAULT_MAX_ATTEMPTS, GapLedger
 from crypto_platform.lib.market.source import market_now_ms
 from crypto_platform.lib.quality import iso_utc
@@ -89,7 +90,11 @@ def build_market_sensors(settings: Settings, job_name: str) -> list[SensorDefini
     )
     def market_gap_repair(context: SensorEvaluationContext, market_data: MarketDataResource) -> SensorResult:
         ledger = GapLedger.from_cursor(context.cursor, MAX_REPAIR_ATTEMPTS, REPAIR_BACKOFF_S)
-        now_ms = market_now_ms(market_data.source, market_data.settings())
+        try:
+            now_ms = market_now_ms(market_data.source, market_data.settings())
+        except ExchangeUnavailableError as exc:
+            # Without the exchange's clock no back-off can be judged, and a repair would fail anyway.
+            return SensorResult(skip_reason=f"exchange unreachable, no repair this tick: {exc}")
         read = _read_new_materialisations(context, ledger, now_ms)
         due, given_up = ledger.due(now_ms, limit=len(ledger.gaps), slack_s=BACKOFF_SLACK_S)
 
