@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import (
-    AssetKey,
     AssetRecordsFilter,
     DagsterInstance,
     DefaultScheduleStatus,
@@ -35,6 +34,7 @@ from dagster import (
     schedule,
 )
 
+from crypto_platform.defs.market.assets import COVERED_UNTIL_META, OHLCV_KEY
 from crypto_platform.defs.market.partitions import (
     DATE_DIM,
     SYMBOL_DIM,
@@ -50,7 +50,6 @@ TRIGGER_TAG = "crypto_platform/trigger"
 # A refresh catches up at most this many days per symbol; older holes are a backfill's job (a daemon
 # that was off for a quarter should not silently start a run of months at minute 5).
 MAX_CATCH_UP_DAYS = 31
-_OHLCV = "ohlcv"
 
 
 def _utc_day(ms: int) -> date:
@@ -62,7 +61,7 @@ def newest_stored_days(instance: DagsterInstance, symbol_ids: list[str]) -> dict
 
     newest: dict[str, str] = {}
     wanted = set(symbol_ids)
-    for key in instance.get_materialized_partitions(AssetKey(_OHLCV)):
+    for key in instance.get_materialized_partitions(OHLCV_KEY):
         symbol_id, day = split_partition_key(key)
         if symbol_id in wanted and day > newest.get(symbol_id, ""):
             newest[symbol_id] = day
@@ -77,11 +76,11 @@ def covered_until_ms(instance: DagsterInstance, partition: str) -> int | None:
     """
 
     records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(_OHLCV), asset_partitions=[partition]), limit=1
+        AssetRecordsFilter(asset_key=OHLCV_KEY, asset_partitions=[partition]), limit=1
     ).records
     if not records or records[0].asset_materialization is None:
         return None
-    value = records[0].asset_materialization.metadata.get("covered_until_ms")
+    value = records[0].asset_materialization.metadata.get(COVERED_UNTIL_META)
     if value is None or not isinstance(value.value, int):
         _, day = split_partition_key(partition)
         return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)

@@ -17,7 +17,6 @@ The ledger lives in the cursor, so attempts and back-offs survive daemon restart
 # No `from __future__ import annotations`: Dagster inspects the context and resource annotations.
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     AssetRecordsFilter,
     DefaultSensorStatus,
@@ -28,6 +27,7 @@ from dagster import (
     sensor,
 )
 
+from crypto_platform.defs.market.assets import MISSING_BARS_META, OHLCV_KEY
 from crypto_platform.defs.market.partitions import contiguous_ranges, market_partitions_def
 from crypto_platform.defs.market.run_requests import market_run_request
 from crypto_platform.defs.market.schedules import TRIGGER_TAG
@@ -48,14 +48,13 @@ BACKOFF_SLACK_S = 120.0
 # Materialisation records read per tick: a first tick over years of history catches up over a few ticks.
 RECORDS_PER_TICK = 5000
 _PAGE = 1000
-_OHLCV = AssetKey("ohlcv")
 
 
 def _read_new_materialisations(context: SensorEvaluationContext, ledger: GapLedger, now_ms: int) -> int:
     read = 0
     while read < RECORDS_PER_TICK:
         records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=_OHLCV, after_storage_id=ledger.after_storage_id),
+            AssetRecordsFilter(asset_key=OHLCV_KEY, after_storage_id=ledger.after_storage_id),
             limit=_PAGE,
             ascending=True,
         ).records
@@ -64,7 +63,7 @@ def _read_new_materialisations(context: SensorEvaluationContext, ledger: GapLedg
             materialization = record.asset_materialization
             if materialization is None or materialization.partition is None:
                 continue
-            missing = materialization.metadata.get("missing_bars")
+            missing = materialization.metadata.get(MISSING_BARS_META)
             if missing is None or not isinstance(missing.value, int):
                 continue  # written before partitions recorded their coverage: nothing to judge by
             ledger.observe(str(materialization.partition), missing.value, now_ms)
@@ -107,7 +106,7 @@ def build_market_sensors(settings: Settings, job_name: str) -> list[SensorDefini
             )
             observations.append(
                 AssetObservation(
-                    asset_key=_OHLCV,
+                    asset_key=OHLCV_KEY,
                     partition=partition,
                     metadata={
                         "gap_repair": "gave up: the exchange has no data for these bars (outage)",
