@@ -23,6 +23,8 @@ from dagster import (
     build_sensor_context,
 )
 
+from crypto_platform.defs.market.partitions import split_partition_key
+from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG
 from crypto_platform.defs.market.sensors import GAP_REPAIR_SENSOR
 from crypto_platform.lib.market.client import clear_exchange_clients
 from crypto_platform.lib.market.timeframes import HOUR_MS
@@ -39,6 +41,15 @@ def set_exchange_clock(url: str, when: datetime) -> None:
     """Moves the replay exchange's clock; the next run measures it anew (as a fresh run process would)."""
     requests.post(f"{url}/__replay__/clock", json={"now_ms": ms(when)}, timeout=10).raise_for_status()
     clear_exchange_clients()
+
+
+def request_days(request: RunRequest) -> tuple[str, str]:
+    """(first day, last day) a market run request covers, whether one partition or a single-run range."""
+    if request.partition_key is not None:
+        day = split_partition_key(request.partition_key)[1]
+        return day, day
+    first = split_partition_key(request.tags[RANGE_START_TAG])[1]
+    return first, split_partition_key(request.tags[RANGE_END_TAG])[1]
 
 
 def served_closed_bars(url: str, symbol_id: str, start_ms: int, end_ms: int) -> pl.Series:

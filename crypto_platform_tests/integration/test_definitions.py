@@ -25,8 +25,9 @@ from crypto_platform.defs.market.partitions import (
     market_partition_key,
     split_partition_key,
 )
-from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG
+from crypto_platform.defs.market.run_requests import RANGE_START_TAG
 from crypto_platform.lib.features import LOOKBACK_BARS
+from crypto_platform_tests.integration.market_days import request_days
 from crypto_platform_tests.integration.market_runs import build, market_settings
 
 # The reviewed shape of the graph: a change here is a change of the platform's contract
@@ -185,17 +186,6 @@ def _refresh_requests(defs: Definitions, instance: DagsterInstance, when: dateti
     return list(schedule.evaluate_tick(context).run_requests or [])
 
 
-def _days(request: RunRequest) -> tuple[str, str]:
-    """(first day, last day) a refresh request covers, whether one partition or a single-run range."""
-    if request.partition_key is not None:
-        day = split_partition_key(request.partition_key)[1]
-        return day, day
-    return (
-        split_partition_key(request.tags[RANGE_START_TAG])[1],
-        split_partition_key(request.tags[RANGE_END_TAG])[1],
-    )
-
-
 def _stored(instance: DagsterInstance, partition: str, covered_until: datetime) -> None:
     """An `ohlcv` materialisation of `partition` whose bars were fetched up to `covered_until`."""
     instance.report_runless_asset_event(
@@ -223,7 +213,7 @@ def test_hourly_schedule_without_history_requests_the_last_closed_bars_day(tmp_p
         assert {r.run_key for r in requests}.isdisjoint({r.run_key for r in later})
         # at 00:05 the bar that just closed is yesterday's 23:00 bar: yesterday and today are asked for
         midnight = _refresh_requests(defs, instance, datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
-        assert {_days(r) for r in midnight} == {("2024-03-10", "2024-03-11")}
+        assert {request_days(r) for r in midnight} == {("2024-03-10", "2024-03-11")}
 
 
 def test_hourly_schedule_asks_for_every_day_since_the_last_fetch(tmp_path: Path) -> None:
@@ -233,7 +223,7 @@ def test_hourly_schedule_asks_for_every_day_since_the_last_fetch(tmp_path: Path)
         _stored(instance, "2024-03-10|BTCUSDT", datetime(2024, 3, 10, 23, 0, tzinfo=UTC))
         _stored(instance, "2024-03-10|ETHUSDT", datetime(2024, 3, 11, 0, 0, tzinfo=UTC))
         at_midnight = {
-            r.partition_key or r.tags[RANGE_START_TAG]: _days(r)
+            r.partition_key or r.tags[RANGE_START_TAG]: request_days(r)
             for r in _refresh_requests(defs, instance, datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
         }
         # the 23:00 bar closed at 00:00 lives in yesterday's partition: that day is asked for again
@@ -243,7 +233,7 @@ def test_hourly_schedule_asks_for_every_day_since_the_last_fetch(tmp_path: Path)
         }
         # the daemon was down from 00:05 on the 11th to 03:05 on the 13th: one run per symbol catches up
         after_downtime = _refresh_requests(defs, instance, datetime(2024, 3, 13, 3, 5, tzinfo=UTC))
-        assert sorted(_days(r) for r in after_downtime) == [
+        assert sorted(request_days(r) for r in after_downtime) == [
             ("2024-03-10", "2024-03-13"),
             ("2024-03-11", "2024-03-13"),
         ]

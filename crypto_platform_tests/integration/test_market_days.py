@@ -11,8 +11,6 @@ import pytest
 import requests
 from dagster import AssetKey, instance_for_test
 
-from crypto_platform.defs.market.partitions import split_partition_key
-from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG
 from crypto_platform.defs.resources import build_resources
 from crypto_platform.lib.features import FEATURE_COLUMNS, READY_COLUMN
 from crypto_platform.lib.market.gap_repair import GapLedger
@@ -21,6 +19,7 @@ from crypto_platform_tests.integration.market_days import (
     Daemonless,
     hours,
     ms,
+    request_days,
     served_closed_bars,
     set_exchange_clock,
     stored_bars,
@@ -39,15 +38,6 @@ FIRST_TICK_AFTER_DOWNTIME = max(DOWNTIME) + timedelta(hours=1)
 # The exchange has no 21:00 and 22:00 bars of 2025-06-02 when they close and back-fills them at 00:30.
 LATE_BARS = (datetime(2025, 6, 2, 21, tzinfo=UTC), datetime(2025, 6, 2, 23, tzinfo=UTC))
 LATE_BARS_SERVED_FROM = datetime(2025, 6, 3, 0, 30, tzinfo=UTC)
-
-
-def _days(request) -> tuple[str, str]:
-    if request.partition_key is not None:
-        day = split_partition_key(request.partition_key)[1]
-        return day, day
-    return split_partition_key(request.tags[RANGE_START_TAG])[1], split_partition_key(
-        request.tags[RANGE_END_TAG]
-    )[1]
 
 
 def test_three_simulated_days_keep_every_closed_bar(tmp_path: Path, replay_server) -> None:
@@ -86,9 +76,9 @@ def test_three_simulated_days_keep_every_closed_bar(tmp_path: Path, replay_serve
                 replay_server.clear_outages()  # the exchange back-filled the late bars
             tick = daemon.tick(at)
             if tick.repair_requests:
-                repairs.append((at, [_days(r) for r in tick.repair_requests]))
+                repairs.append((at, [request_days(r) for r in tick.repair_requests]))
             if at.hour == 0:
-                midnight_requests[at] = {_days(r) for r in tick.refresh_requests}
+                midnight_requests[at] = {request_days(r) for r in tick.refresh_requests}
             # After every tick the store holds exactly the bars the exchange serves as closed by now.
             served = served_closed_bars(replay_server.url, SYMBOL_ID, window_start, ms(at))
             stored = stored_bars(store, SYMBOL, window_start, ms(at))
@@ -100,7 +90,7 @@ def test_three_simulated_days_keep_every_closed_bar(tmp_path: Path, replay_serve
             checked += 1
             if at == FIRST_TICK_AFTER_DOWNTIME:
                 # the bars of 20:00-23:00 on the 3rd are yesterday's: the catch-up asks for both days
-                assert [_days(r) for r in tick.refresh_requests] == [("2025-06-03", "2025-06-04")]
+                assert [request_days(r) for r in tick.refresh_requests] == [("2025-06-03", "2025-06-04")]
                 healed_after_downtime = len(served)
         elapsed = time.monotonic() - started
 
