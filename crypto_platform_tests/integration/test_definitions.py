@@ -1,4 +1,4 @@
-"""The code location loads, its graph is the reviewed one, and the schedule asks for the right runs."""
+"""The code location loads, its graph is the reviewed one, and the hourly refresh asks for the right runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, BackfillPolicy, Definitions, MultiPartitionsDefinition, build_schedule_context
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    BackfillPolicy,
+    DagsterInstance,
+    Definitions,
+    MultiPartitionsDefinition,
+    RunRequest,
+    build_schedule_context,
+    instance_for_test,
+)
 
 from crypto_platform.defs.market.partitions import (
     DayRange,
@@ -15,7 +25,9 @@ from crypto_platform.defs.market.partitions import (
     market_partition_key,
     split_partition_key,
 )
+from crypto_platform.defs.market.run_requests import RANGE_START_TAG
 from crypto_platform.lib.features import LOOKBACK_BARS
+from crypto_platform_tests.integration.market_days import request_days
 from crypto_platform_tests.integration.market_runs import build, market_settings
 
 # The reviewed shape of the graph: a change here is a change of the platform's contract
@@ -40,6 +52,11 @@ EXPECTED_GRAPH = {
         ("feature_drift", "no_feature_drift"): False,
     },
     "jobs": ["daily_report_job", "market_job", "ml_retrain_job"],
+    "sensors": {
+        "market_gap_repair": ["market_job"],
+        "ml_model_reload_sensor": [],
+        "ml_retrain_sensor": ["ml_retrain_job"],
+    },
     "schedules": {
         "daily_report_schedule": ("30 0 * * *", "UTC", "daily_report_job"),
         "market_hourly_refresh": ("5 * * * *", "UTC", "market_job"),
@@ -67,6 +84,7 @@ def _graph_snapshot(defs: Definitions) -> dict:
         "assets": assets,
         "checks": checks,
         "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+        "sensors": {s.name: sorted(t.job_name for t in s.targets) for s in repo.sensor_defs},
         "schedules": {
             s.name: (s.cron_schedule, s.execution_timezone, s.job_name) for s in repo.schedule_defs
         },
@@ -159,29 +177,69 @@ def test_lookback_days_and_contiguous_ranges() -> None:
         split_partition_key("2024-01-02")
 
 
-def test_hourly_schedule_requests_today_for_every_symbol(tmp_path: Path) -> None:
-    defs = build(market_settings(tmp_path, CRYPTO_SYMBOLS="BTC/USDT,ETH/USDT,SOL/USDT"))
+def _refresh_requests(defs: Definitions, instance: DagsterInstance, when: datetime) -> list[RunRequest]:
     schedule = defs.resolve_schedule_def("market_hourly_refresh")
-    repo = defs.get_repository_def()
+    # with the repository, evaluate_tick also resolves each request against the job's partitions
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+    )
+    return list(schedule.evaluate_tick(context).run_requests or [])
 
-    def tick_at(when: datetime):
-        # with the repository, evaluate_tick also resolves each request against the job's partitions
-        return schedule.evaluate_tick(
-            build_schedule_context(scheduled_execution_time=when, repository_def=repo)
+
+def _stored(instance: DagsterInstance, partition: str, covered_until: datetime) -> None:
+    """An `ohlcv` materialisation of `partition` whose bars were fetched up to `covered_until`."""
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key="ohlcv",
+            partition=partition,
+            metadata={"covered_until_ms": int(covered_until.timestamp() * 1000), "missing_bars": 0},
         )
+    )
 
-    tick = datetime(2024, 3, 10, 7, 5, tzinfo=UTC)
-    data = tick_at(tick)
-    requests = data.run_requests or []
-    assert all(r.job_name in (None, "market_job") for r in requests)
-    assert [r.partition_key for r in requests] == [
-        "2024-03-10|BTCUSDT",
-        "2024-03-10|ETHUSDT",
-        "2024-03-10|SOLUSDT",
-    ]
-    # distinct run keys per tick, so the next hour's refresh is not deduplicated away
-    later = tick_at(tick.replace(hour=8))
-    assert {r.run_key for r in requests}.isdisjoint({r.run_key for r in later.run_requests or []})
-    # just after midnight UTC the refresh moves to the new day's partition
-    midnight = tick_at(datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
-    assert {r.partition_key.split("|")[0] for r in midnight.run_requests or []} == {"2024-03-11"}
+
+def test_hourly_schedule_without_history_requests_the_last_closed_bars_day(tmp_path: Path) -> None:
+    defs = build(market_settings(tmp_path, CRYPTO_SYMBOLS="BTC/USDT,ETH/USDT,SOL/USDT"))
+    with instance_for_test() as instance:
+        tick = datetime(2024, 3, 10, 7, 5, tzinfo=UTC)
+        requests = _refresh_requests(defs, instance, tick)
+        assert all(r.job_name in (None, "market_job") for r in requests)
+        assert [r.partition_key for r in requests] == [
+            "2024-03-10|BTCUSDT",
+            "2024-03-10|ETHUSDT",
+            "2024-03-10|SOLUSDT",
+        ]
+        # distinct run keys per tick, so the next hour's refresh is not deduplicated away
+        later = _refresh_requests(defs, instance, tick.replace(hour=8))
+        assert {r.run_key for r in requests}.isdisjoint({r.run_key for r in later})
+        # at 00:05 the bar that just closed is yesterday's 23:00 bar: yesterday and today are asked for
+        midnight = _refresh_requests(defs, instance, datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
+        assert {request_days(r) for r in midnight} == {("2024-03-10", "2024-03-11")}
+
+
+def test_hourly_schedule_asks_for_every_day_since_the_last_fetch(tmp_path: Path) -> None:
+    defs = build(market_settings(tmp_path))
+    with instance_for_test() as instance:
+        # BTC was last fetched at 23:05 (bars through 22:00 closed), ETH's day was complete.
+        _stored(instance, "2024-03-10|BTCUSDT", datetime(2024, 3, 10, 23, 0, tzinfo=UTC))
+        _stored(instance, "2024-03-10|ETHUSDT", datetime(2024, 3, 11, 0, 0, tzinfo=UTC))
+        at_midnight = {
+            r.partition_key or r.tags[RANGE_START_TAG]: request_days(r)
+            for r in _refresh_requests(defs, instance, datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
+        }
+        # the 23:00 bar closed at 00:00 lives in yesterday's partition: that day is asked for again
+        assert at_midnight == {
+            "2024-03-10|BTCUSDT": ("2024-03-10", "2024-03-11"),
+            "2024-03-11|ETHUSDT": ("2024-03-11", "2024-03-11"),
+        }
+        # the daemon was down from 00:05 on the 11th to 03:05 on the 13th: one run per symbol catches up
+        after_downtime = _refresh_requests(defs, instance, datetime(2024, 3, 13, 3, 5, tzinfo=UTC))
+        assert sorted(request_days(r) for r in after_downtime) == [
+            ("2024-03-10", "2024-03-13"),
+            ("2024-03-11", "2024-03-13"),
+        ]
+        # a refresh that stored today up to 03:00 moves the next tick's start to today
+        _stored(instance, "2024-03-13|BTCUSDT", datetime(2024, 3, 13, 3, 0, tzinfo=UTC))
+        next_hour = _refresh_requests(defs, instance, datetime(2024, 3, 13, 4, 5, tzinfo=UTC))
+        assert [r.partition_key for r in next_hour if "BTCUSDT" in (r.partition_key or "")] == [
+            "2024-03-13|BTCUSDT"
+        ]

@@ -1,4 +1,5 @@
-"""The `market` group of the code location: OHLCV, features, quality report, their job and schedule."""
+"""The `market` group of the code location: OHLCV, features, quality report, their job, the hourly
+refresh schedule and the gap-repair sensor."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ MARKET_JOB = "market_job"
 
 
 def build_market_definitions(settings: Settings) -> Definitions:
-    """Assets, job and schedule of the market group for `settings` (resources are bound by the caller)."""
+    """Assets, job, schedule and sensor of the market group (resources are bound by the caller)."""
     # Imported here so that importing a submodule (the IO manager needs `partitions`) does not pull in
     # the assets, which import the resources, which import the IO manager.
     from dagster import AssetSelection, BetaWarning, Definitions, define_asset_job
@@ -22,6 +23,7 @@ def build_market_definitions(settings: Settings) -> Definitions:
     from crypto_platform.defs.k8s_tags import INGESTION_RUN_TAGS
     from crypto_platform.defs.market.assets import GROUP, build_market_assets
     from crypto_platform.defs.market.schedules import build_market_schedules
+    from crypto_platform.defs.market.sensors import build_market_sensors
 
     job = define_asset_job(
         MARKET_JOB,
@@ -34,4 +36,9 @@ def build_market_definitions(settings: Settings) -> Definitions:
         # backfills, look-back across day partitions), and a warning on every load is noise.
         warnings.simplefilter("ignore", BetaWarning)
         assets = build_market_assets(settings)
-    return Definitions(assets=assets, jobs=[job], schedules=build_market_schedules(settings, MARKET_JOB))
+    return Definitions(
+        assets=assets,
+        jobs=[job],
+        schedules=build_market_schedules(settings, MARKET_JOB),
+        sensors=build_market_sensors(settings, MARKET_JOB),
+    )

@@ -4,11 +4,19 @@ All three assets share the (UTC day × symbol) partitions and a single-run backf
 of a year for a symbol is one run whose assets see all 365 partition keys at once. `ohlcv` turns each
 symbol's contiguous range into ONE paginated fetch (⌈8760 / 1000⌉ = 9 klines requests for a year of
 hourly bars, not 365 runs × 1 request) and the IO manager splits the result back into daily files.
+
+Staleness in the UI: each asset has a `code_version` (bump it when its code changes what it writes),
+and `ohlcv` reports a `DataVersion` that is a fingerprint of the bars it wrote (`lib.market.coverage`),
+so re-fetching unchanged bars leaves `features` and `quality_report` up to date while a repaired gap
+(new bars) marks them stale. Each `ohlcv` partition also records up to which exchange time its bars
+were fetched (`covered_until_ms`) and how many closed bars it misses; the hourly refresh and the
+gap-repair sensor read those instead of the bars.
 """
 
 # No `from __future__ import annotations` here: Dagster checks the `context` annotation unevaluated.
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +28,8 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
+    DataVersion,
     Failure,
     MetadataValue,
     MultiPartitionsDefinition,
@@ -31,6 +41,7 @@ from crypto_platform.defs.market.checks import CheckUnit, evaluate_ohlcv_checks,
 from crypto_platform.defs.market.partitions import (
     contiguous_ranges,
     lookback_days,
+    market_partition_key,
     market_partitions_def,
     previous_days_mapping,
     split_partition_key,
@@ -38,6 +49,7 @@ from crypto_platform.defs.market.partitions import (
 )
 from crypto_platform.defs.resources import DataStoreResource, MarketDataResource
 from crypto_platform.lib.features import FEATURE_COLUMNS, LOOKBACK_BARS, READY_COLUMN, compute_features
+from crypto_platform.lib.market.coverage import bars_fingerprint, day_coverage
 from crypto_platform.lib.market.schema import OHLCV_COLUMNS, empty_ohlcv, find_gaps, normalize_ohlcv
 from crypto_platform.lib.market.symbols import exchange_symbol_id
 from crypto_platform.lib.market.timeframes import timeframe_ms, validate_timeframe
@@ -49,6 +61,13 @@ from crypto_platform.settings import Settings
 GROUP = "market"
 IO_MANAGER_KEY = "parquet_io_manager"
 OHLCV_KEY = AssetKey("ohlcv")
+# Bump when the asset's code changes what it writes for the same inputs (the UI then marks it stale).
+OHLCV_CODE_VERSION = "2"
+FEATURES_CODE_VERSION = "1"
+QUALITY_REPORT_CODE_VERSION = "1"
+# Per-partition metadata of `ohlcv` that the refresh schedule and the gap-repair sensor read.
+COVERED_UNTIL_META = "covered_until_ms"
+MISSING_BARS_META = "missing_bars"
 _MAX_GAPS_LISTED = 50
 _SYM_ID, _DAY, _POS = "__symbol_id", "__day", "__pos"
 
@@ -83,6 +102,7 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
         backfill_policy=BackfillPolicy.single_run(),
         io_manager_key=IO_MANAGER_KEY,
         check_specs=ohlcv_check_specs(OHLCV_KEY),
+        code_version=OHLCV_CODE_VERSION,
         kinds={"polars", "parquet"},
         description=(
             "Closed OHLCV bars per UTC day and symbol (ts = bar open, UTC ms), from the exchange via "
@@ -109,7 +129,9 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             data = market_data.load(symbol, start_ms, end_ms)
             for warning in data.warnings:
                 context.log.warning(warning)
-            units.append(CheckUnit(symbol, data.frame, start_ms, end_ms, market_data.now_ms()))
+            # Judged against the clock the bars were cut at (the exchange's), not the host's.
+            fetched_at_ms = data.now_ms if data.now_ms is not None else market_data.now_ms()
+            units.append(CheckUnit(symbol, data.frame, start_ms, end_ms, fetched_at_ms))
             try:
                 bars = normalize_ohlcv(
                     data.frame.select([c for c in OHLCV_COLUMNS if c in data.frame.columns])
@@ -123,6 +145,8 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             ]
             sources.add(data.source)
             requests += data.requests
+            for day in day_range.days:
+                _record_coverage(context, day, day_range.symbol_id, bars, fetched_at_ms, bar_ms)
             context.log.info(
                 f"{symbol} {day_range.first_day}..{day_range.last_day}: {bars.height} bars from "
                 f"{data.source} in {data.requests} request(s), {len(range_gaps)} gap(s)"
@@ -146,7 +170,14 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             "run_gaps": len(gaps),
             "run_gap_list": MetadataValue.json(gaps[:_MAX_GAPS_LISTED]),
         }
-        yield Output(frame, metadata=metadata)
+        # One data version per output: for the hourly refresh and a repair (one day per symbol) it is
+        # that partition's fingerprint; a multi-day run shares one, and each partition's own is in
+        # its `bars_sha256` metadata.
+        with warnings.catch_warnings():
+            # Output(data_version=) is marked beta; it is the documented way to report a data version.
+            warnings.simplefilter("ignore", BetaWarning)
+            output = Output(frame, metadata=metadata, data_version=DataVersion(bars_fingerprint(frame)))
+        yield output
         yield from evaluate_ohlcv_checks(OHLCV_KEY, units, timeframe)
 
     @asset(
@@ -156,6 +187,7 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
         backfill_policy=BackfillPolicy.single_run(),
         io_manager_key=IO_MANAGER_KEY,
         ins={"ohlcv": AssetIn(partition_mapping=previous_days_mapping(features_lookback_days))},
+        code_version=FEATURES_CODE_VERSION,
         kinds={"polars", "parquet"},
         description=(
             "OHLCV rows plus the model and heuristic features (lib.features), computed per symbol over "
@@ -199,6 +231,7 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
         backfill_policy=BackfillPolicy.single_run(),
         io_manager_key=IO_MANAGER_KEY,
         ins={"ohlcv": AssetIn(partition_mapping=previous_days_mapping(1))},
+        code_version=QUALITY_REPORT_CODE_VERSION,
         kinds={"polars", "parquet"},
         description=(
             "Per symbol and UTC day: gaps, duplicates, OHLC violations, zero-volume bars, return and "
@@ -272,6 +305,30 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
         )
 
     return [ohlcv, features, quality_report]
+
+
+def _record_coverage(
+    context: AssetExecutionContext,
+    day: str,
+    symbol_id: str,
+    bars: pl.DataFrame,
+    fetched_at_ms: int,
+    bar_ms: int,
+) -> None:
+    """What the (day, symbol) partition should hold at the fetch time, what it holds, its fingerprint."""
+    start_ms = day_start_ms(day)
+    in_day = bars.filter(pl.col("ts").is_between(start_ms, start_ms + DAY_MS, closed="left"))
+    coverage = day_coverage(start_ms, fetched_at_ms, bar_ms, in_day.get_column("ts"))
+    context.add_asset_metadata(
+        {
+            COVERED_UNTIL_META: coverage.covered_until_ms,
+            "covered_until": iso_utc(coverage.covered_until_ms),
+            "expected_bars": coverage.expected_bars,
+            MISSING_BARS_META: coverage.missing_bars,
+            "bars_sha256": bars_fingerprint(in_day),
+        },
+        partition_key=market_partition_key(day, symbol_id),
+    )
 
 
 def _now_ms() -> int:

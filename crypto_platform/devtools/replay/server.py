@@ -8,7 +8,9 @@ klines per answer, `startTime`/`endTime` inclusive, bars after "now" never serve
 codes for bad symbols and intervals.
 
 Test hooks live under `/__replay__/`: `GET stats` (requests per endpoint), `POST reset`,
-`GET|POST faults` (inject 429/418/5xx/slow answers, toggle the open candle), `GET|POST clock`.
+`GET|POST faults` (inject 429/418/5xx/slow answers, toggle the open candle), `GET|POST clock`,
+`GET|POST outages` (bars of a symbol and time range the exchange does not have, as in a real outage:
+klines skip them the way Binance does, and lifting the outage is the exchange back-filling them late).
 
 Stdlib `ThreadingHTTPServer`: no dependency, and fast enough for a local client (a 1000-bar page is
 about a millisecond of formatting).
@@ -116,6 +118,7 @@ class ReplayServer:
         self._klines_by_symbol: Counter[str] = Counter()
         self._klines_limits: Counter[str] = Counter()
         self._faults_served: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._outages: list[tuple[str, int, int]] = []  # (symbol id, start ms, end ms exclusive)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -180,6 +183,40 @@ class ReplayServer:
     def add_faults(self, rules: Iterable[FaultRule]) -> None:
         self.faults.add(rules)
 
+    def add_outage(self, symbol_id: str, start_ms: int, end_ms: int) -> None:
+        """From now on, bars of `symbol_id` with ts in [start_ms, end_ms) are not served."""
+        self._symbol(symbol_id)
+        if end_ms <= start_ms:
+            raise ValueError(f"outage end {end_ms} must be after its start {start_ms}")
+        with self._stats_lock:
+            self._outages.append((symbol_id, start_ms, end_ms))
+
+    def clear_outages(self) -> None:
+        with self._stats_lock:
+            self._outages.clear()
+
+    def outages(self) -> list[dict[str, Any]]:
+        with self._stats_lock:
+            return [{"symbol": s, "start_ms": a, "end_ms": b} for s, a, b in self._outages]
+
+    def _hidden(self, symbol_id: str, bars: pl.DataFrame) -> pl.Expr | None:
+        """Filter expression that is true for the bars an outage hides; None when none applies."""
+        with self._stats_lock:
+            windows = [(a, b) for s, a, b in self._outages if s == symbol_id]
+        if not windows or bars.height == 0:
+            return None
+        hidden = pl.lit(False)
+        for start, end in windows:
+            hidden = hidden | pl.col("ts").is_between(start, end, closed="left")
+        return hidden
+
+    def _hidden_slots(self, symbol_id: str, start: int | None, stop: int, bar_ms: int) -> int:
+        """Upper bound of the bars hidden in [start, stop): fetch that many more to fill a page."""
+        with self._stats_lock:
+            windows = [(a, b) for s, a, b in self._outages if s == symbol_id]
+        lo = start if start is not None else -(2**62)
+        return sum(max(0, min(b, stop) - max(a, lo)) // bar_ms + 1 for a, b in windows if b > lo and a < stop)
+
     def reset(self) -> None:
         """Forget request counts and pending faults; clock and open-candle back to the start options."""
         with self._stats_lock:
@@ -189,6 +226,7 @@ class ReplayServer:
             self._faults_served.clear()
         self.faults.clear()
         self.faults.add(self._initial_faults)
+        self.clear_outages()
         self.open_candle = self._open_candle_default
         self._now_ms = self._initial_now_ms
 
@@ -242,13 +280,20 @@ class ReplayServer:
         now = self.now_ms()
         open_ts = now // bar_ms * bar_ms  # the candle still open at `now`; closed bars are before it
         stop = open_ts if end is None else min(end + 1, open_ts)
+        # Bars an outage hides are skipped, and the page still holds `limit` bars where the exchange
+        # has them (Binance answers the next bars it has, it does not stop at the hole).
+        extra = self._hidden_slots(symbol_id, start, stop, bar_ms)
         try:
             if start is not None:
-                bars = self.store.first_bars(symbol_id, interval, start, stop, limit)
+                bars = self.store.first_bars(symbol_id, interval, start, stop, limit + extra)
             else:
-                bars = self.store.last_bars(symbol_id, interval, stop, limit)
+                bars = self.store.last_bars(symbol_id, interval, stop, limit + extra)
         except UnsupportedIntervalError as exc:
             raise binance.invalid_interval() from exc
+        hidden = self._hidden(symbol_id, bars)
+        if hidden is not None:
+            bars = bars.filter(~hidden)
+        bars = bars.head(limit) if start is not None else bars.tail(limit)
 
         # The open candle follows the closed bars when the answer reaches it: within the requested
         # range, and (paging forward from startTime) the page has room left.
@@ -340,6 +385,10 @@ class ReplayServer:
             if method == "POST":
                 self._apply_fault_request(body)
             return 200, {"pending": self.faults.pending(), "open_candle": self.open_candle}
+        if name == "outages":
+            if method == "POST":
+                self._apply_outage_request(body)
+            return 200, {"outages": self.outages()}
         if name == "clock":
             if method == "POST":
                 if not isinstance(body, dict) or not ({"now_ms", "now"} & set(body)):
@@ -348,6 +397,24 @@ class ReplayServer:
                 self.set_now(None if raw is None else parse_instant(raw))
             return 200, {"now_ms": self.now_ms(), "frozen": self._now_ms is not None}
         return 404, {"error": f"unknown control endpoint {method} {CONTROL_PREFIX}{name}"}
+
+    def _apply_outage_request(self, body: Any) -> None:
+        """`{"symbol": "BTCUSDT", "start": <ISO or ms>, "end": <ISO or ms>}` or `{"clear": true}`."""
+        if not isinstance(body, dict):
+            raise FaultSpecError("outages expects a JSON object")
+        unknown = set(body) - {"symbol", "start", "end", "clear"}
+        if unknown:
+            raise FaultSpecError(f"unknown fields {sorted(unknown)}; expected symbol, start, end, clear")
+        if body.get("clear"):
+            self.clear_outages()
+        if "symbol" in body or "start" in body or "end" in body:
+            missing = [name for name in ("symbol", "start", "end") if body.get(name) is None]
+            if missing:
+                raise FaultSpecError(f"an outage needs {', '.join(missing)}")
+            try:
+                self.add_outage(str(body["symbol"]), parse_instant(body["start"]), parse_instant(body["end"]))
+            except BinanceError as exc:
+                raise FaultSpecError(f"outage symbol {body['symbol']!r}: {exc.msg}") from exc
 
     def _apply_fault_request(self, body: Any) -> None:
         """`{"faults": [...], "open_candle": bool, "clear": bool}`, or a single fault object."""

@@ -69,6 +69,9 @@ class FetchResult:
     retries: int
     gaps: list[Gap] = field(default_factory=list)
     dropped_open_candle: bool = False
+    # The exchange's clock the bars were cut at: bars opening at or after `now_ms // bar * bar` were
+    # still open (or not yet traded), so a range reaching past it was only covered up to there.
+    now_ms: int | None = None
 
 
 def _http_response(exc: BaseException) -> Any | None:
@@ -373,6 +376,7 @@ class ExchangeClient:
             retries=retries,
             gaps=find_gaps(frame, bar_ms),
             dropped_open_candle=bool(dropped_open_candle),
+            now_ms=now_ms,
         )
 
     @staticmethod

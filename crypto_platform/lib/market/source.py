@@ -40,6 +40,9 @@ class MarketData:
     requests: int
     gaps: list[Gap] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The clock the bars were cut at (the exchange's for exchange data, the host's for simulated):
+    # closed bars of the window were asked for up to `now_ms`; None = unknown (then assume the host's).
+    now_ms: int | None = None
 
 
 # config key of a client → (reachable, why not)
@@ -69,15 +72,34 @@ def _exchange_reachable(client: ExchangeClient, settings: Settings) -> tuple[boo
 
 
 def _simulated(
-    symbol: str, timeframe: str, since_ms: int, until_ms: int | None, now_ms: int | None, seed: int
+    symbol: str, timeframe: str, since_ms: int, until_ms: int | None, now: int, seed: int
 ) -> pl.DataFrame:
-    """Simulated bars of [since, until) that have closed by now: the simulator itself has no clock."""
+    """Simulated bars of [since, until) that have closed by `now`: the simulator itself has no clock."""
     bar_ms = timeframe_ms(timeframe)
-    now = int(time.time() * 1000) if now_ms is None else now_ms
     end = now // bar_ms * bar_ms if until_ms is None else min(until_ms, now // bar_ms * bar_ms)
     if end <= max(since_ms, SIMULATION_ORIGIN_MS):
         return empty_ohlcv()
     return simulate_ohlcv(symbol, timeframe, since_ms, end, seed=seed)
+
+
+def market_now_ms(source: str, settings: Settings | None = None) -> int:
+    """The market's clock for `source`: the exchange's (one /time request, cached by the client) for
+    exchange data, the host's for simulated data.
+
+    Schedules and sensors that judge "which bars have closed" must read the same clock the bars were
+    cut at; against a replay server frozen or moved in the past, the host's clock would be wrong by
+    months. `auto` reads the exchange's clock and falls back to the host's when it cannot be reached
+    (as the bars themselves would).
+    """
+    settings = settings or get_settings()
+    if source.strip().lower() == SIMULATED_SOURCE:
+        return int(time.time() * 1000)
+    try:
+        return get_exchange_client(settings).now_ms()
+    except ExchangeUnavailableError:
+        if source.strip().lower() == EXCHANGE_SOURCE:
+            raise
+        return int(time.time() * 1000)
 
 
 def load_bars(
@@ -111,7 +133,9 @@ def load_bars(
         reachable, reason = (True, "") if source == EXCHANGE_SOURCE else _exchange_reachable(client, settings)
         if reachable:
             result = client.fetch_ohlcv(unified, tf, since_ms, until_ms, now_ms=now_ms)
-            return MarketData(result.frame, EXCHANGE_SOURCE, result.requests, result.gaps, warnings)
+            return MarketData(
+                result.frame, EXCHANGE_SOURCE, result.requests, result.gaps, warnings, now_ms=result.now_ms
+            )
         message = (
             f"SIMULATED DATA: the exchange is unreachable, so {unified} {tf} bars come from the seeded "
             f"simulator (seed {settings.simulator_seed}), not the market. Reason: {reason}"
@@ -119,5 +143,6 @@ def load_bars(
         log.warning(message)
         warnings.append(message)
 
-    frame = _simulated(unified, tf, since_ms, until_ms, now_ms, settings.simulator_seed)
-    return MarketData(frame, SIMULATED_SOURCE, 0, find_gaps(frame, timeframe_ms(tf)), warnings)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    frame = _simulated(unified, tf, since_ms, until_ms, now, settings.simulator_seed)
+    return MarketData(frame, SIMULATED_SOURCE, 0, find_gaps(frame, timeframe_ms(tf)), warnings, now_ms=now)
