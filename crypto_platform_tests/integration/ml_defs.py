@@ -12,6 +12,7 @@ from crypto_platform.defs.ml.assets import ML_ASSETS
 from crypto_platform.defs.ml.checks import ML_ASSET_CHECKS
 from crypto_platform.defs.ml.schedules import ML_JOBS, ML_SCHEDULES
 from crypto_platform.defs.ml.sensors import ML_SENSORS
+from crypto_platform.defs.ml.track_record import build_track_record_definitions
 from crypto_platform.defs.reports.assets import REPORT_ASSETS
 from crypto_platform.defs.reports.schedules import REPORT_JOBS, REPORT_SCHEDULES
 from crypto_platform.defs.resources import MLPlatformResource, build_resources
@@ -40,11 +41,12 @@ def ml_definitions(settings: Settings, model_name: str, **resource_overrides: An
         "ml": ml_resource(settings, model_name),
         **resource_overrides,
     }
+    track_record_assets, track_record_checks = build_track_record_definitions(settings.partitions_start)
     return Definitions.merge(
         build_market_definitions(settings),
         Definitions(
-            assets=[*ML_ASSETS, *REPORT_ASSETS],
-            asset_checks=ML_ASSET_CHECKS,
+            assets=[*ML_ASSETS, *track_record_assets, *REPORT_ASSETS],
+            asset_checks=[*ML_ASSET_CHECKS, *track_record_checks],
             jobs=[*ML_JOBS, *REPORT_JOBS],
             sensors=ML_SENSORS,
             schedules=[*ML_SCHEDULES, *REPORT_SCHEDULES],
