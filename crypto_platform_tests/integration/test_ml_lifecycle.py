@@ -117,6 +117,10 @@ def test_retrain_registers_a_challenger_and_bootstraps_the_best_baseline(lifecyc
     checks = lifecycle_run["checks"]
     assert checks["champion_beats_baselines"].passed == promotion["champion_beats_baselines"]
     assert checks["champion_beats_baselines"].severity.value == "WARN"
+    # the first champion is a baseline: it is never reported as not beating itself
+    own = promotion["champion_family"].removeprefix("baseline:")
+    assert own not in promotion["baselines_not_beaten"]
+    assert own not in (checks["champion_beats_baselines"].description or "")
     drift = asset_metadata(result, "feature_drift")
     assert checks["no_feature_drift"].passed == (not drift["feature_drift_detected"])
     assert drift["champion_version"] == promotion["champion_version"] and drift["n_current"] == 7 * 24 * 2
