@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 
 import mlflow
@@ -16,6 +17,7 @@ import pytest
 from dagster import instance_for_test
 from mlflow import MlflowClient
 
+from crypto_platform.defs.ml.assets import load_feature_window
 from crypto_platform.lib.features import MODEL_FEATURES
 from crypto_platform.lib.model import registry
 from crypto_platform.lib.model.baseline_serving import SERVABLE_BASELINES
@@ -23,6 +25,7 @@ from crypto_platform.lib.model.holdout import load_holdout
 from crypto_platform.lib.model.packaging import OUTPUT_COLUMN, volatility_signature
 from crypto_platform.lib.model.promotion import promote
 from crypto_platform.lib.model.tags import FAMILY_TAG, FEATURES_TAG
+from crypto_platform.lib.model.tracking import window_fingerprint
 from crypto_platform.lib.model.training import select_columns
 from crypto_platform.lib.model.windows import latest_window
 from crypto_platform.lib.storage import LocalStore, day_start_ms, read_partitioned
@@ -77,6 +80,18 @@ def test_retrain_registers_a_challenger_and_bootstraps_the_best_baseline(lifecyc
         lstm.tags["data_window"] == f"{FIRST_DAY}..{LAST_DAY}" and lstm.tags["symbols"] == "BTC/USDT,ETH/USDT"
     )
     assert lstm.run_id == trained["mlflow_run_id"]
+    # the content fingerprint of the training window, on the run and the version; the same stored data
+    # read again gives the same fingerprint
+    features, _ = load_feature_window(
+        LocalStore(lifecycle_run["data"]),
+        ["BTC/USDT", "ETH/USDT"],
+        date.fromisoformat(FIRST_DAY),
+        date.fromisoformat(LAST_DAY),
+    )
+    assert lstm.tags["data_fingerprint"] == trained["data_fingerprint"] == window_fingerprint(features)
+    assert (
+        client.get_run(trained["mlflow_run_id"]).data.tags["data_fingerprint"] == trained["data_fingerprint"]
+    )
 
     # the evaluation table covers the LSTM and every baseline, logged as a table/JSON and as metrics
     rows = trained["evaluation_records"]
