@@ -18,6 +18,7 @@ from crypto_platform.defs.reports.schedules import REPORT_JOBS, REPORT_SCHEDULES
 from crypto_platform.defs.resources import MLPlatformResource, build_resources
 from crypto_platform.settings import Settings
 from crypto_platform_tests.integration.market_runs import market_settings
+from serving.core.history import history_url
 
 
 def ml_settings(data_dir: Path, tracking_uri: str, symbols: str = "BTC/USDT,ETH/USDT") -> Settings:
@@ -25,6 +26,7 @@ def ml_settings(data_dir: Path, tracking_uri: str, symbols: str = "BTC/USDT,ETH/
 
 
 def ml_resource(settings: Settings, model_name: str, **overrides: Any) -> MLPlatformResource:
+    overrides.setdefault("history_url", history_url(settings))
     return MLPlatformResource(
         tracking_uri=settings.mlflow_tracking_uri,
         model_name=model_name,

@@ -31,6 +31,7 @@ from crypto_platform.lib.model.windows import latest_window
 from crypto_platform.lib.storage import LocalStore, day_start_ms, read_partitioned
 from crypto_platform_tests.integration.market_runs import run_range
 from crypto_platform_tests.integration.ml_defs import asset_metadata, ml_definitions, ml_settings, run_retrain
+from serving.core.history import History, history_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +48,7 @@ def lifecycle_run(mlflow_server, tmp_path_factory):
         for symbol_id in ("BTCUSDT", "ETHUSDT"):
             assert run_range(defs, instance, FIRST_DAY, LAST_DAY, symbol_id).success
         result = run_retrain(defs, instance, LAST_DAY, DAYS)
-        LocalStore(data).write_bytes(f"serving/stats/{LAST_DAY}.json", b'{"signals_served": 42}')
+        _serve_signals(history_url(settings), LAST_DAY, 42)
         report = defs.resolve_job_def("daily_report_job").execute_in_process(
             instance=instance, run_config={"ops": {"daily_report": {"config": {"date": LAST_DAY}}}}
         )
@@ -63,6 +64,29 @@ def lifecycle_run(mlflow_server, tmp_path_factory):
             "checks": checks,
             "client": MlflowClient(mlflow_server.url),
         }
+
+
+def _serve_signals(url: str, day: str, n: int) -> None:
+    """Signals in the history DB as the API records them: n during `day`, one the day before."""
+    history = History(url)
+    noon = day_start_ms(day) / 1000 + 12 * 3600
+    for created_at in [noon + i for i in range(n)] + [noon - 86_400]:
+        history.record_signal(
+            {
+                "created_at": created_at,
+                "symbol": "BTC/USDT",
+                "exchange": "binance",
+                "timeframe": "1h",
+                "horizon_min": 60,
+                "risk_score": 0.2,
+                "nowcast_ret": 0.0,
+                "vol_regime": "normal",
+                "bar_ts": None,
+                "source": "simulated",
+            },
+            {"symbol": "BTC/USDT"},
+        )
+    history.close()
 
 
 def _version(client: MlflowClient, version: str):
@@ -154,7 +178,9 @@ def test_daily_report_reads_what_the_pipeline_wrote(lifecycle_run):
         assert f"| {symbol} | {LAST_DAY}T23:00+00:00 |" in text and "STALE" in text
         assert f"| {symbol} | {LAST_DAY} | OK |" in text
     assert "Feature drift:" in text and f"champion v{promotion['champion_version']}" in text
-    assert "Signals served: 42." in text
+    # counted from the history DB: the 42 signals of that day, not the one served the day before
+    assert "Signals served: 42." in text and "ML predictions served: 0." in text
+    assert "## Forecast track record" in text
 
 
 def test_registry_models_reproduce_the_in_memory_forecasts(lifecycle_run):
