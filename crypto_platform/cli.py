@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kafka-local": ("kafka_local", "Run a Kafka (KRaft) broker, or an N-broker cluster, in the foreground."),
     "produce": ("produce", "Publish price ticks to Kafka (exchange, simulated or replayed bars)."),
     "score": ("score", "Score ticks from Kafka: predictions, alerts and a dead-letter queue."),
+    "prediction-sink": ("prediction_sink", "Store the scorer's per-bar forecasts in the history DB."),
     "grpc": ("grpc_server", "Run the gRPC interface (crypto.CryptoService) over the API's services."),
 }
 

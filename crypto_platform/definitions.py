@@ -13,6 +13,7 @@ from crypto_platform.defs.ml.assets import ML_ASSETS
 from crypto_platform.defs.ml.checks import ML_ASSET_CHECKS
 from crypto_platform.defs.ml.schedules import ML_JOBS, ML_SCHEDULES
 from crypto_platform.defs.ml.sensors import ML_SENSORS
+from crypto_platform.defs.ml.track_record import build_track_record_definitions
 from crypto_platform.defs.reports.assets import REPORT_ASSETS
 from crypto_platform.defs.reports.schedules import REPORT_JOBS, REPORT_SCHEDULES
 from crypto_platform.defs.resources import build_resources
@@ -20,11 +21,12 @@ from crypto_platform.settings import Settings, get_settings
 
 
 def build_definitions(settings: Settings) -> Definitions:
+    track_record_assets, track_record_checks = build_track_record_definitions(settings.partitions_start)
     return Definitions.merge(
         build_market_definitions(settings),
         Definitions(
-            assets=ML_ASSETS,
-            asset_checks=ML_ASSET_CHECKS,
+            assets=[*ML_ASSETS, *track_record_assets],
+            asset_checks=[*ML_ASSET_CHECKS, *track_record_checks],
             jobs=ML_JOBS,
             sensors=ML_SENSORS,
             schedules=ML_SCHEDULES,

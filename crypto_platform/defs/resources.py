@@ -25,6 +25,7 @@ from crypto_platform.lib.market.timeframes import validate_timeframe
 from crypto_platform.lib.model.registry import MODEL_NAME
 from crypto_platform.lib.storage import ObjectStore, open_store
 from crypto_platform.settings import MARKET_SOURCES, Settings, get_settings
+from serving.core.history import history_url as serving_history_url
 
 _SQLITE = "sqlite:///"
 
@@ -103,6 +104,14 @@ class MLPlatformResource(ConfigurableResource):
     admin_api_key: str | None = None
     # Recorded on training runs; None: the git commit of the checkout (`tracking.code_version`).
     code_version: str | None = None
+    # The serving history DB (served forecasts for the track record, counts for the daily report);
+    # None: the one this process's environment names (`serving.core.history.history_url`).
+    history_url: str | None = None
+
+    def history_db_url(self) -> str:
+        if self.history_url:
+            return self.history_url
+        return serving_history_url(get_settings())
 
     def client(self) -> MlflowClient:
         # `models:/` URIs (pyfunc loading) resolve through the process-wide URI, not a client's.
@@ -148,5 +157,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             serving_url=settings.serving_url,
             admin_api_key=settings.admin_api_key,
             code_version=settings.code_version,
+            history_url=serving_history_url(settings),
         ),
     }

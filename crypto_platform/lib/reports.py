@@ -59,8 +59,19 @@ class DailyReport:
     champion: ChampionInfo | None = None
     champion_error: str | None = None  # why the registry could not be read, if it could not
     drift: DriftStatus | None = None
-    signals_served: int | None = None
+    served: ServedToday | None = None  # None: the history DB could not be read
+    served_error: str | None = None
+    track_record_markdown: str | None = None  # the newest forecast_track_record's table
     notes: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ServedToday:
+    """What the history DB holds for the report's UTC day (rows by their `created_at`)."""
+
+    signals: int  # heuristic signals served by the API
+    ml_predictions: int  # ML predictions served by the API (REST, GraphQL, gRPC)
+    stream_forecasts: int  # the Kafka scorer's per-bar forecasts stored by the prediction sink
 
 
 # Data older than this many bar lengths is called stale (the hourly refresh runs at minute 5).
@@ -131,6 +142,19 @@ def _drift_section(drift: DriftStatus | None) -> list[str]:
     return [*lines, ""]
 
 
+def _serving_section(served: ServedToday | None, error: str | None) -> list[str]:
+    lines = ["## Serving (history DB, this UTC day)", ""]
+    if served is None:
+        return [*lines, f"Signals served: {UNKNOWN}" + (f" ({error})" if error else "") + ".", ""]
+    return [
+        *lines,
+        f"Signals served: {served.signals}.",
+        f"ML predictions served: {served.ml_predictions}.",
+        f"Scorer forecasts stored (one per symbol, bar and model version): {served.stream_forecasts}.",
+        "",
+    ]
+
+
 def build_daily_report(report: DailyReport) -> str:
     """The markdown document written to `reports/daily/<day>.md`."""
     lines = [f"# Daily platform report — {report.day}", "", f"Generated {report.generated_at}.", ""]
@@ -138,8 +162,9 @@ def build_daily_report(report: DailyReport) -> str:
     lines += _quality_section(report.quality)
     lines += _champion_section(report.champion, report.champion_error)
     lines += _drift_section(report.drift)
-    served = UNKNOWN if report.signals_served is None else str(report.signals_served)
-    lines += ["## Serving", "", f"Signals served: {served}.", ""]
+    lines += _serving_section(report.served, report.served_error)
+    lines += ["## Forecast track record", ""]
+    lines += [report.track_record_markdown or f"No track record yet: {UNKNOWN}.", ""]
     if report.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
     return "\n".join(lines)

@@ -12,11 +12,13 @@ from crypto_platform.defs.ml.assets import ML_ASSETS
 from crypto_platform.defs.ml.checks import ML_ASSET_CHECKS
 from crypto_platform.defs.ml.schedules import ML_JOBS, ML_SCHEDULES
 from crypto_platform.defs.ml.sensors import ML_SENSORS
+from crypto_platform.defs.ml.track_record import build_track_record_definitions
 from crypto_platform.defs.reports.assets import REPORT_ASSETS
 from crypto_platform.defs.reports.schedules import REPORT_JOBS, REPORT_SCHEDULES
 from crypto_platform.defs.resources import MLPlatformResource, build_resources
 from crypto_platform.settings import Settings
 from crypto_platform_tests.integration.market_runs import market_settings
+from serving.core.history import history_url
 
 
 def ml_settings(data_dir: Path, tracking_uri: str, symbols: str = "BTC/USDT,ETH/USDT") -> Settings:
@@ -24,6 +26,7 @@ def ml_settings(data_dir: Path, tracking_uri: str, symbols: str = "BTC/USDT,ETH/
 
 
 def ml_resource(settings: Settings, model_name: str, **overrides: Any) -> MLPlatformResource:
+    overrides.setdefault("history_url", history_url(settings))
     return MLPlatformResource(
         tracking_uri=settings.mlflow_tracking_uri,
         model_name=model_name,
@@ -40,11 +43,12 @@ def ml_definitions(settings: Settings, model_name: str, **resource_overrides: An
         "ml": ml_resource(settings, model_name),
         **resource_overrides,
     }
+    track_record_assets, track_record_checks = build_track_record_definitions(settings.partitions_start)
     return Definitions.merge(
         build_market_definitions(settings),
         Definitions(
-            assets=[*ML_ASSETS, *REPORT_ASSETS],
-            asset_checks=ML_ASSET_CHECKS,
+            assets=[*ML_ASSETS, *track_record_assets, *REPORT_ASSETS],
+            asset_checks=[*ML_ASSET_CHECKS, *track_record_checks],
             jobs=[*ML_JOBS, *REPORT_JOBS],
             sensors=ML_SENSORS,
             schedules=[*ML_SCHEDULES, *REPORT_SCHEDULES],

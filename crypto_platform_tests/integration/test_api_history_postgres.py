@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.api.history import History
+from serving.core.history import History
 
 pytestmark = pytest.mark.integration
 

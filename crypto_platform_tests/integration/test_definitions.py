@@ -40,7 +40,11 @@ EXPECTED_GRAPH = {
         "trained_model": {"deps": ["features"], "group": "ml"},
         "model_promotion": {"deps": ["trained_model"], "group": "ml"},
         "feature_drift": {"deps": ["features", "model_promotion"], "group": "ml"},
-        "daily_report": {"deps": ["feature_drift", "model_promotion", "quality_report"], "group": "reports"},
+        "forecast_track_record": {"deps": ["features"], "group": "ml"},
+        "daily_report": {
+            "deps": ["feature_drift", "forecast_track_record", "model_promotion", "quality_report"],
+            "group": "reports",
+        },
     },
     "checks": {
         ("ohlcv", "schema"): True,
@@ -50,6 +54,7 @@ EXPECTED_GRAPH = {
         ("ohlcv", "freshness"): False,
         ("model_promotion", "champion_beats_baselines"): False,
         ("feature_drift", "no_feature_drift"): False,
+        ("forecast_track_record", "champion_beats_baselines_live"): False,
     },
     "jobs": ["daily_report_job", "market_job", "ml_retrain_job"],
     "sensors": {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 
 import mlflow
@@ -16,6 +17,7 @@ import pytest
 from dagster import instance_for_test
 from mlflow import MlflowClient
 
+from crypto_platform.defs.ml.assets import load_feature_window
 from crypto_platform.lib.features import MODEL_FEATURES
 from crypto_platform.lib.model import registry
 from crypto_platform.lib.model.baseline_serving import SERVABLE_BASELINES
@@ -23,11 +25,13 @@ from crypto_platform.lib.model.holdout import load_holdout
 from crypto_platform.lib.model.packaging import OUTPUT_COLUMN, volatility_signature
 from crypto_platform.lib.model.promotion import promote
 from crypto_platform.lib.model.tags import FAMILY_TAG, FEATURES_TAG
+from crypto_platform.lib.model.tracking import window_fingerprint
 from crypto_platform.lib.model.training import select_columns
 from crypto_platform.lib.model.windows import latest_window
 from crypto_platform.lib.storage import LocalStore, day_start_ms, read_partitioned
 from crypto_platform_tests.integration.market_runs import run_range
 from crypto_platform_tests.integration.ml_defs import asset_metadata, ml_definitions, ml_settings, run_retrain
+from serving.core.history import History, history_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +48,7 @@ def lifecycle_run(mlflow_server, tmp_path_factory):
         for symbol_id in ("BTCUSDT", "ETHUSDT"):
             assert run_range(defs, instance, FIRST_DAY, LAST_DAY, symbol_id).success
         result = run_retrain(defs, instance, LAST_DAY, DAYS)
-        LocalStore(data).write_bytes(f"serving/stats/{LAST_DAY}.json", b'{"signals_served": 42}')
+        _serve_signals(history_url(settings), LAST_DAY, 42)
         report = defs.resolve_job_def("daily_report_job").execute_in_process(
             instance=instance, run_config={"ops": {"daily_report": {"config": {"date": LAST_DAY}}}}
         )
@@ -62,6 +66,29 @@ def lifecycle_run(mlflow_server, tmp_path_factory):
         }
 
 
+def _serve_signals(url: str, day: str, n: int) -> None:
+    """Signals in the history DB as the API records them: n during `day`, one the day before."""
+    history = History(url)
+    noon = day_start_ms(day) / 1000 + 12 * 3600
+    for created_at in [noon + i for i in range(n)] + [noon - 86_400]:
+        history.record_signal(
+            {
+                "created_at": created_at,
+                "symbol": "BTC/USDT",
+                "exchange": "binance",
+                "timeframe": "1h",
+                "horizon_min": 60,
+                "risk_score": 0.2,
+                "nowcast_ret": 0.0,
+                "vol_regime": "normal",
+                "bar_ts": None,
+                "source": "simulated",
+            },
+            {"symbol": "BTC/USDT"},
+        )
+    history.close()
+
+
 def _version(client: MlflowClient, version: str):
     return client.get_model_version(MODEL, version)
 
@@ -77,6 +104,18 @@ def test_retrain_registers_a_challenger_and_bootstraps_the_best_baseline(lifecyc
         lstm.tags["data_window"] == f"{FIRST_DAY}..{LAST_DAY}" and lstm.tags["symbols"] == "BTC/USDT,ETH/USDT"
     )
     assert lstm.run_id == trained["mlflow_run_id"]
+    # the content fingerprint of the training window, on the run and the version; the same stored data
+    # read again gives the same fingerprint
+    features, _ = load_feature_window(
+        LocalStore(lifecycle_run["data"]),
+        ["BTC/USDT", "ETH/USDT"],
+        date.fromisoformat(FIRST_DAY),
+        date.fromisoformat(LAST_DAY),
+    )
+    assert lstm.tags["data_fingerprint"] == trained["data_fingerprint"] == window_fingerprint(features)
+    assert (
+        client.get_run(trained["mlflow_run_id"]).data.tags["data_fingerprint"] == trained["data_fingerprint"]
+    )
 
     # the evaluation table covers the LSTM and every baseline, logged as a table/JSON and as metrics
     rows = trained["evaluation_records"]
@@ -117,6 +156,10 @@ def test_retrain_registers_a_challenger_and_bootstraps_the_best_baseline(lifecyc
     checks = lifecycle_run["checks"]
     assert checks["champion_beats_baselines"].passed == promotion["champion_beats_baselines"]
     assert checks["champion_beats_baselines"].severity.value == "WARN"
+    # the first champion is a baseline: it is never reported as not beating itself
+    own = promotion["champion_family"].removeprefix("baseline:")
+    assert own not in promotion["baselines_not_beaten"]
+    assert own not in (checks["champion_beats_baselines"].description or "")
     drift = asset_metadata(result, "feature_drift")
     assert checks["no_feature_drift"].passed == (not drift["feature_drift_detected"])
     assert drift["champion_version"] == promotion["champion_version"] and drift["n_current"] == 7 * 24 * 2
@@ -135,7 +178,9 @@ def test_daily_report_reads_what_the_pipeline_wrote(lifecycle_run):
         assert f"| {symbol} | {LAST_DAY}T23:00+00:00 |" in text and "STALE" in text
         assert f"| {symbol} | {LAST_DAY} | OK |" in text
     assert "Feature drift:" in text and f"champion v{promotion['champion_version']}" in text
-    assert "Signals served: 42." in text
+    # counted from the history DB: the 42 signals of that day, not the one served the day before
+    assert "Signals served: 42." in text and "ML predictions served: 0." in text
+    assert "## Forecast track record" in text
 
 
 def test_registry_models_reproduce_the_in_memory_forecasts(lifecycle_run):

@@ -4,7 +4,6 @@ stops `trained_model` when the training window's bars failed a blocking check.""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from dagster import (
     AssetKey,
     AssetMaterialization,
+    DagsterRunStatus,
     MetadataValue,
     RunRequest,
     SkipReason,
@@ -30,7 +30,13 @@ from dagster import (
 from mlflow import MlflowClient
 
 from crypto_platform.defs.ml.config import RELOAD_PATH, RETRAIN_COOLDOWN_S, RETRAIN_JOB
-from crypto_platform.defs.ml.sensors import REASONS_TAG, TRIGGER_TAG, RetrainInputs, decide_retrain
+from crypto_platform.defs.ml.sensors import (
+    REASONS_TAG,
+    REQUESTED_AT_TAG,
+    TRIGGER_TAG,
+    RetrainInputs,
+    decide_retrain,
+)
 from crypto_platform.defs.resources import MarketDataResource
 from crypto_platform.devtools.ports import free_port
 from crypto_platform.lib.market.source import MarketData
@@ -63,7 +69,12 @@ def fresh_champion(mlflow_server) -> str:
 def _tick(defs, name: str, instance, resource, cursor: str | None = None):
     sensor = defs.resolve_sensor_def(name)
     return sensor.evaluate_tick(
-        build_sensor_context(instance=instance, cursor=cursor, resources={"ml": resource})
+        build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={"ml": resource},
+            repository_def=defs.get_repository_def(),  # an asset sensor resolves its assets in it
+        )
     )
 
 
@@ -77,24 +88,41 @@ def _meta(value):
     return MetadataValue.json(value) if isinstance(value, list) else value
 
 
+def _retrain_run(defs, instance, requested_at: float) -> None:
+    """A finished ml_retrain_job run as the sensor's request leaves it (the cooldown's clock)."""
+    instance.create_run_for_job(
+        defs.resolve_job_def(RETRAIN_JOB),
+        status=DagsterRunStatus.SUCCESS,
+        tags={REQUESTED_AT_TAG: f"{requested_at:.3f}"},
+    )
+
+
 def test_drift_requests_a_retrain_and_the_cooldown_holds(tmp_path, mlflow_server, fresh_champion):
     settings = ml_settings(tmp_path / "data", mlflow_server.url)
     defs = ml_definitions(settings, SENSOR_MODEL)
     resource = ml_resource(settings, SENSOR_MODEL)
-    assert defs.resolve_sensor_def("ml_retrain_sensor").job_name == RETRAIN_JOB
+    sensor = defs.resolve_sensor_def("ml_retrain_sensor")
+    assert sensor.job_name == RETRAIN_JOB
+    # an asset sensor on the drift and track-record assets
+    assert {k.to_user_string() for k in sensor._monitored_assets} == {
+        "feature_drift",
+        "forecast_track_record",
+    }
     with instance_for_test() as instance:
         quiet = _tick(defs, "ml_retrain_sensor", instance, resource)
         assert not quiet.run_requests and "no retrain due" in quiet.skip_message
 
         _report(instance, "feature_drift", feature_drift_detected=False, drifted_features=[])
-        assert not _tick(defs, "ml_retrain_sensor", instance, resource).run_requests
+        calm = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=quiet.cursor)
+        assert not calm.run_requests
 
         _report(instance, "feature_drift", feature_drift_detected=True, drifted_features=["log_volume"])
-        first = _tick(defs, "ml_retrain_sensor", instance, resource)
+        first = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=calm.cursor)
         assert len(first.run_requests) == 1
         request = first.run_requests[0]
         assert request.tags[TRIGGER_TAG] == "drift" and "log_volume" in request.tags[REASONS_TAG]
-        assert json.loads(first.cursor)["last_request_ts"] == pytest.approx(time.time(), abs=60)
+        assert float(request.tags[REQUESTED_AT_TAG]) == pytest.approx(time.time(), abs=60)
+        _retrain_run(defs, instance, float(request.tags[REQUESTED_AT_TAG]))  # the daemon launched it
 
         # the verdict that triggered the request does not trigger again
         answered = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=first.cursor)
@@ -102,14 +130,46 @@ def test_drift_requests_a_retrain_and_the_cooldown_holds(tmp_path, mlflow_server
         # the retrain re-evaluated drift and still finds it (the market really moved): inside the
         # cooldown that asks for nothing, so drift the retrain cannot cure does not loop
         _report(instance, "feature_drift", feature_drift_detected=True, drifted_features=["log_volume"])
-        second = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=first.cursor)
+        second = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=answered.cursor)
         assert not second.run_requests and second.skip_message.startswith("cooldown")
-        assert second.cursor in (None, first.cursor)
 
-        # the cooldown has passed and a newer verdict still says drift: one more retrain
-        old = json.dumps({"last_request_ts": time.time() - RETRAIN_COOLDOWN_S - 60})
-        _report(instance, "feature_drift", feature_drift_detected=True, drifted_features=["hl_range"])
-        assert len(_tick(defs, "ml_retrain_sensor", instance, resource, cursor=old).run_requests) == 1
+        # the cooldown has passed (the last retrain is older than it): the held-back verdict is answered
+        _retrain_run(defs, instance, time.time() - RETRAIN_COOLDOWN_S - 60)
+        assert (
+            len(_tick(defs, "ml_retrain_sensor", instance, resource, cursor=second.cursor).run_requests) == 1
+        )
+
+
+def test_a_champion_worse_than_a_baseline_on_live_data_requests_a_retrain(
+    tmp_path, mlflow_server, fresh_champion
+):
+    settings = ml_settings(tmp_path / "data", mlflow_server.url)
+    defs = ml_definitions(settings, SENSOR_MODEL)
+    resource = ml_resource(settings, SENSOR_MODEL)
+    live = {"champion": 0.61, "har": 0.55}
+    with instance_for_test() as instance:
+        better_live = MetadataValue.json({"champion": 0.5, "har": 0.55})
+        _report(
+            instance,
+            "forecast_track_record",
+            champion_worse_than_best_baseline=False,
+            live_qlike=better_live,
+            best_baseline="har",
+        )
+        better = _tick(defs, "ml_retrain_sensor", instance, resource)
+        assert not better.run_requests and "no retrain due" in better.skip_message
+        _report(
+            instance,
+            "forecast_track_record",
+            champion_worse_than_best_baseline=True,
+            live_qlike=MetadataValue.json(live),
+            best_baseline="har",
+            window="2026-04-01..2026-04-07",
+        )
+        worse = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=better.cursor)
+    (request,) = worse.run_requests
+    assert request.tags[TRIGGER_TAG] == "track_record"
+    assert "0.61 vs har 0.55 over 2026-04-01..2026-04-07" in request.tags[REASONS_TAG]
 
 
 def test_missing_champion_is_a_due_retrain_and_fast_config_is_passed(tmp_path, mlflow_server):
@@ -134,6 +194,12 @@ def test_retrain_decision_rules():
     # an unreachable registry is not taken for a missing champion
     unknown = decide_retrain(RetrainInputs(now, None, False, now - 10, (), None, "connection refused", 0))
     assert isinstance(unknown, SkipReason) and "registry unknown" in unknown.skip_message
+    # the live track record is a reason of its own, unless it predates the last retrain
+    live = RetrainInputs(now, now - 100, False, None, (), 3600.0, None, 0, True, now - 10, "0.6 vs har 0.5")
+    request = decide_retrain(live, cooldown_s=50)
+    assert isinstance(request, RunRequest) and request.tags[TRIGGER_TAG] == "track_record"
+    stale = RetrainInputs(now, now - 100, False, None, (), 3600.0, None, 0, True, now - 200, "")
+    assert isinstance(decide_retrain(stale, cooldown_s=50), SkipReason)
 
 
 class _ReloadHandler(BaseHTTPRequestHandler):

@@ -7,7 +7,7 @@ import math
 import pytest
 from sqlalchemy import inspect
 
-from serving.api.history import History, UnknownCursorError
+from serving.core.history import History, UnknownCursorError
 
 
 def _row(symbol: str, created_at: float, risk: float = 0.5) -> dict:

@@ -63,3 +63,14 @@ def test_non_finite_qlike_and_negative_margin():
     assert not decide_promotion(float("nan"), 0.2, probes).promote
     with pytest.raises(ValueError):
         decide_promotion(0.1, 0.2, probes, margin=-0.1)
+
+
+def test_a_baseline_champion_is_never_judged_against_itself():
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    from crypto_platform.lib.model.promotion import is_own_family
+
+    ewma = ModelVersion("m", "1", 0, tags=[ModelVersionTag("model_family", "baseline:ewma")])
+    lstm = ModelVersion("m", "2", 0, tags=[ModelVersionTag("model_family", "lstm")])
+    assert is_own_family(ewma, "ewma")
+    assert not is_own_family(ewma, "har") and not is_own_family(lstm, "ewma")

@@ -7,6 +7,7 @@ from crypto_platform.lib.reports import (
     DailyReport,
     DriftStatus,
     QualityStatus,
+    ServedToday,
     SymbolFreshness,
     build_daily_report,
     report_key,
@@ -27,7 +28,8 @@ def test_full_report_lists_every_section():
                 "7", "lstm", "2026-04-13T03:10+00:00", 0.2812, False, "2025-04-14..2026-04-13"
             ),
             drift=DriftStatus("2026-04-14T03:20+00:00", True, False, ("log_volume",), "7"),
-            signals_served=1234,
+            served=ServedToday(signals=1234, ml_predictions=56, stream_forecasts=48),
+            track_record_markdown="### Forecast track record 2026-04-07 … 2026-04-13",
         )
     )
     assert text.startswith("# Daily platform report — 2026-04-15")
@@ -39,7 +41,9 @@ def test_full_report_lists_every_section():
     assert (
         "Feature drift: DETECTED in log_volume" in text and "Label drift (realized volatility): none" in text
     )
-    assert "Signals served: 1234." in text
+    assert "Signals served: 1234." in text and "ML predictions served: 56." in text
+    assert "Scorer forecasts stored (one per symbol, bar and model version): 48." in text
+    assert "## Forecast track record\n\n### Forecast track record 2026-04-07 … 2026-04-13" in text
     assert report_key("2026-04-15") == "reports/daily/2026-04-15.md"
 
 
@@ -56,6 +60,6 @@ def test_missing_sources_are_reported_as_unknown():
     assert "No quality report stored: unknown." in text
     assert "Champion: unknown (registry unreachable: connection refused)." in text
     assert "No drift evaluation yet: unknown." in text
-    assert "Signals served: unknown." in text
+    assert "Signals served: unknown." in text and "No track record yet: unknown." in text
     no_champion = build_daily_report(DailyReport(day="d", generated_at="now"))
     assert "Champion: none registered yet." in no_champion

@@ -33,7 +33,6 @@ from serving.api.controllers.ml import MLController, ModelController
 from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
 from serving.api.freshness import freshness_lifetime
-from serving.api.history import History
 from serving.api.scoring import NotEnoughHistoryError
 from serving.api.security import rate_limit_identifier, reader_guard
 from serving.api.services import (
@@ -45,6 +44,7 @@ from serving.api.services import (
 )
 from serving.api.settings import ServingSettings, get_serving_settings
 from serving.core.auth import KeyRing
+from serving.core.history import History
 from serving.core.market import LiveLoader, MarketService, MarketUnavailableError
 from serving.core.model_store import ModelStore, ModelUnavailableError
 from serving.graphql.controller import graphql_controller

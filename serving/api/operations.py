@@ -29,7 +29,6 @@ import msgspec
 
 from crypto_platform.lib.model.windows import FEATURE_BARS
 from serving.api import schemas
-from serving.api.history import UnknownCursorError
 from serving.api.scoring import (
     FeatureSnapshot,
     NotEnoughHistoryError,
@@ -42,6 +41,7 @@ from serving.api.scoring import (
     signal_response,
 )
 from serving.api.services import InvalidInputError, Services
+from serving.core.history import UnknownCursorError
 from serving.core.model_store import ModelUnavailableError
 
 S = TypeVar("S", bound=msgspec.Struct)

@@ -22,11 +22,11 @@ from litestar.params import Dependency
 from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
 from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, validate_timeframe
 from crypto_platform.lib.storage import ObjectStore, open_store
-from serving.api.history import History
-from serving.api.metrics import Counters, model_changed
+from serving.api.metrics import HISTORY_WRITE_ERRORS, Counters, model_changed
 from serving.api.scoring import FeatureCache
 from serving.api.settings import ServingSettings
 from serving.core.auth import KeyRing
+from serving.core.history import History
 from serving.core.market import LiveLoader, MarketService
 from serving.core.model_store import ModelStore
 
@@ -122,7 +122,7 @@ def build_services(
             now_ms=now_ms,
             live_loader=live_loader,
         )
-    history = history or History(settings.history_url)
+    history = history or History(settings.history_url, on_write_error=HISTORY_WRITE_ERRORS.inc)
     models = model_store or ModelStore(
         platform.mlflow_tracking_uri, settings.model_name, settings.model_alias, settings.model_poll_s
     )

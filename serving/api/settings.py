@@ -29,6 +29,7 @@ from pathlib import Path
 from crypto_platform.lib.model.registry import CHAMPION, MODEL_NAME
 from crypto_platform.settings import Settings, load_settings
 from serving.core.auth import ROLES
+from serving.core.history import history_url
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,6 @@ class ServingSettings:
     max_batch: int = 16
 
 
-def default_history_url(platform: Settings) -> str:
-    """A SQLite file beside the local data, or under the working directory when data lives on S3."""
-    base = Path("data") if platform.data_is_s3 else platform.local_data_path()
-    return f"sqlite:///{(base / 'serving_history.db').resolve()}"
-
-
 def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
     env = dict(os.environ if env is None else env)
     platform = load_settings(env)
@@ -120,7 +115,7 @@ def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
         model_alias=env.get("CRYPTO_API_MODEL_ALIAS", CHAMPION).strip() or CHAMPION,
         model_poll_s=_number(env, "CRYPTO_API_MODEL_POLL_S", 60.0),
         model_startup_wait_s=_number(env, "CRYPTO_API_MODEL_STARTUP_S", 20.0),
-        history_url=env.get("CRYPTO_API_HISTORY_URL", "").strip() or default_history_url(platform),
+        history_url=history_url(platform, env),
         market_cache_ttl_s=_number(env, "CRYPTO_API_MARKET_TTL_S", 15.0),
         max_stale_bars=int(_number(env, "CRYPTO_API_MAX_STALE_BARS", 2)),
         api_keys=keys,

@@ -47,6 +47,7 @@ from crypto_platform.lib.model.tracking import (
     log_training,
     log_training_request,
     recorded_margin,
+    window_fingerprint,
 )
 from crypto_platform.lib.model.training import (
     LABEL_COLUMN,
@@ -177,7 +178,12 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
     assert trained is not None
     figures = training_figures(result)
     window = DataWindow(
-        tuple(symbols), first.isoformat(), last.isoformat(), ml.timeframe, code_version(ml.code_version)
+        tuple(symbols),
+        first.isoformat(),
+        last.isoformat(),
+        ml.timeframe,
+        code_version(ml.code_version),
+        fingerprint=window_fingerprint(features),
     )
     client = ml.client()
     if mlflow.active_run() is None:  # the resource's run is active in this process; be robust anyway
@@ -204,6 +210,7 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
             "windows": MetadataValue.json(result.split.summary()),
             "symbols": ", ".join(symbols),
             "data_window": f"{first}..{last}",
+            "data_fingerprint": window.fingerprint,
             "missing_feature_days": MetadataValue.json(_missing_summary(missing)),
             "epochs_run": trained.epochs_run,
             "best_epoch": trained.best_epoch,

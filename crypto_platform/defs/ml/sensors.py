@@ -1,11 +1,16 @@
 """Automation of the model lifecycle.
 
-`ml_retrain_sensor` requests `ml_retrain_job` when the latest `feature_drift` evaluation found feature
-drift, when there is no champion, or when the champion is older than CHAMPION_MAX_AGE_DAYS. Its cursor
-holds the time of its last request; no new request is made within RETRAIN_COOLDOWN_S of it, nor while
-a retrain run is queued or running, so a drift that retraining cannot cure asks for at most one
-retrain per cooldown instead of looping. A drift verdict older than the last request is ignored (the
-retrain it triggered re-evaluates drift against the new champion).
+`ml_retrain_sensor` is an asset sensor on `feature_drift` and `forecast_track_record`: it requests
+`ml_retrain_job` when a new `feature_drift` materialization found feature drift, when a new track record
+says the champion's live QLIKE is worse than the best baseline's on the same bars, when there is no
+champion, or when the champion is older than CHAMPION_MAX_AGE_DAYS. It is a `multi_asset_sensor`, not
+declarative automation, because the retrain needs run config (the fast preset of the demo), reasons as
+run tags and a cooldown. The cursor (Dagster's, per monitored asset) marks the materializations already
+answered; the cooldown is read from the instance: no request within RETRAIN_COOLDOWN_S of the newest
+retrain run (its REQUESTED_AT_TAG, else its creation time — a weekly or manual retrain counts too), nor
+while one is queued or running. While a cooldown holds, the verdicts stay unconsumed and are answered
+once it has passed, so a drift that retraining cannot cure asks for at most one retrain per cooldown.
+A verdict older than the last retrain is ignored (that retrain re-evaluated drift itself).
 
 `ml_model_reload_sensor` watches `model_promotion` materialisations and, after a promotion, POSTs
 /v1/ml/model/reload on the serving API with the admin key so the new champion is picked up at once.
@@ -15,7 +20,6 @@ CRYPTO_ADMIN_API_KEY it does nothing.
 
 # No `from __future__ import annotations`: Dagster inspects the context and resource annotations.
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +30,12 @@ from dagster import (
     AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
+    MultiAssetSensorEvaluationContext,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
     SkipReason,
+    multi_asset_sensor,
     sensor,
 )
 from mlflow.exceptions import MlflowException
@@ -47,8 +53,10 @@ from crypto_platform.lib.model import registry
 
 DRIFT_KEY = AssetKey("feature_drift")
 PROMOTION_KEY = AssetKey("model_promotion")
+TRACK_RECORD_KEY = AssetKey("forecast_track_record")
 TRIGGER_TAG = "crypto_platform/trigger"
 REASONS_TAG = "crypto_platform/retrain_reasons"
+REQUESTED_AT_TAG = "crypto_platform/requested_at"  # epoch s of the sensor's request (the cooldown's clock)
 _IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -67,6 +75,9 @@ class RetrainInputs:
     champion_age_s: float | None  # None: no champion
     registry_error: str | None  # the registry could not be read: champion state unknown
     runs_in_flight: int
+    live_worse: bool | None = None  # newest unanswered track record: champion worse than best baseline
+    live_at: float | None = None  # when that track record was recorded
+    live_detail: str = ""  # e.g. "QLIKE 0.61 vs har 0.55 over 2026-04-01..2026-04-07"
 
 
 def retrain_reasons(inputs: RetrainInputs, max_age_s: float) -> list[str]:
@@ -76,6 +87,14 @@ def retrain_reasons(inputs: RetrainInputs, max_age_s: float) -> list[str]:
     )
     if inputs.drift_detected and fresh_drift:
         reasons.append("feature drift in " + (", ".join(inputs.drifted_features) or "features"))
+    fresh_live = inputs.live_at is not None and (
+        inputs.last_request is None or inputs.live_at > inputs.last_request
+    )
+    if inputs.live_worse and fresh_live:
+        reasons.append(
+            "live QLIKE of the champion worse than the best baseline's"
+            + (f" ({inputs.live_detail})" if inputs.live_detail else "")
+        )
     if inputs.registry_error is None:
         if inputs.champion_age_s is None:
             reasons.append("no champion in the registry")
@@ -95,7 +114,10 @@ def decide_retrain(
     reasons = retrain_reasons(inputs, max_age_s)
     if not reasons:
         unknown = f" (registry unknown: {inputs.registry_error})" if inputs.registry_error else ""
-        return SkipReason(f"no retrain due: no fresh drift, champion present and recent{unknown}")
+        return SkipReason(
+            f"no retrain due: no fresh drift, live forecasts not worse than the baselines, champion present "
+            f"and recent{unknown}"
+        )
     if inputs.last_request is not None and inputs.now - inputs.last_request < cooldown_s:
         wait = cooldown_s - (inputs.now - inputs.last_request)
         ago = (inputs.now - inputs.last_request) / 60
@@ -107,39 +129,45 @@ def decide_retrain(
         return SkipReason(
             f"retrain due ({'; '.join(reasons)}) but {inputs.runs_in_flight} retrain run(s) in flight"
         )
-    trigger = "drift" if reasons[0].startswith("feature drift") else "due"
+    if reasons[0].startswith("feature drift"):
+        trigger = "drift"
+    elif reasons[0].startswith("live QLIKE"):
+        trigger = "track_record"
+    else:
+        trigger = "due"
     return RunRequest(
         run_key=f"retrain-{int(inputs.now)}",
         run_config=run_config or {},
-        tags={TRIGGER_TAG: trigger, REASONS_TAG: "; ".join(reasons)[:500]},
+        tags={
+            TRIGGER_TAG: trigger,
+            REASONS_TAG: "; ".join(reasons)[:500],
+            REQUESTED_AT_TAG: f"{inputs.now:.3f}",
+        },
     )
 
 
-def _latest_drift(context: SensorEvaluationContext) -> tuple[bool | None, float | None, tuple[str, ...]]:
-    event = context.instance.get_latest_materialization_event(DRIFT_KEY)
-    if event is None or event.asset_materialization is None:
-        return None, None, ()
-    meta = event.asset_materialization.metadata
-    detected = meta.get("feature_drift_detected")
-    drifted = meta.get("drifted_features")
-    return (
-        bool(detected.value) if detected is not None else None,
-        event.timestamp,
-        tuple(drifted.value) if drifted is not None and drifted.value else (),
-    )
+def _metadata(record: Any) -> dict[str, Any]:
+    if record is None or record.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
-@sensor(
-    name="ml_retrain_sensor",
-    job_name=RETRAIN_JOB,
-    minimum_interval_seconds=RETRAIN_SENSOR_INTERVAL_S,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Requests ml_retrain_job on feature drift, a missing or stale champion; with a cooldown.",
-)
-def ml_retrain_sensor(context: SensorEvaluationContext, ml: MLPlatformResource) -> RunRequest | SkipReason:
-    now = time.time()
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    drift, drift_at, drifted = _latest_drift(context)
+def _last_retrain_request(context: MultiAssetSensorEvaluationContext) -> float | None:
+    """When the newest ml_retrain_job run was asked for: the sensor's tag, else the run's creation."""
+    records = context.instance.get_run_records(RunsFilter(job_name=RETRAIN_JOB), limit=1)
+    if not records:
+        return None
+    tagged = records[0].dagster_run.tags.get(REQUESTED_AT_TAG)
+    return float(tagged) if tagged else records[0].create_timestamp.timestamp()
+
+
+def retrain_inputs(
+    context: MultiAssetSensorEvaluationContext, ml: MLPlatformResource, now: float
+) -> RetrainInputs:
+    """What `decide_retrain` needs, read from the unanswered materializations, the registry and the runs."""
+    latest = context.latest_materialization_records_by_key()
+    drift_record, track_record = latest.get(DRIFT_KEY), latest.get(TRACK_RECORD_KEY)
+    drift, live = _metadata(drift_record), _metadata(track_record)
     age: float | None = None
     error: str | None = None
     try:
@@ -149,12 +177,45 @@ def ml_retrain_sensor(context: SensorEvaluationContext, ml: MLPlatformResource) 
     in_flight = len(
         context.instance.get_run_ids(RunsFilter(job_name=RETRAIN_JOB, statuses=_IN_FLIGHT), limit=5)
     )
-    result = decide_retrain(
-        RetrainInputs(now, cursor.get("last_request_ts"), drift, drift_at, drifted, age, error, in_flight),
-        run_config=ml.retrain_run_config(),
+    qlike = live.get("live_qlike") or {}
+    best = live.get("best_baseline")
+    detail = ""
+    if qlike.get("champion") is not None and qlike.get(best) is not None:
+        detail = f"{qlike['champion']:.4g} vs {best} {qlike[best]:.4g} over {live.get('window')}"
+    return RetrainInputs(
+        now=now,
+        last_request=_last_retrain_request(context),
+        drift_detected=bool(drift["feature_drift_detected"]) if "feature_drift_detected" in drift else None,
+        drift_at=drift_record.timestamp if drift_record is not None else None,
+        drifted_features=tuple(drift.get("drifted_features") or ()),
+        champion_age_s=age,
+        registry_error=error,
+        runs_in_flight=in_flight,
+        live_worse=live.get("champion_worse_than_best_baseline"),
+        live_at=track_record.timestamp if track_record is not None else None,
+        live_detail=detail,
     )
-    if isinstance(result, RunRequest):
-        context.update_cursor(json.dumps({"last_request_ts": now}))
+
+
+@multi_asset_sensor(
+    monitored_assets=[DRIFT_KEY, TRACK_RECORD_KEY],
+    name="ml_retrain_sensor",
+    job_name=RETRAIN_JOB,
+    minimum_interval_seconds=RETRAIN_SENSOR_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Asset sensor on feature_drift and forecast_track_record: requests ml_retrain_job on feature drift, "
+        "a champion worse than the best baseline on live data, a missing or stale champion; with a cooldown."
+    ),
+)
+def ml_retrain_sensor(
+    context: MultiAssetSensorEvaluationContext, ml: MLPlatformResource
+) -> RunRequest | SkipReason:
+    result = decide_retrain(retrain_inputs(context, ml, time.time()), run_config=ml.retrain_run_config())
+    # Answered (a request, or nothing due): the verdicts seen are consumed. Held back by the cooldown or
+    # a run in flight: they stay unconsumed and are judged again on the next tick.
+    if isinstance(result, RunRequest) or result.skip_message.startswith("no retrain due"):
+        context.advance_all_cursors()
     return result
 
 

@@ -23,6 +23,7 @@ from crypto_platform.lib.reports import (
     DailyReport,
     DriftStatus,
     QualityStatus,
+    ServedToday,
     SymbolFreshness,
     build_daily_report,
     report_key,
@@ -31,6 +32,7 @@ from crypto_platform.lib.storage import (
     OHLCV_ASSET,
     ObjectNotFoundError,
     ObjectStore,
+    day_start_ms,
     list_partitions,
     partition_key,
     quality_report_keys,
@@ -38,6 +40,7 @@ from crypto_platform.lib.storage import (
 )
 
 QUALITY_KEY = AssetKey("quality_report")
+TRACK_RECORD_KEY = AssetKey("forecast_track_record")
 
 
 def _freshness(store: ObjectStore, symbol: str, bar_ms: int, now_ms: int) -> SymbolFreshness:
@@ -109,23 +112,41 @@ def _drift(context: AssetExecutionContext) -> DriftStatus | None:
     )
 
 
-def _signals_served(store: ObjectStore, day: str) -> int | None:
-    """Serving's per-day counter, `serving/stats/<day>.json` {"signals_served": n}, when it writes one."""
+def _served(url: str, day: str) -> tuple[ServedToday | None, str | None]:
+    """Rows the history DB stored during the UTC `day` (the API's and the prediction sink's)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from serving.core.history import HistoryReader
+
+    start = day_start_ms(day) / 1000
     try:
-        return int(json.loads(store.read_bytes(f"serving/stats/{day}.json"))["signals_served"])
-    except (ObjectNotFoundError, KeyError, ValueError, TypeError):
+        with HistoryReader(url) as reader:
+            if not reader.exists:
+                return None, "no history DB yet: nothing was served"
+            counts = reader.counts_between(start, start + 86_400)
+    except (SQLAlchemyError, OSError) as exc:
+        return None, f"history DB unreadable: {str(exc).splitlines()[0][:200]}"
+    return ServedToday(counts.signals, counts.ml_predictions, counts.stream_forecasts), None
+
+
+def _track_record(context: AssetExecutionContext) -> str | None:
+    event = context.instance.get_latest_materialization_event(TRACK_RECORD_KEY)
+    if event is None or event.asset_materialization is None:
         return None
+    report = event.asset_materialization.metadata.get("report")
+    return str(report.value) if report is not None else None
 
 
 @asset(
     name="daily_report",
     group_name=GROUP,
-    deps=[QUALITY_KEY, AssetKey("model_promotion"), AssetKey("feature_drift")],
+    deps=[QUALITY_KEY, AssetKey("model_promotion"), AssetKey("feature_drift"), TRACK_RECORD_KEY],
     required_resource_keys={"ml", "data_store"},
     kinds={"markdown"},
     description=(
         "One markdown page per day under reports/daily/<date>.md in the data location: data freshness per "
-        "symbol, the latest quality result, the champion and its metrics, drift status, signals served."
+        "symbol, the latest quality result, the champion and its metrics, drift status, what was served that "
+        "day (history DB) and the latest forecast track record."
     ),
 )
 def daily_report(context: AssetExecutionContext, config: DailyReportConfig) -> MaterializeResult:
@@ -136,6 +157,7 @@ def daily_report(context: AssetExecutionContext, config: DailyReportConfig) -> M
     bar_ms = timeframe_ms(ml.timeframe)
     symbols = ml.selected_symbols()
     champion, champion_error = _champion(ml)
+    served, served_error = _served(ml.history_db_url(), day)
     report = DailyReport(
         day=day,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -144,7 +166,9 @@ def daily_report(context: AssetExecutionContext, config: DailyReportConfig) -> M
         champion=champion,
         champion_error=champion_error,
         drift=_drift(context),
-        signals_served=_signals_served(store, day),
+        served=served,
+        served_error=served_error,
+        track_record_markdown=_track_record(context),
     )
     markdown = build_daily_report(report)
     key = report_key(day)

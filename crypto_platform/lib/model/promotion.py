@@ -387,6 +387,11 @@ def promote(
     )
 
 
+def is_own_family(version: ModelVersion, baseline_name: str) -> bool:
+    """True when `version` is the baseline `baseline_name` itself (family tag `baseline:<name>`)."""
+    return version_family(version) == baseline_family(baseline_name)
+
+
 def _finish(
     client: MlflowClient,
     holdout: Holdout,
@@ -413,7 +418,9 @@ def _finish(
     for name in baselines:
         q = safe_qlike(realized, complete[f"forecast_{name}"].to_numpy())
         scores[f"baseline_{name}"] = q
-        if not champion_q < q:
+        # A baseline champion is not judged against its own family: on the run that fitted it the two
+        # forecasts are the same numbers, and "the champion does not beat ewma" would be about itself.
+        if not champion_q < q and not is_own_family(champion, name):
             not_beaten.append(name)
     registry.tag_version(
         client, champion.version, {"champion_beats_baselines": str(not not_beaten)}, model_name

@@ -14,6 +14,7 @@ The caller owns the MLflow run (the Dagster asset gets it from dagster-mlflow) a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -65,7 +66,40 @@ DATA_WINDOW_TAGS = (
     "symbols",
     TIMEFRAME_TAG,
     "code_version",
+    "data_fingerprint",
 )
+FINGERPRINT_TAG = "data_fingerprint"
+
+
+def window_fingerprint(features: pl.DataFrame) -> str:
+    """sha256 of a training window's content: the same rows and values give the same fingerprint, in
+    whatever order they were read; any changed, added or removed value or column gives another.
+
+    Rows are put in (symbol, ts) order and columns in name order first (reading partitions in another
+    order must not change it). Each column contributes its name, dtype and values: numbers as their
+    little-endian float64/int64 bytes (nulls as a separate mask), text as length-prefixed UTF-8, so
+    no two different frames share a byte stream."""
+    keys = [c for c in ("symbol", "ts") if c in features.columns]
+    frame = features.sort(keys) if keys else features
+    digest = hashlib.sha256(f"rows={frame.height}".encode())
+    for name in sorted(frame.columns):
+        column = frame.get_column(name)
+        digest.update(f"|{name}:{column.dtype}|".encode())
+        digest.update(column.is_null().to_numpy().tobytes())
+        if column.dtype.is_numeric() or column.dtype == pl.Boolean:
+            kind = pl.Float64 if column.dtype.is_float() else pl.Int64
+            digest.update(
+                column.cast(kind)
+                .fill_null(0)
+                .to_numpy()
+                .astype(f"<{'f8' if kind == pl.Float64 else 'i8'}")
+                .tobytes()
+            )
+        else:
+            for value in column.cast(pl.String).fill_null("").to_list():
+                encoded = value.encode()
+                digest.update(len(encoded).to_bytes(8, "little") + encoded)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -77,9 +111,12 @@ class DataWindow:
     end: str  # last UTC day
     timeframe: str = "1h"
     code_version: str = "unknown"
+    fingerprint: str | None = None  # `window_fingerprint` of the features trained on
 
     def tags(self) -> dict[str, str]:
+        fingerprint = {FINGERPRINT_TAG: self.fingerprint} if self.fingerprint else {}
         return {
+            **fingerprint,
             "data_window": f"{self.start}..{self.end}",
             "data_window_start": self.start,
             "data_window_end": self.end,
