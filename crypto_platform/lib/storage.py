@@ -235,6 +235,26 @@ def quality_report_keys(symbol: str, day: str) -> tuple[str, str]:
     return f"{base}.md", f"{base}.json"
 
 
+# Per-day JSON results of the ML group, named by the UTC day they describe: readers (the API's gauges, the
+# UI, the daily report) take the newest by key order, which is day order.
+DRIFT_PREFIX = "ml/drift"
+TRACK_RECORD_PREFIX = "ml/track_record"
+
+
+def drift_report_key(day: str) -> str:
+    return f"{DRIFT_PREFIX}/{day}.json"
+
+
+def track_record_key(day: str) -> str:
+    return f"{TRACK_RECORD_PREFIX}/{day}.json"
+
+
+def newest_json_key(store: ObjectStore, prefix: str) -> str | None:
+    """The newest `<prefix>/<day>.json` in the store, None when there is none."""
+    keys = [key for key in store.list(f"{prefix}/") if key.endswith(".json")]
+    return max(keys) if keys else None
+
+
 def parse_partition_key(key: str) -> tuple[str, str, str] | None:
     """`ohlcv/symbol=BTCUSDT/date=2024-01-01.parquet` → ("ohlcv", "BTCUSDT", "2024-01-01")."""
     parts = key.split("/")

@@ -69,6 +69,15 @@ def api_metrics(make_api_client, api_settings, api_champion, api_data_dir) -> di
         assert client.post("/v1/crypto/ml-signal", json={"symbol": symbol}).status_code == 200
     assert client.get("/v1/crypto/ohlcv", params={"symbol": "BTCUSDT", "limit": 3}).status_code == 200
     assert client.get("/v1/no-such-route").status_code == 404
+    # What the ML group leaves for the model-evidence gauges: a track record and a drift report, in the
+    # shapes the assets write (lib.track_record / lib.drift to_dict).
+    from crypto_platform.lib.storage import drift_report_key, track_record_key
+    from crypto_platform_tests.unit.test_model_evidence_gauges import track_record
+
+    store = LocalStore(api_data_dir)
+    store.write_bytes(track_record_key("2025-03-07"), json.dumps(track_record(0.6, 0.5).to_dict()).encode())
+    drift = {"feature_drift_detected": False, "label_drift_detected": False, "drifted_features": []}
+    store.write_bytes(drift_report_key("2025-03-07"), json.dumps(drift).encode())
     # The exporter publishes into the default registry the API's /metrics serves (as app.py wires it).
     exporter = FreshnessExporter(
         LocalStore(api_data_dir),

@@ -21,7 +21,6 @@ from crypto_platform.defs.ml.track_record import (
     TrackRecordInputs,
     build_track_record_definitions,
     compute_track_record,
-    track_record_key,
 )
 from crypto_platform.defs.resources import DataStoreResource, MLPlatformResource
 from crypto_platform.lib.features import MODEL_FEATURES, compute_features
@@ -29,7 +28,14 @@ from crypto_platform.lib.market.schema import normalize_ohlcv
 from crypto_platform.lib.model.evaluation import evaluate_forecasts
 from crypto_platform.lib.model.training import fit_baselines
 from crypto_platform.lib.model.windows import build_windows
-from crypto_platform.lib.storage import LocalStore, day_start_ms, features_key, with_day_column, write_parquet
+from crypto_platform.lib.storage import (
+    LocalStore,
+    day_start_ms,
+    features_key,
+    track_record_key,
+    with_day_column,
+    write_parquet,
+)
 from crypto_platform.lib.track_record import CHAMPION
 from serving.core.history import History, StreamForecast
 

@@ -60,6 +60,7 @@ from crypto_platform.lib.storage import (
     FEATURES_ASSET,
     ObjectStore,
     day_start_ms,
+    drift_report_key,
     read_partitioned,
 )
 
@@ -332,7 +333,7 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig) -> Materi
         "current_window": f"{first}..{last}",
         "symbols": symbols,
     }
-    key = f"ml/drift/{last.isoformat()}.json"
+    key = drift_report_key(last.isoformat())
     store.write_bytes(key, json.dumps(payload, indent=2, default=str).encode())
     return MaterializeResult(
         metadata={

@@ -39,7 +39,7 @@ from crypto_platform.defs.ml.config import GROUP
 from crypto_platform.lib.features import MODEL_FEATURES
 from crypto_platform.lib.model.baselines import BASELINE_NAMES
 from crypto_platform.lib.model.windows import HORIZON_BARS, SEQUENCE_LENGTH, build_windows
-from crypto_platform.lib.storage import ObjectStore, day_start_ms
+from crypto_platform.lib.storage import ObjectStore, day_start_ms, track_record_key
 from crypto_platform.lib.track_record import (
     CHAMPION,
     TrackRecord,
@@ -57,10 +57,6 @@ CHECK_DESCRIPTION = (
     "baseline's on the same bars (a retrain reason the retrain sensor answers), or when nothing served "
     "could be scored."
 )
-
-
-def track_record_key(day: str) -> str:
-    return f"ml/track_record/{day}.json"
 
 
 class TrackRecordConfig(Config):
