@@ -63,7 +63,8 @@ function timeAxis(svg, x, t0, t1, top, bottom) {
   const step = span > 20 * DAY_MS ? 7 * DAY_MS : span > 6 * DAY_MS ? 2 * DAY_MS : DAY_MS;
   for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
     svgEl("line", { x1: x(t), x2: x(t), y1: top, y2: bottom, class: "grid" }, svg);
-    const label = svgEl("text", { x: x(t), y: bottom + 14, class: "tick", "text-anchor": "middle" }, svg);
+    const anchor = x(t) > x(t1) - 24 ? "end" : "middle";  // the last label stays inside the chart
+    const label = svgEl("text", { x: x(t), y: bottom + 14, class: "tick", "text-anchor": anchor }, svg);
     label.textContent = new Date(t).toISOString().slice(5, 10);
   }
 }
@@ -94,7 +95,7 @@ const pct = (v, d = 2) => `${(v * 100).toFixed(d)} %`;
 
 // Price (close) with volume bars below it, regime spans shaded behind.
 function priceChart(series) {
-  const W = 1000, H = 300, L = 78, R = 12, T = 12, B = 24, volTop = 210;
+  const W = 1000, H = 312, L = 78, R = 12, T = 26, B = 24, volTop = 222;
   const svg = svgRoot(W, H, `${series.symbol} close price and volume, ${series.bars.length} ${series.timeframe} bars`);
   const bars = series.bars, barMs = bars.length > 1 ? bars[1].ts - bars[0].ts : 3600e3;
   const t0 = bars[0].ts, t1 = bars[bars.length - 1].ts + barMs;
@@ -111,14 +112,14 @@ function priceChart(series) {
     svgEl("rect", { x: x(b.ts), y: vy(b.volume), width: bw, height: H - B - vy(b.volume), class: "volume-bar" }, svg);
   }
   svgEl("path", { d: pathOf(bars.map((b) => [x(b.ts + barMs / 2), y(b.close)])), class: "price-line" }, svg);
-  panelLabel(svg, "close (quote currency) · volume (base asset) below · shading: heuristic regime", L + 6, T + 12);
+  panelLabel(svg, "close (quote currency) · volume (base asset) below · shading: heuristic regime", L, T - 10);
   return svg;
 }
 
 // Realized volatility of the last 24 bars, and every served forecast drawn from the bar it was made at
 // to the end of the 24 bars it covers; the dot at the end sits where the realized line answers it.
 function volatilityChart(series) {
-  const W = 1000, H = 320, L = 78, R = 12, T = 12, B = 24;
+  const W = 1000, H = 332, L = 78, R = 12, T = 26, B = 24;
   const bars = series.bars, barMs = bars.length > 1 ? bars[1].ts - bars[0].ts : 3600e3;
   const fc = series.forecasts;
   const svg = svgRoot(W, H, `${series.symbol} realized volatility with ${fc.length} served forecasts`);
@@ -155,13 +156,13 @@ function volatilityChart(series) {
     const realized = f.realized_volatility === null ? "bars not closed yet" : pct(f.realized_volatility);
     svgEl("title", {}, dot).textContent = `made ${new Date(f.made_at_ts).toISOString().slice(0, 16)}Z by v${f.model_version}: forecast ${pct(f.predicted_volatility)}, realized ${realized}`;
   }
-  panelLabel(svg, "realized vol of the last 24 bars (line) · served forecasts: made → end of their 24 bars (dot) · band: interval", L + 6, T + 12);
+  panelLabel(svg, "realized vol of the last 24 bars (line) · served forecasts: made → end of their 24 bars (dot) · band: interval", L, T - 10);
   return svg;
 }
 
 // Rolling mean QLIKE of the champion's matched forecasts against the best persistence baseline.
 function qlikeChart(record, symbol) {
-  const W = 1000, H = 200, L = 78, R = 12, T = 12, B = 24;
+  const W = 1000, H = 212, L = 78, R = 12, T = 26, B = 24;
   const svg = svgRoot(W, H, `${symbol} rolling QLIKE of the champion against the ${record.best_baseline} baseline`);
   const pts = record.rolling;
   const t0 = pts[0].target_ts, t1 = pts[pts.length - 1].target_ts + 3600e3;
@@ -172,6 +173,6 @@ function qlikeChart(record, symbol) {
   timeAxis(svg, x, t0, t1, T, H - B);
   svgEl("path", { d: pathOf(pts.map((p) => [x(p.target_ts), y(p.baseline)])), class: "qlike-baseline" }, svg);
   svgEl("path", { d: pathOf(pts.map((p) => [x(p.target_ts), y(p.champion)])), class: "qlike-champion" }, svg);
-  panelLabel(svg, `rolling mean QLIKE over ${record.window} forecasts (lower is better): champion (solid) vs ${record.best_baseline} (dashed)`, L + 6, T + 12);
+  panelLabel(svg, `rolling mean QLIKE over ${record.window} forecasts (lower is better): champion (solid) vs ${record.best_baseline} (dashed)`, L, T - 10);
   return svg;
 }
