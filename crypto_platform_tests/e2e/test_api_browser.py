@@ -96,6 +96,7 @@ def test_ui_signals_chart_history_and_errors(browser, live_server, api_champion)
     page.wait_for_function("document.getElementById('status').textContent.startsWith('model')")
     assert page.text_content("#status") == f"model v{api_champion.lstm_version}"
 
+    page.click("nav button[data-tab=signals]")  # the overview is the landing view (test_ui_evidence.py)
     page.check("#explain")
     page.click("#run-signal")
     page.wait_for_selector("#signal-out .kv")

@@ -186,10 +186,12 @@ def test_rate_limit_covers_graphql(make_api_client, api_settings):
     assert client.post("/graphql", json={"query": "{ health { status } }"}).status_code == 429
 
 
-def test_get_serves_graphiql_with_a_cdn_notice_and_queries(client):
+def test_get_serves_the_vendored_graphiql_and_queries(client):
     page = client.get("/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "unpkg.com" in page.text and "loads its scripts from unpkg.com" in page.text
+    assert "/ui/vendor/graphiql/graphiql.min.js" in page.text and "unpkg.com" not in page.text
+    for asset in ("graphiql.min.js", "graphiql.min.css", "react.production.min.js"):
+        assert client.get(f"/ui/vendor/graphiql/{asset}").status_code == 200, asset
     answer = client.get(
         "/graphql", params={"query": "{ health { status } }"}, headers={"Accept": "application/json"}
     )

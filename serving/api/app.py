@@ -28,6 +28,7 @@ from litestar.static_files import create_static_files_router
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
 from crypto_platform.lib.storage import ObjectStore
+from serving.api.controllers.evidence import EvidenceController
 from serving.api.controllers.market import MarketController
 from serving.api.controllers.ml import MLController, ModelController
 from serving.api.controllers.signals import SignalsController
@@ -147,6 +148,7 @@ def create_app(
             MLController,
             ModelController,
             SummaryController,
+            EvidenceController,
         ],
         guards=[reader_guard],
     )

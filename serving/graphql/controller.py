@@ -1,12 +1,13 @@
 """The Litestar controller serving `schema` at /graphql (POST and GET; GraphiQL for browsers).
 
-GraphiQL is strawberry's page, which loads React and GraphiQL from unpkg.com: the rest of the web UI
-has no CDN dependency, so the page says so in a banner, and everything works without it (POST
-queries to /graphql).
+GraphiQL is the web UI's own page (`serving/api/ui/graphiql.html`) over GraphiQL and React vendored
+from the npm registry under `ui/vendor/graphiql`, not strawberry's, which loads them from unpkg.com:
+like the rest of the web UI it reaches no host but this server.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from litestar import Request
@@ -15,13 +16,7 @@ from strawberry.litestar import make_graphql_controller
 from serving.graphql.schema import schema
 
 GRAPHQL_PATH = "/graphql"
-CDN_NOTICE = (
-    '<div style="font:13px sans-serif;padding:6px 10px;background:#fff3cd;color:#664d03;'
-    'border-bottom:1px solid #ffe69c">This GraphiQL page loads its scripts from unpkg.com (a CDN); '
-    "the API itself does not need them: POST <code>{query, variables}</code> to "
-    f"<code>{GRAPHQL_PATH}</code>. API keys go in the headers tab as "
-    '<code>{"X-API-Key": "..."}</code>.</div>'
-)
+GRAPHIQL_PAGE = Path(__file__).resolve().parents[1] / "api" / "ui" / "graphiql.html"
 
 
 async def graphql_context(request: Request) -> dict[str, Any]:
@@ -44,7 +39,6 @@ def graphql_controller(graphiql: bool = True) -> type:
 
         @property
         def graphql_ide_html(self) -> str:
-            html = super().graphql_ide_html
-            return html.replace("<body>", f"<body>{CDN_NOTICE}", 1)
+            return GRAPHIQL_PAGE.read_text(encoding="utf-8")
 
     return GraphQLController

@@ -1,4 +1,5 @@
-// The web UI: plain DOM and fetch against the same origin's API. No framework, no CDN.
+// The web UI: plain DOM and fetch against the same origin's API. No framework, no CDN. This file holds
+// the shared helpers, the tabs and the request panels; views.js the evidence views (overview first).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -138,7 +139,7 @@ async function chart() {
   $("chart-note").innerHTML = `${esc(ohlcv.symbol)} ${esc(ohlcv.timeframe)}, ${ohlcv.rows} closed bars ${sourcePill(ohlcv.source)}${esc(note)}`;
 }
 
-async function history() {
+async function historyTables() {
   // The tails are bare lists, newest last (the seed's shape); the tables show the newest on top.
   const s = await api("/v1/crypto/signals/tail?n=20");
   $("hist-signals").innerHTML = table(s.slice().reverse(), ["timestamp", "symbol", "risk_score", "vol_regime", "horizon_min", "source"]);
@@ -154,17 +155,52 @@ async function status() {
   $("status").className = "pill " + (r.ok ? "ok" : "bad");
 }
 
-document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => {
-  document.querySelectorAll("nav button").forEach((o) => o.classList.toggle("active", o === b));
-  document.querySelectorAll("main section").forEach((s) => { s.hidden = s.id !== `tab-${b.dataset.tab}`; });
-  if (b.dataset.tab === "ml") run(modelInfo);
-  if (b.dataset.tab === "history") run(history);
-}));
+// Tabs: an ARIA tablist (arrow keys / Home / End move between tabs), each view addressable as
+// #/<tab> (the symbol view as #/symbol/<symbol>), so back/forward and links work.
+const tabHooks = {};  // tab name → run each time that tab is shown (views.js adds the evidence views)
+const tabButtons = () => Array.from(document.querySelectorAll("[role=tab]"));
+
+function showTab(name, { focus = false, updateHash = true } = {}) {
+  if (!document.getElementById(`tab-${name}`)) name = "overview";
+  tabButtons().forEach((b) => {
+    const on = b.dataset.tab === name;
+    b.classList.toggle("active", on);
+    b.setAttribute("aria-selected", String(on));
+    b.tabIndex = on ? 0 : -1;
+    if (on && focus) b.focus();
+  });
+  document.querySelectorAll("main section[role=tabpanel]").forEach((s) => { s.hidden = s.id !== `tab-${name}`; });
+  if (updateHash) {
+    const hash = name === "symbol" ? `#/symbol/${encodeURIComponent($("symbol").value.trim())}` : `#/${name}`;
+    if (location.hash !== hash) window.history.replaceState(null, "", hash);
+  }
+  if (name === "ml") run(modelInfo);
+  if (name === "history") run(historyTables);
+  if (tabHooks[name]) run(tabHooks[name]);
+}
+
+function route() {
+  const [, name, arg] = location.hash.match(/^#\/([a-z]+)(?:\/(.+))?$/) || [];
+  if (name === "symbol" && arg) $("symbol").value = decodeURIComponent(arg);
+  showTab(name || "overview", { updateHash: false });
+}
+
+tabButtons().forEach((b) => {
+  b.addEventListener("click", () => showTab(b.dataset.tab));
+  b.addEventListener("keydown", (e) => {
+    const all = tabButtons(), i = all.indexOf(b);
+    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: all.length - 1 }[e.key];
+    if (next === undefined) return;
+    e.preventDefault();
+    showTab(all[(next + all.length) % all.length].dataset.tab, { focus: true });
+  });
+});
+window.addEventListener("hashchange", route);
 $("run-signal").addEventListener("click", () => run(signal));
 $("run-ml").addEventListener("click", () => run(mlSignal));
 $("run-explain").addEventListener("click", () => run(explain));
 $("run-reload").addEventListener("click", () => run(reload));
 $("run-compare").addEventListener("click", () => run(compare));
 $("run-ohlcv").addEventListener("click", () => run(chart));
-$("run-history").addEventListener("click", () => run(history));
+$("run-history").addEventListener("click", () => run(historyTables));
 status();
