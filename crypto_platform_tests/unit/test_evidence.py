@@ -15,8 +15,8 @@ from crypto_platform.lib.model.metrics import qlike
 from crypto_platform.lib.storage import LocalStore, quality_report_keys
 from serving.api import evidence
 from serving.api import evidence_schemas as es
-from serving.api.history import History
 from serving.api.services import InvalidInputError
+from serving.core.history import History
 
 HOUR = 3_600_000
 T0 = 1_700_000_000_000 // HOUR * HOUR

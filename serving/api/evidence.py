@@ -57,11 +57,17 @@ from crypto_platform.lib.model.metrics import qlike_losses
 from crypto_platform.lib.model.tags import FAMILY_TAG, TIMEFRAME_TAG, TRAINING_RUN_TAG
 from crypto_platform.lib.model.windows import FEATURE_BARS, HORIZON_BARS
 from crypto_platform.lib.signals import classify_vol_regime
-from crypto_platform.lib.storage import QUALITY_REPORTS_PREFIX, ObjectNotFoundError, ObjectStore
+from crypto_platform.lib.storage import (
+    DRIFT_PREFIX,
+    QUALITY_REPORTS_PREFIX,
+    ObjectNotFoundError,
+    ObjectStore,
+    newest_json_key,
+)
 from serving.api import evidence_schemas as es
-from serving.api.history import History, ml_predictions
 from serving.api.scoring import NotEnoughHistoryError, finite, iso_ms
 from serving.api.services import InvalidInputError, Services
+from serving.core.history import History, ml_predictions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,7 +85,6 @@ LIVE_BASELINES: dict[str, str] = {
     "weekly_rv": "realized_vol_168",
 }
 DAILY_PREFIX = "reports/daily/"
-DRIFT_PREFIX = "ml/drift/"
 EVALUATION_ARTIFACT = "evaluation/holdout.json"  # lib.model.tracking.EVALUATION_JSON (no mlflow import here)
 MAX_DAILY_REPORTS = 60
 MAX_PROMOTIONS = 50
@@ -655,13 +660,13 @@ def latest_drift(store: ObjectStore | None) -> tuple[es.DriftStatus | None, str 
     """The newest `ml/drift/<day>.json`, or None and why."""
     if store is None:
         return None, "this server has no data location to read drift artifacts from"
-    keys = sorted(k for k in store.list(DRIFT_PREFIX) if k.endswith(".json"))
-    if not keys:
-        return None, f"no feature_drift artifact under {DRIFT_PREFIX} yet (materialize feature_drift)"
+    key = newest_json_key(store, DRIFT_PREFIX)
+    if key is None:
+        return None, f"no feature_drift artifact under {DRIFT_PREFIX}/ yet (materialize feature_drift)"
     try:
-        return drift_status(keys[-1], json.loads(store.read_bytes(keys[-1]))), None
+        return drift_status(key, json.loads(store.read_bytes(key))), None
     except (ObjectNotFoundError, ValueError, AttributeError) as exc:
-        return None, f"{keys[-1]} could not be read: {exc}"
+        return None, f"{key} could not be read: {exc}"
 
 
 def unreachable_reason(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
