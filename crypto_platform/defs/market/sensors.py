@@ -35,7 +35,7 @@ from crypto_platform.defs.resources import MarketDataResource
 from crypto_platform.lib.market.client import ExchangeUnavailableError
 from crypto_platform.lib.market.gap_repair import DEFAULT_BACKOFF_S, DEFAULT_MAX_ATTEMPTS, GapLedger
 from crypto_platform.lib.market.source import market_now_ms
-from crypto_platform.lib.quality import iso_utc
+from crypto_platform.lib.quality.checks import iso_utc
 from crypto_platform.settings import Settings
 
 GAP_REPAIR_SENSOR = "market_gap_repair"
