@@ -310,6 +310,11 @@ class ResidualHARPlusForecaster:
     def predict(self, windows: WindowSet) -> np.ndarray:
         return np.exp(0.5 * self.predict_log_variance(windows))
 
+    @property
+    def validation_log_residuals(self) -> np.ndarray | None:
+        """The ensemble's out-of-sample validation log-residuals (what `intervals.fit_dispersion` reads)."""
+        return None if self.ensemble is None else self.ensemble.validation_log_residuals
+
     def keras_log_variance(self, windows: WindowSet) -> np.ndarray:
         """The same ensemble forecast from the Keras models (the reference the numpy path is tested on)."""
         if self.ensemble is None or self.base is None or not self.keras_models:
