@@ -122,41 +122,25 @@ def _table(table: Any, dm_har: dict[str, Any]) -> dict[str, dict[str, float | No
     }
 
 
-def forward_log_returns(features: pl.DataFrame, horizon: int) -> pl.DataFrame:
-    """(symbol, ts, fwd_log_ret): ln(c_{t+h} / c_t) where bar t+h is exactly h bars later (VaR checks)."""
-    return (
-        features.sort("symbol", "ts")
-        .with_columns(
-            pl.when((pl.col("ts").shift(-horizon) - pl.col("ts")).over("symbol") == horizon * HOUR_MS)
-            .then((pl.col("close").shift(-horizon) / pl.col("close")).log().over("symbol"))
-            .alias("fwd_log_ret")
-        )
-        .select("symbol", "ts", "fwd_log_ret")
-    )
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from crypto_platform.lib.features import MODEL_FEATURES, compute_features
     from crypto_platform.lib.model.baselines import BASELINE_NAMES
-    from crypto_platform.lib.model.har_features import HAR_PLUS_FEATURES, har_plus_features
+    from crypto_platform.lib.model.har_features import HAR_PLUS_FEATURES
     from crypto_platform.lib.model.har_plus import HARPlusConfig
     from crypto_platform.lib.model.lstm import LSTMConfig, limit_tf_threads
     from crypto_platform.lib.model.residual import ResidualConfig
-    from crypto_platform.lib.model.walk_forward import FoldResult, default_candidates, walk_forward
-    from crypto_platform.lib.model.windows import build_windows
+    from crypto_platform.lib.model.walk_forward import (
+        FoldResult,
+        candidate_windows,
+        default_candidates,
+        walk_forward,
+    )
 
     limit_tf_threads(args.threads, 1)
     started = time.perf_counter()
     symbols = [file_symbol(s) for s in args.symbols.split(",")]
     bars = load_bars(symbols, args.years, args.end)
-    features = har_plus_features(compute_features(bars))
-    windows = build_windows(features, (*MODEL_FEATURES, *HAR_PLUS_FEATURES))
-    fwd = forward_log_returns(features, windows.horizon)
-    fwd_ret = (
-        pl.DataFrame({"symbol": windows.symbol.astype(str), "ts": windows.ts})
-        .join(fwd, on=["symbol", "ts"], how="left")["fwd_log_ret"]
-        .to_numpy()
-    )
+    windows, fwd_ret = candidate_windows(compute_features(bars))
     prep_s = time.perf_counter() - started
 
     preset = LSTMConfig.fast() if args.preset == "fast" else LSTMConfig.default()

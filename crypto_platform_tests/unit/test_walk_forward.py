@@ -190,3 +190,38 @@ def test_default_candidates_include_the_residual_and_run_it_on_the_fold_har_plus
         assert fold.models["har_plus_residual"].base is fold.models["har_plus"]
         assert "har_plus_residual" in fold.dispersions
         assert set(fold.params["combination"]["weights"]) == {"har_plus", "har", "ewma"}
+
+
+def test_candidate_windows_from_the_feature_frame_and_their_forward_returns():
+    import math
+
+    from crypto_platform.lib.features import compute_features
+    from crypto_platform.lib.market.timeframes import HOUR_MS
+    from crypto_platform.lib.model.walk_forward import candidate_windows
+
+    bars = random_bars(19, 1900)  # a 10-bar hole at bar 1500
+    features = compute_features(bars)
+    windows, fwd = candidate_windows(features)
+    assert "cross_log_rv_24" in windows.feature_columns and "log_ret" in windows.feature_columns
+    assert fwd.shape == (len(windows),)
+    close = {(r["symbol"], r["ts"]): r["close"] for r in bars.iter_rows(named=True)}
+    checked = 0
+    for k in range(0, len(windows), 97):
+        sym, t = windows.symbol[k], int(windows.ts[k])
+        later = close.get((sym, t + 24 * HOUR_MS))
+        if later is None:
+            assert math.isnan(fwd[k])
+        else:
+            assert fwd[k] == pytest.approx(math.log(later / close[(sym, t)]), rel=1e-12)
+            checked += 1
+    assert checked > 10
+    # The HAR+ columns already present are not recomputed.
+    again, _ = candidate_windows(har_plus_windows_frame(bars))
+    np.testing.assert_array_equal(again.X, windows.X)
+
+
+def har_plus_windows_frame(bars):
+    from crypto_platform.lib.features import compute_features
+    from crypto_platform.lib.model.har_features import har_plus_features
+
+    return har_plus_features(compute_features(bars))

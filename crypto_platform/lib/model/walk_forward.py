@@ -18,6 +18,9 @@ the block to fit its weights on the rest). A candidate that cannot be fitted on 
 fold's `skipped` and left out of the pooled evaluation and the gate, which need every fold; the
 reference cannot be skipped. Models are not kept (`keep_models=True` keeps them on each fold).
 
+`candidate_windows(features)` turns the pipeline's feature frame (all symbols) into the windows every
+default candidate reads and their forward log returns; the benchmark uses it too.
+
 Predictive intervals: a fitted model that exposes `validation_log_residuals` (HAR+, the residual
 ensemble, the combination) gets a `LogResidualDispersion` per fold; `interval_report` scores each
 fold's intervals on its own test block and pools the coverage, with the 99 % VaR breach rate when the
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from crypto_platform.lib.model.baselines import BASELINES
 from crypto_platform.lib.model.combination import CombinationWeights, combine, fit_combination
@@ -375,6 +379,41 @@ def windows_fingerprint(windows: WindowSet) -> str:
     digest.update(np.ascontiguousarray(windows.ts, dtype=np.int64).tobytes())
     digest.update("\x1f".join(map(str, windows.symbol)).encode())
     return digest.hexdigest()
+
+
+def forward_log_returns(features: pl.DataFrame, windows: WindowSet) -> np.ndarray:
+    """ln(c_{t+h} / c_t) per window (h = the horizon), NaN where bar t+h is not exactly h bars later."""
+    h, bar_ms = windows.horizon, windows.bar_ms
+    fwd = (
+        features.sort("symbol", "ts")
+        .with_columns(
+            pl.when((pl.col("ts").shift(-h) - pl.col("ts")).over("symbol") == h * bar_ms)
+            .then((pl.col("close").shift(-h) / pl.col("close")).log().over("symbol"))
+            .alias("fwd_log_ret")
+        )
+        .select(pl.col("symbol").cast(pl.Utf8), pl.col("ts").cast(pl.Int64), "fwd_log_ret")
+    )
+    keys = pl.DataFrame(
+        {"symbol": windows.symbol.astype(str), "ts": windows.ts}, schema={"symbol": pl.Utf8, "ts": pl.Int64}
+    )
+    return keys.join(fwd, on=["symbol", "ts"], how="left", maintain_order="left")["fwd_log_ret"].to_numpy()
+
+
+def candidate_windows(features: pl.DataFrame, timeframe: str = "1h") -> tuple[WindowSet, np.ndarray]:
+    """(windows, forward log returns) every default candidate can read, from a features frame.
+
+    `features`: `lib.features.compute_features` output for all symbols together (bars' OHLC
+    included); the HAR+ columns are added here unless present (`har_features.har_plus_features`:
+    the cross-asset term needs every symbol in one frame). Columns: MODEL_FEATURES + HAR_PLUS_FEATURES.
+    """
+    from crypto_platform.lib.features import MODEL_FEATURES
+    from crypto_platform.lib.model.har_features import HAR_PLUS_FEATURES, har_plus_features
+    from crypto_platform.lib.model.windows import build_windows
+
+    if not all(c in features.columns for c in HAR_PLUS_FEATURES):
+        features = har_plus_features(features, timeframe)
+    windows = build_windows(features, (*MODEL_FEATURES, *HAR_PLUS_FEATURES), timeframe=timeframe)
+    return windows, forward_log_returns(features, windows)
 
 
 def _validation_residuals(model: Any) -> np.ndarray | None:
