@@ -225,3 +225,19 @@ def har_plus_windows_frame(bars):
     from crypto_platform.lib.model.har_features import har_plus_features
 
     return har_plus_features(compute_features(bars))
+
+
+def test_a_challenger_must_pass_against_every_reference(result):
+    champion, decisions = result.decide_against_all(["har_plus", "har"])
+    assert champion == "oracle" and set(decisions) == {"har_plus", "har"}
+    assert all(d.champion == "oracle" for d in decisions.values())
+    # Nobody beats the oracle: with it as the incumbent, it stays, and every verdict says why.
+    stays, decisions = result.decide_against_all(["oracle", "har"])
+    assert stays == "oracle"
+    assert not any(v.passed for v in decisions["oracle"].verdicts)
+    # A challenger that passes against HAR but not against the incumbent is not promoted.
+    beats_har = {v.name for v in result.decide("har").verdicts if v.passed} - {"oracle"}
+    for name in beats_har:
+        assert name not in {v.name for v in decisions["oracle"].verdicts if v.passed}
+    with pytest.raises(ValueError):
+        result.decide_against_all([])

@@ -18,6 +18,7 @@ the block to fit its weights on the rest). A candidate that cannot be fitted on 
 fold's `skipped` and left out of the pooled evaluation and the gate, which need every fold; the
 reference cannot be skipped. Models are not kept (`keep_models=True` keeps them on each fold).
 
+`decide_against_all([incumbent, best_baseline])` is the promotion rule (pass the gate against each).
 `candidate_windows(features)` turns the pipeline's feature frame (all symbols) into the windows every
 default candidate reads and their forward log returns; the benchmark uses it too.
 
@@ -285,7 +286,7 @@ class WalkForwardResult:
     ) -> GateDecision:
         """`gate.choose_champion` on this evidence: every pooled candidate challenges `against`."""
         ref = against or self.reference
-        names = [n for n in (candidates or self.names) if n != ref]
+        names = [n for n in (self.names if candidates is None else candidates) if n != ref]
         unknown = [n for n in (ref, *names) if n not in self.forecasts]
         if unknown:
             raise KeyError(f"{unknown} are not in the pooled evaluation; have {list(self.names)}")
@@ -296,6 +297,31 @@ class WalkForwardResult:
             max_pvalue=max_pvalue,
             fold_win_share=fold_win_share,
         )
+
+    def decide_against_all(
+        self,
+        references: Sequence[str],
+        margin: float = DEFAULT_MARGIN,
+        max_pvalue: float = DEFAULT_MAX_PVALUE,
+        fold_win_share: float = DEFAULT_FOLD_WIN_SHARE,
+    ) -> tuple[str, dict[str, GateDecision]]:
+        """(champion, decision per reference) when a challenger must pass the gate against every one of
+        `references` — the incumbent champion first, then the best baseline, say. The champion is the
+        challenger with the lowest pooled QLIKE among those that pass all; else `references[0]` stays."""
+        refs = list(dict.fromkeys(references))
+        if not refs:
+            raise ValueError("decide_against_all needs at least one reference")
+        challengers = [n for n in self.names if n not in refs]
+        decisions = {
+            r: self.decide(r, margin, max_pvalue, fold_win_share, candidates=challengers) for r in refs
+        }
+        passing = [
+            n
+            for n in challengers
+            if all(next(v for v in d.verdicts if v.name == n).passed for d in decisions.values())
+        ]
+        champion = min(passing, key=lambda n: (self.table.row(n).qlike, n)) if passing else refs[0]
+        return champion, decisions
 
     def per_symbol_tables(self) -> dict[str, EvaluationTable]:
         """The pooled out-of-sample series scored per symbol (DM vs that symbol's best baseline)."""
