@@ -17,6 +17,9 @@ Prints JSON (`figure` = pooled LSTM QLIKE, `baseline` = best baseline's, `ratio`
 
     .venv/bin/python benchmarks/model_quality.py --years 3 --folds 4 --epochs 8 --json out.json
 
+The folds, fits and scores are `lib.model.walk_forward.walk_forward` — the same function the pipeline's
+`trained_model` calls — so the benchmark and the gate in the pipeline cannot drift apart.
+
 Issue 14 adds, per fold and fitted on the same training block: `har_plus` (lib.model.har_plus), the
 TensorFlow residual ensemble on it (`har_plus_residual`, lib.model.residual), and their convex
 QLIKE-weighted log combination (`combination`, weights fitted on the latest 15 % of the training block
@@ -43,7 +46,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,70 +122,25 @@ def _table(table: Any, dm_har: dict[str, Any]) -> dict[str, dict[str, float | No
     }
 
 
-def forward_log_returns(features: pl.DataFrame, horizon: int) -> pl.DataFrame:
-    """(symbol, ts, fwd_log_ret): ln(c_{t+h} / c_t) where bar t+h is exactly h bars later (VaR checks)."""
-    return (
-        features.sort("symbol", "ts")
-        .with_columns(
-            pl.when((pl.col("ts").shift(-horizon) - pl.col("ts")).over("symbol") == horizon * HOUR_MS)
-            .then((pl.col("close").shift(-horizon) / pl.col("close")).log().over("symbol"))
-            .alias("fwd_log_ret")
-        )
-        .select("symbol", "ts", "fwd_log_ret")
-    )
-
-
-def _combination_members(train: Any, names: tuple[str, ...], har_plus: Any) -> Any:
-    """Convex weights fitted on the latest 15 % of `train`, each member refitted on the rest (purged)."""
-    from crypto_platform.lib.model.baselines import BASELINES
-    from crypto_platform.lib.model.combination import fit_combination
-    from crypto_platform.lib.model.har_plus import HARPlusBaseline, validation_cut
-
-    fit_rows, val_rows = validation_cut(train.ts, 0.15, train.horizon, train.bar_ms)
-    early, val = train.take(fit_rows), train.take(val_rows)
-    val_forecasts = {}
-    for name in names:
-        if name == "har_plus":
-            model = HARPlusBaseline(har_plus.config).fit(early)
-        elif name in BASELINES:
-            model = BASELINES[name]().fit(early)
-        else:
-            continue
-        val_forecasts[name] = np.asarray(model.predict(val), dtype=np.float64)
-    return fit_combination(val.y, val_forecasts), val, val_forecasts
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from crypto_platform.lib.features import MODEL_FEATURES, compute_features
-    from crypto_platform.lib.model.baselines import BASELINES
-    from crypto_platform.lib.model.combination import combine
-    from crypto_platform.lib.model.evaluation import diebold_mariano_against, evaluate_forecasts
-    from crypto_platform.lib.model.gate import CandidateEvidence, choose_champion
-    from crypto_platform.lib.model.har_features import HAR_PLUS_FEATURES, har_plus_features
-    from crypto_platform.lib.model.har_plus import HARPlusBaseline
-    from crypto_platform.lib.model.intervals import (
-        fit_dispersion,
-        interval_coverage,
-        log_residuals,
-        var_breach_rate,
+    from crypto_platform.lib.model.baselines import BASELINE_NAMES
+    from crypto_platform.lib.model.har_features import HAR_PLUS_FEATURES
+    from crypto_platform.lib.model.har_plus import HARPlusConfig
+    from crypto_platform.lib.model.lstm import LSTMConfig, limit_tf_threads
+    from crypto_platform.lib.model.residual import ResidualConfig
+    from crypto_platform.lib.model.walk_forward import (
+        FoldResult,
+        candidate_windows,
+        default_candidates,
+        walk_forward,
     )
-    from crypto_platform.lib.model.lstm import LSTMConfig, LSTMForecaster, limit_tf_threads
-    from crypto_platform.lib.model.residual import ResidualConfig, ResidualHARPlusForecaster
-    from crypto_platform.lib.model.training import fit_baselines, select_columns
-    from crypto_platform.lib.model.windows import build_windows, walk_forward_folds
 
     limit_tf_threads(args.threads, 1)
     started = time.perf_counter()
     symbols = [file_symbol(s) for s in args.symbols.split(",")]
     bars = load_bars(symbols, args.years, args.end)
-    features = har_plus_features(compute_features(bars))
-    windows = build_windows(features, (*MODEL_FEATURES, *HAR_PLUS_FEATURES))
-    fwd = forward_log_returns(features, windows.horizon)
-    fwd_ret = (
-        pl.DataFrame({"symbol": windows.symbol.astype(str), "ts": windows.ts})
-        .join(fwd, on=["symbol", "ts"], how="left")["fwd_log_ret"]
-        .to_numpy()
-    )
+    windows, fwd_ret = candidate_windows(compute_features(bars))
     prep_s = time.perf_counter() - started
 
     preset = LSTMConfig.fast() if args.preset == "fast" else LSTMConfig.default()
@@ -205,132 +162,73 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if v is not None
     }
     config = dataclasses.replace(preset, **overrides)
-    folds = walk_forward_folds(windows.ts, n_folds=args.folds, min_train_frac=args.min_train_frac)
     new_models = ("har_plus", "har_plus_residual", "combination")
+    candidates = default_candidates(
+        residual_config=residual_cfg,
+        lstm_config=None if args.skip_lstm else config,
+        lstm_columns=MODEL_FEATURES,
+    )
 
-    fold_reports = []
-    pooled: dict[str, list[np.ndarray]] = {}
-    pooled_y, pooled_ts, pooled_ret = [], [], []
-    dispersions: dict[str, list[Any]] = {}
-    for k, fold in enumerate(folds):
-        t0 = time.perf_counter()
-        train, test = windows.take(fold.train), windows.take(fold.test)
-        baselines, skipped = fit_baselines(train, tuple(BASELINES))
-        t1 = time.perf_counter()
-        har_plus = HARPlusBaseline().fit(train)
-        t2 = time.perf_counter()
-        residual = ResidualHARPlusForecaster(residual_cfg, base=har_plus).fit(train)
-        t3 = time.perf_counter()
-        forecasts = {name: np.asarray(b.predict(test), dtype=np.float64) for name, b in baselines.items()}
-        forecasts["har_plus"] = har_plus.predict(test)
-        forecasts["har_plus_residual"] = residual.predict(test)
-        members = tuple(n for n in ("har_plus", "har", "ewma", "garch") if n in forecasts)
-        weights, val, val_forecasts = _combination_members(train, members, har_plus)
-        forecasts["combination"] = combine(weights, forecasts)
-        t4 = time.perf_counter()
-        lstm = None
-        if not args.skip_lstm:
-            lstm = LSTMForecaster(config).fit(select_columns(train, MODEL_FEATURES))
-            forecasts["lstm"] = lstm.predict(select_columns(test, MODEL_FEATURES))
-        t5 = time.perf_counter()
-
-        # Validation log-residuals of each new forecaster → its predictive intervals on this fold's test.
-        fold_disp = {
-            "har_plus": fit_dispersion(har_plus.validation_log_residuals),
-            "har_plus_residual": fit_dispersion(residual.ensemble.validation_log_residuals),
-            "combination": fit_dispersion(log_residuals(val.y, combine(weights, val_forecasts))),
-        }
-        for name, disp in fold_disp.items():
-            dispersions.setdefault(name, []).append(disp)
-
-        table = evaluate_forecasts(test.y, forecasts, ts=test.ts)
-        dm_har = diebold_mariano_against(test.y, forecasts, "har", ts=test.ts)
-        trained = lstm.trained if lstm else None
-        fold_reports.append(
-            {
-                "fold": k,
-                "train_windows": len(train),
-                "test_windows": len(test),
-                "test_start": _iso(fold.test_start_ts),
-                "test_end": _iso(fold.test_end_ts),
-                "best_baseline": table.best_baseline,
-                "lstm_vs_best_baseline": _improvement(table, "lstm") if lstm else None,
-                "metrics": _table(table, dm_har),
-                "skipped_baselines": skipped,
-                "combination_weights": weights.to_dict(),
-                "har_plus_qlike_scale": har_plus.scale,
-                "residual_members": residual.params()["members"],
-                "lstm_epochs_run": trained.epochs_run if trained else None,
-                "lstm_best_epoch": trained.best_epoch if trained else None,
-                "seconds_baselines": round(t1 - t0, 1),
-                "seconds_har_plus": round(t2 - t1, 2),
-                "seconds_residual": round(t3 - t2, 1),
-                "seconds_combination": round(t4 - t3, 1),
-                "seconds_lstm": round(t5 - t4, 1),
-            }
-        )
-        har_q = table.row("har").qlike
+    def progress(fold: FoldResult) -> None:
+        shown = [n for n in (*new_models, "lstm") if n in fold.forecasts]
         print(
-            f"fold {k}: test {_iso(fold.test_start_ts)}…{_iso(fold.test_end_ts)} n={len(test)} QLIKE har "
-            f"{har_q:.4f} | "
-            + " | ".join(f"{n} {table.row(n).qlike:.4f}" for n in (*new_models, "lstm") if n in forecasts)
-            + f" | residual {t3 - t2:.0f}s, lstm {t5 - t4:.0f}s",
+            f"fold {fold.fold}: test {_iso(fold.test_start_ts)}…{_iso(fold.test_end_ts)} "
+            f"n={fold.test_windows} QLIKE har {fold.qlike('har'):.4f} | "
+            + " | ".join(f"{n} {fold.qlike(n):.4f}" for n in shown)
+            + f" | residual {fold.seconds.get('har_plus_residual', 0):.0f}s, "
+            f"lstm {fold.seconds.get('lstm', 0):.0f}s",
             file=sys.stderr,
             flush=True,
         )
-        for name, values in forecasts.items():
-            pooled.setdefault(name, []).append(values)
-        pooled_y.append(test.y)
-        pooled_ts.append(test.ts)
-        pooled_ret.append(fwd_ret[fold.test])
 
-    y = np.concatenate(pooled_y)
-    ts = np.concatenate(pooled_ts)
-    rets = np.concatenate(pooled_ret)
-    pooled_fc = {n: np.concatenate(v) for n, v in pooled.items()}
-    overall = evaluate_forecasts(y, pooled_fc, ts=ts)
-    dm_har = diebold_mariano_against(y, pooled_fc, "har", ts=ts)
-    pooled_table = _table(overall, dm_har)
+    result = walk_forward(
+        windows,
+        candidates,
+        n_folds=args.folds,
+        min_train_frac=args.min_train_frac,
+        reference="har",
+        forward_log_return=fwd_ret,
+        on_fold=progress,
+    )
 
-    def evidence(name: str) -> CandidateEvidence:
-        dm = dm_har.get(name)
-        return CandidateEvidence(
-            name=name,
-            pooled_qlike=overall.row(name).qlike,
-            dm_stat=dm.stat if dm else 0.0,
-            dm_pvalue=dm.pvalue if dm else 1.0,
-            fold_qlike=tuple(f["metrics"][name]["qlike"] for f in fold_reports),
+    fold_reports = []
+    for fold in result.folds:
+        table = fold.table
+        lstm_params = fold.params.get("lstm")
+        fold_reports.append(
+            {
+                "fold": fold.fold,
+                "train_windows": fold.train_windows,
+                "test_windows": fold.test_windows,
+                "test_start": _iso(fold.test_start_ts),
+                "test_end": _iso(fold.test_end_ts),
+                "best_baseline": table.best_baseline,
+                "lstm_vs_best_baseline": _improvement(table, "lstm") if lstm_params else None,
+                "metrics": _table(table, fold.dm_vs_reference),
+                "skipped_baselines": {n: why for n, why in fold.skipped.items() if n in BASELINE_NAMES},
+                "skipped": fold.skipped,
+                "combination_weights": fold.params.get("combination"),
+                "har_plus_qlike_scale": fold.params.get("har_plus", {}).get("qlike_scale"),
+                "residual_members": fold.params.get("har_plus_residual", {}).get("members"),
+                "lstm_epochs_run": lstm_params.get("epochs_run") if lstm_params else None,
+                "lstm_best_epoch": lstm_params.get("best_epoch") if lstm_params else None,
+                "seconds_baselines": round(sum(fold.seconds.get(n, 0.0) for n in BASELINE_NAMES), 1),
+                "seconds_har_plus": round(fold.seconds.get("har_plus", 0.0), 2),
+                "seconds_residual": round(fold.seconds.get("har_plus_residual", 0.0), 1),
+                "seconds_combination": round(fold.seconds.get("combination", 0.0), 1),
+                "seconds_lstm": round(fold.seconds.get("lstm", 0.0), 1),
+            }
         )
 
-    decision = choose_champion(evidence("har"), [evidence(n) for n in pooled_fc if n != "har"])
-    intervals = {}
-    for name in new_models:
-        if name not in dispersions:
-            continue
-        parts = np.cumsum([0, *(len(v) for v in pooled_y)])
-        covered = {}
-        for lvl in dispersions[name][0].levels:
-            inside = []
-            for k, disp in enumerate(dispersions[name]):
-                sl = slice(parts[k], parts[k + 1])
-                inside.append(
-                    interval_coverage(y[sl], pooled_fc[name][sl], disp)[lvl] * (parts[k + 1] - parts[k])
-                )
-            covered[f"coverage_{round(lvl * 100)}"] = float(sum(inside) / parts[-1])
-        ok = np.isfinite(rets)
-        intervals[name] = {
-            **covered,
-            "holdout_log_residual_sd": float(np.std(log_residuals(y, pooled_fc[name]))),
-            "validation_log_residual_sd_mean": float(np.mean([d.sd for d in dispersions[name]])),
-            "var99_breach_rate": var_breach_rate(rets[ok], pooled_fc[name][ok], 0.99),
-            "var_assumption": "24-bar log return ~ N(0, forecast variance), unit long position",
-        }
+    overall = result.table
+    pooled_table = _table(overall, result.dm_vs_reference)
+    decision = result.decide()
+    intervals = {n: v for n, v in result.interval_report().items() if n in new_models}
     # Issue 14 asks whether the TF residual beats HAR+ itself: the same DM test with HAR+ as the reference.
-    vs_plus = diebold_mariano_against(y, pooled_fc, "har_plus", ts=ts)
-    plus_q = overall.row("har_plus").qlike
+    vs_plus = result.dm_against("har_plus") if "har_plus" in result.forecasts else {}
     residual_vs_har_plus = {
         name: {
-            "improvement": _finite((plus_q - overall.row(name).qlike) / plus_q),
+            "improvement": _finite(result.improvement(name, "har_plus")),
             "dm_stat": _finite(vs_plus[name].stat),
             "dm_pvalue": _finite(vs_plus[name].pvalue),
         }
@@ -367,13 +265,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "folds": args.folds,
             "min_train_frac": args.min_train_frac,
             "preset": args.preset,
-            "har_plus": HARPlusBaseline().config.to_dict(),
+            "har_plus": HARPlusConfig().to_dict(),
             "residual": residual_cfg.to_dict(),
             "lstm": None if args.skip_lstm else config.to_dict(),
             "features": [*MODEL_FEATURES, *HAR_PLUS_FEATURES],
             "windows": len(windows),
             "first_window": _iso(int(windows.ts.min())),
             "last_window": _iso(int(windows.ts.max())),
+            "fingerprint": result.fingerprint,
         },
         "seconds": {"prepare": round(prep_s, 1), "total": round(time.perf_counter() - started, 1)},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "tf_threads": args.threads},
@@ -384,10 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         and (champ_row["dm_pvalue_vs_har"] or 1) < GOAL_PVALUE
         and (report["champion_folds_won_vs_har"] or 0) >= 3
     )
-    if "lstm" in pooled_fc and best:
-        report["lstm_improvement_vs_best_baseline"] = _finite(
-            (overall.row(best).qlike - overall.row("lstm").qlike) / overall.row(best).qlike
-        )
+    if "lstm" in result.forecasts and best:
+        report["lstm_improvement_vs_best_baseline"] = _finite(result.improvement("lstm", best))
         report["lstm_dm_pvalue_vs_best_baseline"] = _finite(overall.row("lstm").dm_pvalue)
     return report
 

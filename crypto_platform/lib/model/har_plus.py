@@ -22,13 +22,19 @@
 `fit` holds out the latest `validation_fraction` of the training block (purged by the horizon), fits β
 on the rest and keeps the held-out block's out-of-sample log-residuals (for `intervals`), then
 re-estimates β on the rolling window ending at the end of the whole block.
+
+`save(dir)` / `load(dir)`: JSON header + npz arrays (no pickle); a loaded model forecasts bit for bit
+like the fitted one. A forecast reads, per window, `required_columns()` at bar t, the timestamp (the
+hour-of-week terms) and the symbol (its per-asset standardisation).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -79,6 +85,28 @@ TERMS: dict[str, Callable[[WindowSet], np.ndarray]] = {
     **{f"week_{fn.__name__}_{k}": _harmonic(_WEEK_MS, k, fn) for k in (1, 2, 3) for fn in (np.sin, np.cos)},
     **{f"day_{fn.__name__}_1": _harmonic(_DAY_MS, 1, fn) for fn in (np.sin, np.cos)},
 }
+
+# The window columns each term reads at bar t (the harmonics read only the timestamp): what a serving
+# input must carry for a given `terms` (`HARPlusBaseline.required_columns`).
+TERM_COLUMNS: dict[str, tuple[str, ...]] = {
+    **{n: (n,) for n in ("log_rv_24", "log_rv_168", "log_rv_720", "log_rv_1")},
+    **{n: (n,) for n in ("log_gk_1", "log_gk_24", "log_gk_168", "log_gk_720", "log_pk_24", "log_pk_168")},
+    "harq_ratio_24": ("harq_ratio_24",),
+    "harq_x_log_rv_24": ("harq_ratio_24", "log_rv_24"),
+    "semivar_neg_share_24": ("semivar_neg_share_24",),
+    "semivar_neg_share_168": ("semivar_neg_share_168",),
+    "signed_ret_24": ("signed_ret_24",),
+    "signed_ret_24_negative": ("signed_ret_24",),
+    "cross_log_rv_24": ("cross_log_rv_24",),
+    "volume_ratio_24_720": ("volume_ratio_24_720",),
+    **{f"week_{fn}_{k}": () for k in (1, 2, 3) for fn in ("sin", "cos")},
+    **{f"day_{fn}_1": () for fn in ("sin", "cos")},
+}
+
+SAVE_HEADER = "har_plus.json"
+SAVE_ARRAYS = "har_plus.npz"
+SAVE_FORMAT = "crypto-platform/har-plus"
+SAVE_FORMAT_VERSION = 1
 
 DEFAULT_TERMS: tuple[str, ...] = (
     "log_rv_24",
@@ -134,6 +162,10 @@ class HARPlusConfig:
         out = asdict(self)
         out["terms"] = list(self.terms)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HARPlusConfig:
+        return cls(**{**data, "terms": tuple(data["terms"])})
 
 
 @dataclass(frozen=True)
@@ -309,6 +341,73 @@ class HARPlusBaseline:
 
     def predict(self, windows: WindowSet) -> np.ndarray:
         return np.exp(0.5 * self.predict_log_variance(windows))
+
+    def required_columns(self) -> tuple[str, ...]:
+        """The window columns the configured terms read (in `TERMS` order), besides `ts` and `symbol`."""
+        seen: dict[str, None] = {}
+        for term in self.config.terms:
+            seen.update(dict.fromkeys(TERM_COLUMNS[term]))
+        return tuple(seen)
+
+    # -- persistence --------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """A fitted HAR+ as `har_plus.json` (config, scale, symbol keys) + `har_plus.npz` (arrays)."""
+        if self.coef is None or self._standardiser is None:
+            raise NotFittedError("har_plus: call fit before save")
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        std = self._standardiser
+        keys = list(std.y_mean)
+        header = {
+            "format": SAVE_FORMAT,
+            "format_version": SAVE_FORMAT_VERSION,
+            "name": self.name,
+            "config": self.config.to_dict(),
+            "scale": self.scale,
+            "log_scale": self.log_scale,
+            "n_train": self.n_train,
+            "n_validation": self.n_validation,
+            "standardiser_keys": keys,
+            "pooled_key": std.pooled,
+        }
+        (directory / SAVE_HEADER).write_text(json.dumps(header, indent=2) + "\n")
+        np.savez(
+            directory / SAVE_ARRAYS,
+            coef=self.coef,
+            x_mean=np.array([std.x_mean[k] for k in keys]),
+            x_std=np.array([std.x_std[k] for k in keys]),
+            y_mean=np.array([std.y_mean[k] for k in keys]),
+            y_std=np.array([std.y_std[k] for k in keys]),
+            validation_log_residuals=self.validation_log_residuals,
+        )
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path) -> HARPlusBaseline:
+        directory = Path(path)
+        header = json.loads((directory / SAVE_HEADER).read_text())
+        if header.get("format") != SAVE_FORMAT or header.get("format_version") != SAVE_FORMAT_VERSION:
+            raise ValueError(f"{directory} is not a {SAVE_FORMAT} v{SAVE_FORMAT_VERSION} artifact")
+        model = cls(HARPlusConfig.from_dict(header["config"]), name=header["name"])
+        with np.load(directory / SAVE_ARRAYS) as arrays:
+            keys = header["standardiser_keys"]
+            model.coef = arrays["coef"].astype(np.float64)
+            model._standardiser = _Standardiser(
+                x_mean={k: arrays["x_mean"][i] for i, k in enumerate(keys)},
+                x_std={k: arrays["x_std"][i] for i, k in enumerate(keys)},
+                y_mean={k: float(arrays["y_mean"][i]) for i, k in enumerate(keys)},
+                y_std={k: float(arrays["y_std"][i]) for i, k in enumerate(keys)},
+                pooled=header["pooled_key"],
+            )
+            model.validation_log_residuals = arrays["validation_log_residuals"].astype(np.float64)
+        if len(model.coef) != len(model.config.terms):
+            raise ValueError(
+                f"{directory}: {len(model.coef)} coefficients for {len(model.config.terms)} terms"
+            )
+        model.scale, model.log_scale = float(header["scale"]), float(header["log_scale"])
+        model.n_train, model.n_validation = int(header["n_train"]), int(header["n_validation"])
+        return model
 
     def params(self) -> dict[str, Any]:
         coef = (

@@ -15,6 +15,12 @@ Serving contract of every logged forecaster (LSTM or baseline):
 `VolatilityPyfunc` wraps any forecaster class with `load(path)` (classmethod) and `predict(X) ->
 ndarray[n]`; by default `inference.FastVolatilityPredictor`, whose artifact is an `.npz` + JSON, so
 `load_context` never imports TensorFlow.
+
+HAR+ and its TF residual need the symbol, the bar time and cross-symbol columns that a window array
+does not carry: they are logged with `log_frame_forecaster` as a `FeatureFramePyfunc`, whose input is
+a feature frame (pandas DataFrame: `symbol`, `ts`, feature columns) — the contract is written down
+in `frame_serving`'s docstring. The logged model's `input_contract` tag (`frame_serving.
+INPUT_CONTRACT_TAG`) says which of the two contracts a version speaks.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ OUTPUT_COLUMN = "predicted_volatility"
 FORECASTER_ARTIFACT = "forecaster"
 FAST_LSTM_CLASS = "crypto_platform.lib.model.inference:FastVolatilityPredictor"
 KERAS_MODEL_NAME = "keras_model"
+FRAME_FORECASTER_CLASS = "crypto_platform.lib.model.frame_serving:FrameForecaster"
 
 
 def _import_class(path: str) -> Any:
@@ -200,3 +207,76 @@ def feature_columns_of(run_id: str) -> list[str]:
 def rest_body(windows: np.ndarray) -> str:
     """The JSON body the MLflow scoring server (`mlflow models serve`) accepts for these windows."""
     return json.dumps({"inputs": np.asarray(windows, dtype=np.float32).tolist()})
+
+
+class FeatureFramePyfunc(PythonModel):
+    """pyfunc wrapper of a `frame_serving.FrameForecaster`: a feature frame in, forecasts per row out."""
+
+    def __init__(self, forecaster_class: str = FRAME_FORECASTER_CLASS) -> None:
+        self.forecaster_class = forecaster_class
+        self._forecaster: Any = None
+
+    def load_context(self, context) -> None:
+        self._forecaster = _import_class(self.forecaster_class).load(context.artifacts[FORECASTER_ARTIFACT])
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        if self._forecaster is None:
+            raise RuntimeError("load_context was not called: load the model with mlflow.pyfunc.load_model")
+        if not isinstance(model_input, pd.DataFrame):
+            raise TypeError(
+                "expected a pandas DataFrame of feature rows (symbol, ts, feature columns), "
+                f"got {type(model_input).__name__}"
+            )
+        return self._forecaster.predict_frame(model_input)
+
+
+def frame_signature(
+    feature_columns: list[str] | tuple[str, ...], output_columns: list[str]
+) -> ModelSignature:
+    """symbol string, ts long, each feature double → symbol, ts and double forecast / interval columns."""
+    inputs = [ColSpec("string", "symbol"), ColSpec("long", "ts")]
+    inputs += [ColSpec("double", c) for c in feature_columns]
+    outputs = [ColSpec("string", "symbol"), ColSpec("long", "ts")]
+    outputs += [ColSpec("double", c) for c in output_columns if c not in ("symbol", "ts")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def serving_frame_requirements() -> list[str]:
+    """The frame pyfunc also needs polars (windows are rebuilt with `windows.build_windows`)."""
+    import polars as pl
+
+    return [*serving_requirements(), f"polars=={pl.__version__}"]
+
+
+def log_frame_forecaster(
+    forecaster: Any,
+    name: str,
+    input_example: pd.DataFrame,
+    registered_model_name: str | None = None,
+) -> mlflow.models.model.ModelInfo:
+    """Log a `FrameForecaster` (HAR+ or residual) to the active run as a `FeatureFramePyfunc`.
+
+    `input_example`: a few feature rows with `symbol`, `ts` and the forecaster's `feature_columns`
+    (only those are kept, in that order). The model carries the `input_contract` metadata."""
+    from crypto_platform.lib.model.frame_serving import FRAME_CONTRACT, INPUT_CONTRACT_TAG
+
+    columns = ["symbol", "ts", *forecaster.feature_columns]
+    missing = [c for c in columns if c not in input_example.columns]
+    if missing:
+        raise ValueError(f"input_example lacks columns {missing}")
+    example = input_example[columns].astype({"ts": "int64", **{c: "float64" for c in columns[2:]}})
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact_dir = forecaster.save(Path(tmp) / FORECASTER_ARTIFACT)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=FeatureFramePyfunc(),
+            artifacts={FORECASTER_ARTIFACT: str(artifact_dir)},
+            code_paths=[_package_code_path()],
+            input_example=example,
+            signature=frame_signature(forecaster.feature_columns, forecaster.output_columns),
+            pip_requirements=serving_frame_requirements(),
+            registered_model_name=registered_model_name,
+            metadata={INPUT_CONTRACT_TAG: FRAME_CONTRACT, "kind": forecaster.kind},
+        )

@@ -17,13 +17,17 @@ per-asset level stays in the HAR+ base).
 
 Prediction runs the numpy forward pass (`ResidualEnsemble.log_correction`), which replays the Keras
 layers (tested equal within 1e-5 for the whole ensemble); Keras is only needed to train.
+`save(dir)` / `load(dir)` keep that numpy form (JSON + npz, the HAR+ base in `base/`): a loaded
+forecaster predicts without importing TensorFlow, equal to the fitted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 
 SEQUENCE_INPUT, DESIGN_INPUT, BASE_INPUT = "sequence", "har_plus_design", "har_plus_log_variance"
 CORRECTION_LAYER = "correction"
+SAVE_HEADER, SAVE_ARRAYS, SAVE_BASE_DIR = "residual.json", "residual.npz", "base"
+SAVE_FORMAT, SAVE_FORMAT_VERSION = "crypto-platform/har-plus-residual", 1
 INPUT_CLIP = 8.0  # standardised inputs beyond ±8 sd are data errors or crashes; clipping keeps tanh sane
 
 DEFAULT_SEQUENCE_FEATURES: tuple[str, ...] = (
@@ -310,6 +316,11 @@ class ResidualHARPlusForecaster:
     def predict(self, windows: WindowSet) -> np.ndarray:
         return np.exp(0.5 * self.predict_log_variance(windows))
 
+    @property
+    def validation_log_residuals(self) -> np.ndarray | None:
+        """The ensemble's out-of-sample validation log-residuals (what `intervals.fit_dispersion` reads)."""
+        return None if self.ensemble is None else self.ensemble.validation_log_residuals
+
     def keras_log_variance(self, windows: WindowSet) -> np.ndarray:
         """The same ensemble forecast from the Keras models (the reference the numpy path is tested on)."""
         if self.ensemble is None or self.base is None or not self.keras_models:
@@ -329,6 +340,111 @@ class ResidualHARPlusForecaster:
             + base_lv
             + self.ensemble.log_scale
         )
+
+    # -- persistence --------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """The fitted ensemble (numpy form) and its HAR+ base: `residual.json` + `residual.npz` + `base/`.
+
+        The Keras models are not saved: prediction is the numpy forward pass, which a loaded forecaster
+        runs exactly as the fitted one (`keras_log_variance` needs the training process)."""
+        if self.ensemble is None or self.base is None:
+            raise RuntimeError("har_plus_residual: call fit before save")
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.base.save(directory / SAVE_BASE_DIR)
+        ens = self.ensemble
+        keys = list(ens.scaler.mean)
+        arrays: dict[str, np.ndarray] = {
+            "scaler_mean": np.array([ens.scaler.mean[k] for k in keys]),
+            "scaler_std": np.array([ens.scaler.std[k] for k in keys]),
+            "validation_log_residuals": ens.validation_log_residuals,
+        }
+        for i, m in enumerate(ens.members):
+            arrays |= {
+                f"m{i}_hidden_kernel": m.hidden_kernel,
+                f"m{i}_hidden_bias": m.hidden_bias,
+                f"m{i}_out_kernel": m.out_kernel,
+                f"m{i}_out_bias": m.out_bias,
+            }
+            if m.lstm is not None:
+                arrays[f"m{i}_lstm_kernel"] = m.lstm.kernel
+                arrays[f"m{i}_lstm_recurrent"] = m.lstm.recurrent_kernel
+                arrays[f"m{i}_lstm_bias"] = m.lstm.bias
+        header = {
+            "format": SAVE_FORMAT,
+            "format_version": SAVE_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "sequence_index": list(ens.sequence_index),
+            "scaler_keys": keys,
+            "scaler_pooled_key": ens.scaler.pooled_key,
+            "log_scale": ens.log_scale,
+            "seconds": ens.seconds,
+            "members": [
+                {
+                    "seed": m.seed,
+                    "best_epoch": m.best_epoch,
+                    "epochs_run": m.epochs_run,
+                    "best_val_loss": m.best_val_loss,
+                    "lstm": m.lstm is not None,
+                }
+                for m in ens.members
+            ],
+        }
+        (directory / SAVE_HEADER).write_text(json.dumps(header, indent=2) + "\n")
+        np.savez(directory / SAVE_ARRAYS, **arrays)
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResidualHARPlusForecaster:
+        directory = Path(path)
+        header = json.loads((directory / SAVE_HEADER).read_text())
+        if header.get("format") != SAVE_FORMAT or header.get("format_version") != SAVE_FORMAT_VERSION:
+            raise ValueError(f"{directory} is not a {SAVE_FORMAT} v{SAVE_FORMAT_VERSION} artifact")
+        cfg = dict(header["config"])
+        config = ResidualConfig(
+            **{**cfg, "sequence_features": tuple(cfg["sequence_features"]), "seeds": tuple(cfg["seeds"])}
+        )
+        base = HARPlusBaseline.load(directory / SAVE_BASE_DIR)
+        with np.load(directory / SAVE_ARRAYS) as a:
+            keys = header["scaler_keys"]
+            scaler = PerAssetScaler(
+                mean={k: a["scaler_mean"][i] for i, k in enumerate(keys)},
+                std={k: a["scaler_std"][i] for i, k in enumerate(keys)},
+                pooled_key=header["scaler_pooled_key"],
+            )
+            members = []
+            for i, meta in enumerate(header["members"]):
+                lstm = (
+                    LSTMWeights(a[f"m{i}_lstm_kernel"], a[f"m{i}_lstm_recurrent"], a[f"m{i}_lstm_bias"])
+                    if meta["lstm"]
+                    else None
+                )
+                members.append(
+                    ResidualMember(
+                        lstm,
+                        a[f"m{i}_hidden_kernel"],
+                        a[f"m{i}_hidden_bias"],
+                        a[f"m{i}_out_kernel"],
+                        a[f"m{i}_out_bias"],
+                        int(meta["seed"]),
+                        int(meta["best_epoch"]),
+                        int(meta["epochs_run"]),
+                        float(meta["best_val_loss"]),
+                    )
+                )
+            residuals = a["validation_log_residuals"].astype(np.float64)
+        model = cls(config, base=base)
+        model.ensemble = ResidualEnsemble(
+            config,
+            scaler,
+            tuple(int(i) for i in header["sequence_index"]),
+            tuple(members),
+            float(header["log_scale"]),
+            float(header["seconds"]),
+            residuals,
+        )
+        return model
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"config": self.config.to_dict()}
