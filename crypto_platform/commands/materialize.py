@@ -227,6 +227,15 @@ def command(
     by_day = sorted((k for k in asset_keys if graph.get(k).partitions_def == market_pdef), key=str)
     whole = sorted((k for k in asset_keys if graph.get(k).partitions_def is None), key=str)
     other = sorted(set(asset_keys) - set(by_day) - set(whole), key=str)
+    if other and selection == "*":
+        # The whole graph by default: assets on their own partitioning (the daily track record, which has
+        # nothing to score before forecasts were served) are left to their automation, and said so.
+        click.echo(
+            f"  not run here: {', '.join(k.to_user_string() for k in other)} (own partitions; "
+            "Dagster's automation materializes them, or the UI)"
+        )
+        asset_keys = [k for k in asset_keys if k not in set(other)]
+        other = []
     if other:
         raise click.BadParameter(
             f"{', '.join(k.to_user_string() for k in other)} have another partitioning; "

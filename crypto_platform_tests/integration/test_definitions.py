@@ -59,6 +59,7 @@ EXPECTED_GRAPH = {
     "jobs": ["daily_report_job", "market_job", "ml_retrain_job"],
     "sensors": {
         "market_gap_repair": ["market_job"],
+        "ml_automation_sensor": [],
         "ml_model_reload_sensor": [],
         "ml_retrain_sensor": ["ml_retrain_job"],
     },

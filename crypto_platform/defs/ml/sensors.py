@@ -28,6 +28,8 @@ import requests
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DagsterRunStatus,
     DefaultSensorStatus,
     MultiAssetSensorEvaluationContext,
@@ -262,4 +264,15 @@ def _promoted(metadata: Any) -> bool:
     return bool(value.value) if value is not None else False
 
 
-ML_SENSORS = [ml_retrain_sensor, ml_model_reload_sensor]
+# Declarative automation of the ML group (the daily track record's AutomationCondition) needs a running
+# automation-condition sensor. The implicit `default_automation_condition_sensor` Dagster adds is built with
+# the class default, STOPPED (dagster/_core/definitions/utils.py), so the track record could silently
+# never run after `make run`; this one is declared, and RUNNING.
+ml_automation_sensor = AutomationConditionSensorDefinition(
+    "ml_automation_sensor",
+    target=AssetSelection.assets(TRACK_RECORD_KEY),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Evaluates the automation conditions of the ML group: the daily forecast track record.",
+)
+
+ML_SENSORS = [ml_retrain_sensor, ml_model_reload_sensor, ml_automation_sensor]
