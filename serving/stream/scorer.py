@@ -221,6 +221,7 @@ class Scorer:
         )
         self.consumer.subscribe([config.topics.prices], listener=_Revoker(self))
         await self._until_connected("starting the consumer", self.consumer.start)
+        self.metrics.watch_gc()
         try:
             await self._loop()
         finally:
@@ -232,6 +233,7 @@ class Scorer:
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+            self.metrics.unwatch_gc()
             log.info("scorer stopped after %d batches", self.batches)
 
     async def _start_model(self) -> asyncio.Task | None:
