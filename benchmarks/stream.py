@@ -32,6 +32,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,11 @@ async def produce_all(bootstrap: str, topic: str, items: list[Tick]) -> None:
         await producer.stop()
 
 
-async def read_predictions(bootstrap: str, topic: str, count: int, timeout_s: float, on_record=None) -> list:
+async def read_predictions(
+    bootstrap: str, topic: str, count: int, timeout_s: float, on_record=None, writer=None
+) -> list:
+    """Read `count` records from the start of `topic` (or until `timeout_s`, or until the `writer`
+    process has exited and nothing more arrives)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=5
     )
@@ -94,6 +99,8 @@ async def read_predictions(bootstrap: str, topic: str, count: int, timeout_s: fl
         deadline = time.monotonic() + timeout_s
         while len(records) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=100)
+            if not batch and writer is not None and writer.poll() is not None:
+                raise RuntimeError(f"the writer exited ({writer.returncode}) after {len(records)} records")
             received = time.time()
             for messages in batch.values():
                 for m in messages:
@@ -275,7 +282,7 @@ def _measure(proc: subprocess.Popen, bootstrap: str, topic: str, n: int, broker_
     watch = CpuWatch(worker=proc.pid, broker=broker_pid).start()
     load_before = load_average()
     try:
-        records = asyncio.run(read_predictions(bootstrap, topic, n, timeout_s=600))
+        records = asyncio.run(read_predictions(bootstrap, topic, n, timeout_s=600, writer=proc))
     finally:
         cpu = watch.stop()
         stop(proc)
@@ -362,7 +369,9 @@ def latency(
         warm = Tick(symbols[0], 100.0, 0.0, now_ms() - 1000, "benchmark")
         meta = await producer.send_and_wait(topics.prices, encode_tick(warm), key=tick_key(warm.symbol))
         sent_at_ms[(meta.partition, meta.offset)] = meta.timestamp
-        reader = asyncio.create_task(read_predictions(bootstrap, topics.predictions, n + 1, 300, on_record))
+        reader = asyncio.create_task(
+            read_predictions(bootstrap, topics.predictions, n + 1, 300, on_record, proc)
+        )
         while not received_at:
             await asyncio.sleep(0.05)
         received_at.clear()
@@ -522,6 +531,8 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=500, help="ticks in the naive design's sample (0: skip)")
     parser.add_argument("--bootstrap-servers", default=None, help="use this broker instead of starting one")
     args = parser.parse_args()
+    # SIGTERM ends the run through the `finally` below, so the broker it started is stopped with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     symbols = [f"{b}/USDT" for b in BASES[: args.symbols]]
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         work = Path(tmp)

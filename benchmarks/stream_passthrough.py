@@ -16,9 +16,15 @@ import argparse
 import asyncio
 import dataclasses
 import signal
+import sys
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+
+# The repository first: run as a script, this folder leads sys.path and its serving.py would shadow
+# the `serving` package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.stream.scorer import ScorerConfig
 
