@@ -202,6 +202,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLOCK_TICKS
 
 
+def runqueue_wait_seconds(pids: list[int]) -> float:
+    """Seconds the threads of `pids` have spent runnable but waiting for a core (/proc/PID/task/TID/
+    schedstat, second field): time lost to CPU contention, whoever caused it."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -219,6 +236,7 @@ class CpuWatch:
         self.started = time.monotonic()
         self.trees = {name: _tree(pid) for name, pid in self.roots.items()}
         self.before = {name: cpu_seconds(pids) for name, pids in self.trees.items()}
+        self.waited_before = {name: runqueue_wait_seconds(pids) for name, pids in self.trees.items()}
         self.machine_before = machine_cpu()
         return self
 
@@ -227,10 +245,14 @@ class CpuWatch:
         busy0, total0 = self.machine_before
         busy1, total1 = machine_cpu()
         cores = os.cpu_count() or 1
-        out = {
-            f"{name}_cpu_percent_of_one_core": round(100 * (cpu_seconds(pids) - self.before[name]) / wall, 1)
-            for name, pids in self.trees.items()
-        }
+        out: dict = {"wall_seconds": round(wall, 3)}
+        for name, pids in self.trees.items():
+            used = cpu_seconds(pids) - self.before[name]
+            waited = runqueue_wait_seconds(pids) - self.waited_before[name]
+            out[f"{name}_cpu_seconds"] = round(used, 3)
+            out[f"{name}_cpu_percent_of_one_core"] = round(100 * used / wall, 1)
+            # Per second of wall time: how long its threads were ready to run and no core was free.
+            out[f"{name}_runqueue_wait_ms_per_s"] = round(1000 * waited / wall, 1)
         out["machine_busy_percent_of_all_cores"] = round(
             100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1
         )
@@ -279,19 +301,31 @@ def _output_rate(records: list) -> tuple[float, float | None]:
 
 
 def _measure(proc: subprocess.Popen, bootstrap: str, topic: str, n: int, broker_pid: int | None) -> dict:
-    watch = CpuWatch(worker=proc.pid, broker=broker_pid).start()
-    load_before = load_average()
+    """Outputs per second of `proc`, and the CPU it and the broker used from its first output to its
+    last (start-up excluded): CPU µs per output is its cost per message whatever else the machine runs."""
+    watch = CpuWatch(worker=proc.pid, broker=broker_pid)
+    marks: dict[str, object] = {}
+
+    def on_record(record, received: float) -> None:
+        if not marks:
+            marks["loadavg_before"] = load_average()
+            watch.start()
+        marks["last"] = record
+
     try:
-        records = asyncio.run(read_predictions(bootstrap, topic, n, timeout_s=600, writer=proc))
-    finally:
+        records = asyncio.run(read_predictions(bootstrap, topic, n, 600, on_record, proc))
+        if not marks:
+            raise RuntimeError(f"no output on {topic} within the timeout")
         cpu = watch.stop()
+    finally:
         stop(proc)
     elapsed_s, rate = _output_rate(records)
     return {
         "outputs": len(records),
         "seconds": elapsed_s,
         "per_s": rate,
-        "loadavg_before": load_before,
+        "worker_cpu_us_per_output": round(1e6 * cpu["worker_cpu_seconds"] / max(len(records) - 1, 1), 2),
+        "loadavg_before": marks["loadavg_before"],
         "loadavg_after": load_average(),
         **cpu,
     }
@@ -325,6 +359,8 @@ def throughput(
         scorer_runs.append(_measure(proc, bootstrap, out.predictions, n, broker_pid))
     scorer_best = max((r["per_s"] or 0.0) for r in scorer_runs)
     pass_best = max((r["per_s"] or 0.0) for r in pass_runs)
+    scorer_cpu = min(r["worker_cpu_us_per_output"] for r in scorer_runs)
+    pass_cpu = min(r["worker_cpu_us_per_output"] for r in pass_runs)
     return {
         "ticks": n,
         "symbols": len(symbols),
@@ -335,6 +371,11 @@ def throughput(
         "pass_through_msgs_per_s": pass_best,
         # Best against best: the machine's other users only ever slow a run down.
         "ratio_scorer_to_pass_through": scorer_best / pass_best if pass_best else None,
+        # The same comparison in CPU per message (a process gets a varying share of a busy machine,
+        # its CPU per message barely changes): pass-through µs / scorer µs.
+        "scorer_cpu_us_per_tick": scorer_cpu,
+        "pass_through_cpu_us_per_msg": pass_cpu,
+        "cpu_ratio_pass_through_to_scorer": pass_cpu / scorer_cpu if scorer_cpu else None,
     }
 
 

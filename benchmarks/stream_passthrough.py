@@ -3,9 +3,10 @@
 Run as its own process by `benchmarks/stream.py` (like the scorer is), so the two are measured under
 the same conditions: the same broker, the same pre-produced messages, the consumer settings and batch
 size of `ScorerConfig` and the producer settings of `Scorer._new_producer` (idempotent, acks=all, the
-same linger and batch size), outputs packed into one closed record batch per partition with the
-default partitioner applied to the key, every acknowledgement awaited before the commit. The only
-thing missing is the scoring: what the scorer costs beyond this loop is its own per-tick work.
+same linger and batch size), outputs packed into closed record batches per partition with the default
+partitioner applied to the key (cached per key, as the scorer does), every acknowledgement awaited
+before the commit. The only thing missing is the scoring: what the scorer costs beyond this loop is
+its own per-tick work.
 
     python benchmarks/stream_passthrough.py --bootstrap-servers H:P --source T --dest T --group G
 """
@@ -55,6 +56,7 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
         request_timeout_ms=30_000,
     )
     partitioner = DefaultPartitioner()
+    routes: dict[bytes | None, int] = {}  # key → partition, cached as the scorer does
     await consumer.start()
     await producer.start()
     try:
@@ -68,7 +70,10 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
             for tp, messages in batch.items():
                 offsets[tp] = messages[-1].offset + 1
                 for m in messages:
-                    groups.setdefault(partitioner(m.key, partitions, partitions), []).append(m)
+                    partition = routes.get(m.key)
+                    if partition is None:
+                        partition = routes[m.key] = partitioner(m.key, partitions, partitions)
+                    groups.setdefault(partition, []).append(m)
             futures = []
             for partition, messages in groups.items():
                 builder = producer.create_batch()
