@@ -383,12 +383,20 @@ def throughput(
 
 
 def latency(
-    bootstrap: str, symbols: list[str], rate: float, seconds: float, work: Path, broker_pid: int | None
+    bootstrap: str,
+    symbols: list[str],
+    rate: float,
+    seconds: float,
+    work: Path,
+    broker_pid: int | None,
+    run: int,
 ) -> dict:
-    topics = unique_topics("lat")
+    topics = unique_topics(f"lat{run}")
     asyncio.run(ensure_topics(bootstrap, topics, 3))
+    # A group per run: the scorer is a static member, and the group of the previous run still holds
+    # its assignment (of another topic) until the session times out.
     proc, metrics_port = scorer_process(
-        bootstrap, topics, symbols, work / "data", work / "scorer-lat.log", "bench-lat"
+        bootstrap, topics, symbols, work / "data", work / "scorer-lat.log", f"bench-lat-{run}"
     )
     n = int(rate * seconds)
     # (input partition, offset) → (receive time ms, the scorer's own tick → scored ms)
@@ -561,6 +569,11 @@ def _post(url: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
+def progress(what: str, figures: dict) -> None:
+    """Each phase's figures on stderr as they come (the JSON on stdout comes at the end)."""
+    print(f"{what}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ticks", type=int, default=200_000)
@@ -587,10 +600,13 @@ def main() -> None:
             broker_pid = broker.proc.pid
         try:
             tput = throughput(bootstrap, symbols, args.ticks, work, args.throughput_rounds, broker_pid)
-            runs = [
-                latency(bootstrap, symbols, args.rate, args.latency_seconds, work, broker_pid)
-                for _ in range(args.latency_runs)
-            ]
+            progress("throughput", tput)
+            runs = []
+            for run in range(args.latency_runs):
+                runs.append(
+                    latency(bootstrap, symbols, args.rate, args.latency_seconds, work, broker_pid, run)
+                )
+                progress(f"latency run {run + 1}", runs[-1])
             slow = naive(bootstrap, symbols, args.naive, work) if args.naive else None
         finally:
             if broker is not None:
