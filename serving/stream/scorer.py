@@ -7,6 +7,9 @@ One asyncio process on aiokafka. The loop, per batch (`getmany`):
             ─► ScorerState.emit (one prediction per valid tick, alerts)   event loop
             ─► produce all outputs, await every acknowledgement, then commit the batch's offsets
 
+The delivery of a batch (produce, acknowledgements, commit) runs while the next batch is computed; the
+next delivery starts only once it is complete, so outputs keep their order and offsets commit in order.
+
 Delivery:
 - at-least-once (default): idempotent producer (acks=all), `enable_auto_commit=False`; offsets are
   committed only after every output of the batch is acknowledged. A crash between the two replays the
@@ -138,9 +141,10 @@ class _Revoker(ConsumerRebalanceListener):
         self.scorer = scorer
 
     async def on_partitions_revoked(self, revoked) -> None:
-        # Waiting for the lock means the batch in flight has produced, been acknowledged and committed
-        # before the partitions go to another member.
+        # Waiting for the lock and then for the delivery in flight means every batch read has produced,
+        # been acknowledged and committed before the partitions go to another member.
         async with self.scorer.batch_lock:
+            await self.scorer.delivered()
             log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
@@ -182,6 +186,7 @@ class Scorer:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.batches = 0
+        self._in_flight: asyncio.Task | None = None  # the delivery of the last batch computed
         self._partitions: dict[str, list[int]] = {}
         self._routes: dict[tuple[str, bytes | None], tuple[str, int]] = {}
 
@@ -307,25 +312,48 @@ class Scorer:
     async def _loop(self) -> None:
         consumer = self.consumer
         self.ready.set()
-        while not self.stopping.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.batch_size
-            )
-            if not batch:
-                continue
-            async with self.batch_lock:
-                assigned = consumer.assignment()
-                records = [m for tp, messages in batch.items() if tp in assigned for m in messages]
-                if records:
-                    await self._process(records)
+        try:
+            while not self.stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.batch_size
+                )
+                if not batch:
+                    continue
+                async with self.batch_lock:
+                    assigned = consumer.assignment()
+                    records = [m for tp, messages in batch.items() if tp in assigned for m in messages]
+                    if records:
+                        await self._process(records)
+        finally:
+            await self._settle()  # the last batch is delivered and committed (or its failure raised)
+
+    async def delivered(self) -> None:
+        """Wait until the batch in flight is delivered and committed (its failure is left to the loop)."""
+        task = self._in_flight
+        if task is not None and not task.done():
+            await asyncio.wait({task})
+
+    async def _settle(self) -> None:
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
 
     async def _process(self, records: list) -> None:
+        """Compute a batch's outputs while the previous batch's acknowledgements are on their way, then
+        deliver it once that one is complete. One delivery at a time: outputs keep their order per key,
+        offsets are committed in order, and in exactly-once mode transactions never overlap."""
         started = time.perf_counter()
         state = self.state
         work = state.ingest(records)
         if work.refresh_symbols:
             await asyncio.to_thread(state.refresh, work)
         out, alerts = state.emit(work)
+        await self._settle()
+        self._in_flight = asyncio.create_task(self._deliver_counted(records, out, alerts, work, started))
+
+    async def _deliver_counted(
+        self, records: list, out: list[OutMessage], alerts: list, work: BatchWork, started: float
+    ) -> None:
         await self._deliver(out, work)
         self.batches += 1
         m = self.metrics
