@@ -22,12 +22,20 @@ TOPICS = Topics("prices", "preds", "alerts", "prices.dlq")
 
 
 class FakeBatch:
+    """aiokafka's `BatchBuilder` as the scorer uses it: append, then close before it is sent."""
+
     def __init__(self) -> None:
         self.records: list[bytes] = []
+        self.closed = False
 
     def append(self, *, key, value, timestamp, headers):
+        if self.closed:
+            return None
         self.records.append(value)
         return object()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeProducer:
@@ -35,6 +43,7 @@ class FakeProducer:
         self.dlq_error = dlq_error
         self.acknowledged: list[tuple[str, bytes]] = []
         self.dlq_attempts = 0
+        self.open_batches_sent = 0
 
     async def start(self) -> None: ...
 
@@ -48,6 +57,7 @@ class FakeProducer:
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
+        self.open_batches_sent += not batch.closed
         if topic == TOPICS.dlq:
             self.dlq_attempts += 1
             future.set_exception(self.dlq_error())
@@ -104,3 +114,14 @@ def test_a_dead_letter_the_broker_refuses_is_counted_and_the_batch_commits(
     assert producer.acknowledged == [(TOPICS.predictions, b'{"price":1}')]  # acknowledged once, not resent
     assert scorer.consumer.commits == [{scorer_module.TopicPartition("prices", 0): 7}]
     assert scorer.metrics.registry.get_sample_value("crypto_scorer_dlq_unwritable_total") == 1
+
+
+def test_every_batch_is_closed_before_it_is_sent(tmp_path):
+    # An open batch waits out the producer's linger for `send()` calls that never come: latency per batch.
+    producer = FakeProducer(MessageSizeTooLargeError)
+    scorer = FakeBrokerScorer(producer, tmp_path)
+    predictions = [OutMessage(TOPICS.predictions, b"BTC/USDT", b'{"n":%d}' % i) for i in range(3)]
+    failed = asyncio.run(scorer._send_all(predictions))
+    assert failed == []
+    assert producer.acknowledged == [(TOPICS.predictions, m.value) for m in predictions]
+    assert producer.open_batches_sent == 0

@@ -46,6 +46,30 @@ def test_timestamps_with_offsets_or_without_zone_are_utc():
     assert format_timestamp(NOW + 7) == "2025-06-01T00:30:00.007Z"
 
 
+@pytest.mark.parametrize("ms", [0, 1, 7, 123, 999])
+def test_the_wire_shape_parses_like_any_iso_timestamp(ms):
+    # The wire's own `...SS.mmmZ` takes a cached per-second path: it must agree with the general one.
+    for second in (NOW, NOW + 59_000, 951_782_400_000):  # 2000-02-29T00:00:00Z too
+        text = format_timestamp(second + ms)
+        assert parse_timestamp_ms(text) == second + ms
+        assert parse_timestamp_ms(text.replace("Z", "+00:00")) == second + ms
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2025-06-01T00:30+01.123Z",  # 19 characters before the dot that carry a zone, not seconds
+        "2025-06-01 00:30:00.12xZ",
+        "2025-02-30T00:30:00.123Z",
+        "2025-06-01T24:30:00.123Z",
+    ],
+)
+def test_look_alikes_of_the_wire_shape_are_refused(text):
+    with pytest.raises(InvalidTick) as info:
+        parse_timestamp_ms(text)
+    assert info.value.code == "bad_timestamp"
+
+
 def test_symbols_are_normalised_before_the_whitelist():
     tick = parse_tick(raw(symbol="btcusdt"), KNOWN, NOW)
     assert tick.symbol == "BTC/USDT"

@@ -6,10 +6,14 @@ collide and the endpoint shows the scorer's metrics only (plus the process colle
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class ScorerMetrics:
@@ -60,7 +64,33 @@ class ScorerMetrics:
             ["version"],
             registry=r,
         )
+        self.gc_pause_seconds = Histogram(
+            "crypto_scorer_gc_pause_seconds",
+            "Wall time of each garbage collection in the scorer process, per generation: the event loop "
+            "is stopped meanwhile, so a long one shows up in the tick → prediction tail.",
+            ["generation"],
+            buckets=GC_BUCKETS,
+            registry=r,
+        )
         self._version: str | None = None
+        self._gc_started: float | None = None
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            elapsed = time.perf_counter() - self._gc_started
+            self._gc_started = None
+            self.gc_pause_seconds.labels(generation=str(info.get("generation"))).observe(elapsed)
+
+    def watch_gc(self) -> None:
+        """Time every collection of this process (`gc.callbacks`) until `unwatch_gc`."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
     def set_model(self, version: str | None) -> None:
         if version == self._version:

@@ -7,6 +7,9 @@ One asyncio process on aiokafka. The loop, per batch (`getmany`):
             ─► ScorerState.emit (one prediction per valid tick, alerts)   event loop
             ─► produce all outputs, await every acknowledgement, then commit the batch's offsets
 
+The delivery of a batch (produce, acknowledgements, commit) runs while the next batch is computed; the
+next delivery starts only once it is complete, so outputs keep their order and offsets commit in order.
+
 Delivery:
 - at-least-once (default): idempotent producer (acks=all), `enable_auto_commit=False`; offsets are
   committed only after every output of the batch is acknowledged. A crash between the two replays the
@@ -38,9 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -69,6 +74,10 @@ STOP_ATTEMPTS = 3  # delivery retries left once a stop is requested
 # error is not retriable), logged with its source offset and counted: a dead letter never blocks a batch.
 DLQ_MAX_ATTEMPTS = 5
 _PARTITIONER = DefaultPartitioner()
+# (topic, key) → (topic, partition) cached: murmur2 in pure Python is microseconds per message, and the
+# keys are symbols. Cleared past this size (dead letters keep whatever key their record had).
+MAX_ROUTES = 10_000
+_NO_HEADERS: list = []  # shared by messages without headers; the batch builder only reads it
 T = TypeVar("T")
 
 
@@ -133,9 +142,10 @@ class _Revoker(ConsumerRebalanceListener):
         self.scorer = scorer
 
     async def on_partitions_revoked(self, revoked) -> None:
-        # Waiting for the lock means the batch in flight has produced, been acknowledged and committed
-        # before the partitions go to another member.
+        # Waiting for the lock and then for the delivery in flight means every batch read has produced,
+        # been acknowledged and committed before the partitions go to another member.
         async with self.scorer.batch_lock:
+            await self.scorer.delivered()
             log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
             if self.scorer.config.exactly_once:
                 await self.scorer.await_visible_offsets(revoked)
@@ -179,9 +189,11 @@ class Scorer:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.batches = 0
+        self._in_flight: asyncio.Task | None = None  # the delivery of the last batch computed
         self._partitions: dict[str, list[int]] = {}
         # Exactly-once: the offsets each partition's last committed transaction carried.
         self._transaction_offsets: dict[TopicPartition, int] = {}
+        self._routes: dict[tuple[str, bytes | None], tuple[str, int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -226,6 +238,12 @@ class Scorer:
         )
         self.consumer.subscribe([config.topics.prices], listener=_Revoker(self))
         await self._until_connected("starting the consumer", self.consumer.start)
+        # Everything alive now (modules, polars, the model, the warm-start history) lives as long as the
+        # process: moved out of the collector's generations, a full collection no longer walks it, so a
+        # gen-2 collection in the loop costs what the loop allocated, not what start-up did.
+        gc.collect()
+        gc.freeze()
+        self.metrics.watch_gc()
         try:
             await self._loop()
         finally:
@@ -237,6 +255,7 @@ class Scorer:
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+            self.metrics.unwatch_gc()
             log.info("scorer stopped after %d batches", self.batches)
 
     async def _start_model(self) -> asyncio.Task | None:
@@ -298,35 +317,61 @@ class Scorer:
     async def _loop(self) -> None:
         consumer = self.consumer
         self.ready.set()
-        while not self.stopping.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.batch_size
-            )
-            if not batch:
-                continue
-            async with self.batch_lock:
-                assigned = consumer.assignment()
-                records = [m for tp, messages in batch.items() if tp in assigned for m in messages]
-                if records:
-                    await self._process(records)
+        try:
+            while not self.stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.batch_size
+                )
+                if not batch:
+                    continue
+                async with self.batch_lock:
+                    assigned = consumer.assignment()
+                    records = [m for tp, messages in batch.items() if tp in assigned for m in messages]
+                    if records:
+                        await self._process(records)
+        finally:
+            await self._settle()  # the last batch is delivered and committed (or its failure raised)
+
+    async def delivered(self) -> None:
+        """Wait until the batch in flight is delivered and committed (its failure is left to the loop)."""
+        task = self._in_flight
+        if task is not None and not task.done():
+            await asyncio.wait({task})
+
+    async def _settle(self) -> None:
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
 
     async def _process(self, records: list) -> None:
+        """Compute a batch's outputs while the previous batch's acknowledgements are on their way, then
+        deliver it once that one is complete. One delivery at a time: outputs keep their order per key,
+        offsets are committed in order, and in exactly-once mode transactions never overlap."""
         started = time.perf_counter()
         state = self.state
         work = state.ingest(records)
         if work.refresh_symbols:
             await asyncio.to_thread(state.refresh, work)
         out, alerts = state.emit(work)
+        await self._settle()
+        self._in_flight = asyncio.create_task(self._deliver_counted(records, out, alerts, work, started))
+
+    async def _deliver_counted(
+        self, records: list, out: list[OutMessage], alerts: list, work: BatchWork, started: float
+    ) -> None:
         await self._deliver(out, work)
         self.batches += 1
         m = self.metrics
         m.consumed.inc(len(records))
-        for message in out:
-            m.produced.labels(topic=message.topic).inc()
-        for message in work.dlq:
-            m.dlq.labels(reason=dict(message.headers)["reason"].decode().split(":", 1)[0]).inc()
-        for alert in alerts:
-            m.alerts.labels(type=alert.type).inc()
+        # One counter update per label value and batch, not per message: `labels()` takes a lock and
+        # looks the child up, a cost per tick as large as parsing it.
+        for topic, count in Counter(message.topic for message in out).items():
+            m.produced.labels(topic=topic).inc(count)
+        reasons = Counter(dict(message.headers)["reason"].decode().split(":", 1)[0] for message in work.dlq)
+        for reason, count in reasons.items():
+            m.dlq.labels(reason=reason).inc(count)
+        for kind, count in Counter(alert.type for alert in alerts).items():
+            m.alerts.labels(type=kind).inc(count)
         for (topic, partition), next_offset in work.offsets.items():
             high = self.consumer.highwater(TopicPartition(topic, partition))
             if high is not None:
@@ -429,14 +474,23 @@ class Scorer:
         producer = self.producer
         dlq_topic = self.config.topics.dlq
         groups: dict[tuple[str, int], list[OutMessage]] = {}
+        routes = self._routes
+        if len(routes) > MAX_ROUTES:  # keys of dead letters are anything: keep the cache bounded
+            routes.clear()
         for message in out:
-            partitions = self._partitions.get(message.topic)
-            if partitions is None:
-                partitions = self._partitions[message.topic] = sorted(
-                    await producer.partitions_for(message.topic)
-                )
-            partition = _PARTITIONER(message.key, partitions, partitions)
-            groups.setdefault((message.topic, partition), []).append(message)
+            route = (message.topic, message.key)
+            group = routes.get(route)
+            if group is None:
+                partitions = self._partitions.get(message.topic)
+                if partitions is None:
+                    partitions = self._partitions[message.topic] = sorted(
+                        await producer.partitions_for(message.topic)
+                    )
+                routes[route] = group = (message.topic, _PARTITIONER(message.key, partitions, partitions))
+            messages = groups.get(group)
+            if messages is None:
+                messages = groups[group] = []
+            messages.append(message)
         sent: list[tuple[list[OutMessage], asyncio.Future]] = []
         for (topic, partition), messages in groups.items():
             one_per_batch = topic == dlq_topic
@@ -446,11 +500,11 @@ class Scorer:
                     in_batch.append(message)
                     continue
                 if in_batch:  # full (or a dead letter already in it): send it, start the next
-                    sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
+                    sent.append((in_batch, await _send_closed(producer, batch, topic, partition)))
                     batch, in_batch = producer.create_batch(), []
                 _append(batch, message)  # the first message of a batch always fits; the broker may refuse it
                 in_batch.append(message)
-            sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
+            sent.append((in_batch, await _send_closed(producer, batch, topic, partition)))
         results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
         return [
             (message, result)
@@ -523,7 +577,13 @@ class Scorer:
 
 def _append(batch, message: OutMessage) -> bool:
     """Add `message` to an aiokafka record batch; False when the batch is full."""
-    appended = batch.append(
-        key=message.key, value=message.value, timestamp=None, headers=list(message.headers)
-    )
-    return appended is not None
+    headers = list(message.headers) if message.headers else _NO_HEADERS  # the builder wants a list
+    return batch.append(key=message.key, value=message.value, timestamp=None, headers=headers) is not None
+
+
+async def _send_closed(producer: AIOKafkaProducer, batch, topic: str, partition: int) -> asyncio.Future:
+    """Hand a complete batch to the producer, closed first: an open batch lingers `linger_ms` waiting for
+    `send()` calls that never come (every output goes through these batches), and the next batch for
+    the same partition waits for it to drain, so each batch would add a linger to every tick's latency."""
+    batch.close()
+    return await producer.send_batch(batch, topic, partition=partition)

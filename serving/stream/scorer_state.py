@@ -80,8 +80,10 @@ class InputRecord:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class OutMessage:
+class OutMessage(msgspec.Struct, frozen=True, gc=False):
+    """One message to produce (one or more per consumed record: a Struct is cheap to build, and holds
+    only bytes and strings, so the collector never tracks it)."""
+
     topic: str
     key: bytes | None
     value: bytes
@@ -100,8 +102,37 @@ class BarScore:
     scored_with: str | None = None  # the model version present when this bar was scored (even if None)
 
 
-@dataclass(slots=True)
-class _Scored:
+class _Source(msgspec.Struct, gc=False):
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Prediction(msgspec.Struct, gc=False):
+    """The `predictions` message, field by field in wire order. A Struct, not a dict: msgspec encodes it
+    ~35 % faster (no key per field to hash and write from a dict), and it is the largest per-tick cost
+    after parsing. Every float here is already finite or None (a NaN would be written as null)."""
+
+    symbol: str
+    timestamp: str
+    price: float
+    risk_score: float | None
+    vol_regime: str | None
+    nowcast_ret: float | None
+    predicted_volatility: float | None
+    model_version: str | None
+    bar_timestamp: str | None
+    late: bool
+    source: _Source
+    latency_ms: int | None
+
+
+_PREDICTION_ENCODER = msgspec.json.Encoder()
+_EMPTY_SCORE = BarScore(0, None, None, None, None)
+_NO_SCORES: dict[int, BarScore] = {}
+
+
+class _Scored(msgspec.Struct, gc=False):
     record: InputRecord
     tick: Tick
     bar_ts: int | None  # newest closed bar of the symbol after this tick (what the tick is scored at)
@@ -177,6 +208,7 @@ class ScorerState:
         self.scores: dict[str, dict[int, BarScore]] = {}
         self.latest_features: dict[str, pl.DataFrame] = {}  # per symbol, from the last refresh
         self.counters = Counters()
+        self._keys: dict[str, bytes] = {}  # symbol → its output key (encoded once)
 
     # -- warm start --------------------------------------------------------------------------------
 
@@ -196,38 +228,47 @@ class ScorerState:
         work = BatchWork(model=model)
         now = self.clock_ms()
         counters = self.counters
-        for record in records:
-            counters.consumed += 1
-            work.offsets[(record.topic, record.partition)] = record.offset + 1
-            try:
-                tick = parse_tick(record.value, self.symbols, now, self.max_future_ms)
-            except InvalidTick as exc:
-                self._reject(work, record, exc.code, exc.reason, exc)
-                continue
-            except (
-                Exception
-            ) as exc:  # parse_tick promises InvalidTick only; a bug must not block the partition
-                log.exception(
-                    "the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset
-                )
-                self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
-                continue
-            bars = self.book.get(tick.symbol)
-            try:
-                ingested = bars.add(tick)
-            except Exception as exc:
-                log.exception(
-                    "adding a tick failed at %s:%d@%d", record.topic, record.partition, record.offset
-                )
-                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
-                continue
-            counters.valid += 1
-            if ingested.late:
-                counters.late += 1
-            if ingested.closed:
-                work.new_bars.setdefault(tick.symbol, []).extend(ingested.closed)
-                work.refresh_symbols.add(tick.symbol)
-            work.ticks.append(_Scored(record, tick, bars.last_closed_ts, ingested.closed, ingested.late))
+        # Locals for what every record touches: this loop is the scorer's per-tick cost.
+        symbols, max_future_ms = self.symbols, self.max_future_ms
+        book, held = self.book, self.book.symbols
+        offsets, scored = work.offsets, work.ticks
+        consumed = valid = late = 0
+        try:
+            for record in records:
+                consumed += 1
+                offsets[(record.topic, record.partition)] = record.offset + 1
+                try:
+                    tick = parse_tick(record.value, symbols, now, max_future_ms)
+                except InvalidTick as exc:
+                    self._reject(work, record, exc.code, exc.reason, exc)
+                    continue
+                except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
+                    log.exception(
+                        "the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset
+                    )
+                    self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+                    continue
+                bars = held.get(tick.symbol) or book.get(tick.symbol)
+                try:
+                    ingested = bars.add(tick)
+                except Exception as exc:
+                    log.exception(
+                        "adding a tick failed at %s:%d@%d", record.topic, record.partition, record.offset
+                    )
+                    self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
+                    continue
+                valid += 1
+                if ingested.late:
+                    late += 1
+                closed = ingested.closed
+                if closed:
+                    work.new_bars.setdefault(tick.symbol, []).extend(closed)
+                    work.refresh_symbols.add(tick.symbol)
+                scored.append(_Scored(record, tick, bars.last_closed_ts, closed, ingested.late))
+        finally:
+            counters.consumed += consumed
+            counters.valid += valid
+            counters.late += late
         version = model.version if model is not None else None
         for symbol, scores in self.scores.items():
             newest = scores[max(scores)] if scores else None
@@ -361,10 +402,7 @@ class ScorerState:
             if alert is not None:
                 alerts.append(alert)
         predictions_topic = self.topics.predictions
-        # msgspec encodes ~3× faster than json.dumps and straight to bytes; every value here is already
-        # finite or None (it would write a NaN as null, never as the invalid NaN literal).
-        dumps = msgspec.json.encode
-        empty = BarScore(0, None, None, None, None)
+        encode = _PREDICTION_ENCODER.encode
         for item in work.ticks:
             tick, record = item.tick, item.record
             failed = work.failed_symbols.get(tick.symbol)
@@ -372,7 +410,7 @@ class ScorerState:
                 self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(failed)}", failed)
                 continue
             try:
-                message, tick_alerts = self._prediction(item, predictions_topic, dumps, empty)
+                message, tick_alerts = self._prediction(item, predictions_topic, encode)
             except Exception as exc:
                 log.exception(
                     "scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset
@@ -380,7 +418,8 @@ class ScorerState:
                 self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
                 continue
             predictions.append(message)
-            alerts.extend(tick_alerts)
+            if tick_alerts:
+                alerts.extend(tick_alerts)
         out: list[OutMessage] = [*work.dlq, *predictions]
         for alert in alerts:
             self.counters.alerts[alert.type] += 1
@@ -392,35 +431,40 @@ class ScorerState:
         return out, alerts
 
     def _prediction(
-        self, item: _Scored, predictions_topic: str, dumps: Callable[[object], bytes], empty: BarScore
-    ) -> tuple[OutMessage, list[Alert]]:
+        self, item: _Scored, predictions_topic: str, encode: Callable[[_Prediction], bytes]
+    ) -> tuple[OutMessage, list[Alert] | None]:
         """One tick's prediction message and the alerts it raises (none of them is emitted if this raises)."""
         tick, record = item.tick, item.record
-        alerts: list[Alert] = []
-        scores = self.scores.get(tick.symbol, {})
+        symbol = tick.symbol
+        alerts: list[Alert] | None = None
+        scores = self.scores.get(symbol, _NO_SCORES)
         for bar_ts in item.closed:
-            alerts.extend(self._bar_alerts(tick.symbol, scores.get(bar_ts)))
+            alerts = (alerts or []) + self._bar_alerts(symbol, scores.get(bar_ts))
         if not item.late:
-            alert = self.alerts.on_tick(tick.symbol, tick.timestamp_ms, tick.price)
+            alert = self.alerts.on_tick(symbol, tick.timestamp_ms, tick.price)
             if alert is not None:
-                alerts.append(alert)
-        score = scores.get(item.bar_ts, empty) if item.bar_ts is not None else empty
+                alerts = [*(alerts or ()), alert]
+        bar_ts = item.bar_ts
+        score = scores.get(bar_ts, _EMPTY_SCORE) if bar_ts is not None else _EMPTY_SCORE
         now = time.time_ns() // 1_000_000
-        payload = {
-            "symbol": tick.symbol,
-            "timestamp": format_timestamp(tick.timestamp_ms),
-            "price": tick.price,
-            "risk_score": score.risk_score,
-            "vol_regime": score.vol_regime,
-            "nowcast_ret": score.nowcast_ret,
-            "predicted_volatility": score.predicted_volatility,
-            "model_version": score.model_version,
-            "bar_timestamp": format_timestamp(item.bar_ts) if item.bar_ts is not None else None,
-            "late": item.late,
-            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-            "latency_ms": now - record.timestamp if record.timestamp > 0 else None,
-        }
-        return OutMessage(predictions_topic, tick.symbol.encode(), dumps(payload)), alerts
+        payload = _Prediction(
+            symbol,
+            format_timestamp(tick.timestamp_ms),
+            tick.price,
+            score.risk_score,
+            score.vol_regime,
+            score.nowcast_ret,
+            score.predicted_volatility,
+            score.model_version,
+            format_timestamp(bar_ts) if bar_ts is not None else None,
+            item.late,
+            _Source(record.topic, record.partition, record.offset),
+            now - record.timestamp if record.timestamp > 0 else None,
+        )
+        key = self._keys.get(symbol)
+        if key is None:
+            key = self._keys[symbol] = symbol.encode()
+        return OutMessage(predictions_topic, key, encode(payload)), alerts
 
     def _bar_alerts(self, symbol: str, score: BarScore | None) -> list[Alert]:
         if score is None:

@@ -132,6 +132,10 @@ class AlertEngine:
         self.horizon_bars = horizon_bars
         self._gates: dict[tuple[str, str], Gate] = {}
         self._windows: dict[str, _MoveWindow] = {}
+        # The price-move rule runs on every tick: its window and gate per symbol in one lookup.
+        self._price_rule: dict[str, tuple[_MoveWindow, Gate]] = {}
+        self._move_threshold = self.config.price_move_threshold
+        self._move_rearm = self.config.price_move_threshold * self.config.rearm_ratio
 
     @property
     def forecast_threshold(self) -> float:
@@ -161,17 +165,17 @@ class AlertEngine:
 
     def on_tick(self, symbol: str, ts_ms: int, price: float) -> Alert | None:
         """Price-move rule; call with every in-order tick (late ticks are skipped by the scorer)."""
-        window = self._windows.get(symbol)
-        if window is None:
+        rule = self._price_rule.get(symbol)
+        if rule is None:
             window = self._windows[symbol] = _MoveWindow(self.config.price_move_window_ms)
+            rule = self._price_rule[symbol] = (window, self._gate(symbol, PRICE_MOVE))
+        window, gate = rule
         low, high = window.add(ts_ms, price)
         up, down = price / low - 1.0, price / high - 1.0
         move = up if up >= -down else down
-        threshold = self.config.price_move_threshold
+        threshold = self._move_threshold
         magnitude = abs(move)
-        if not self._gate(symbol, PRICE_MOVE).update(
-            magnitude >= threshold, magnitude < threshold * self.config.rearm_ratio, ts_ms
-        ):
+        if not gate.update(magnitude >= threshold, magnitude < self._move_rearm, ts_ms):
             return None
         minutes = self.config.price_move_window_ms / 60_000
         return self._alert(

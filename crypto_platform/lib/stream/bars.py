@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import polars as pl
 
 from crypto_platform.lib.market.schema import OHLCV_COLUMNS, OHLCV_SCHEMA, empty_ohlcv, normalize_ohlcv
@@ -69,9 +70,10 @@ class OpenBar:
         return (self.ts, self.open, self.high, self.low, self.close, self.volume)
 
 
-@dataclass(frozen=True, slots=True)
-class Ingested:
-    """What one tick did: the bar it belongs to, the bars it closed (oldest first), whether it was late."""
+class Ingested(msgspec.Struct, frozen=True, gc=False):
+    """What one tick did: the bar it belongs to, the bars it closed (oldest first), whether it was late.
+
+    Immutable, so the common answer (the tick went into the open bar) is one shared object per open bar."""
 
     bar_ts: int
     closed: tuple[int, ...] = ()
@@ -91,6 +93,7 @@ class SymbolBars:
         self._frame = empty_ohlcv()  # closed bars already in a frame
         self._pending: list[tuple[int, float, float, float, float, float]] = []  # closed since last frame
         self.open_bar: OpenBar | None = None
+        self._into_open: Ingested | None = None  # what a tick merged into the open bar returns
         self._last_closed: int | None = None  # cached: read on every tick, a polars lookup is not free
         self.late_ticks = 0
         self.ticks = 0
@@ -140,7 +143,7 @@ class SymbolBars:
         current = self.open_bar
         if current is not None and bar_ts == current.ts:
             current.add(tick)
-            return Ingested(bar_ts)
+            return self._into_open
         last_closed = self.last_closed_ts
         behind_open = current is not None and bar_ts < current.ts
         if behind_open or (last_closed is not None and bar_ts <= last_closed):
@@ -152,6 +155,7 @@ class SymbolBars:
             self._last_closed = current.ts
             closed = (current.ts,)
         self.open_bar = OpenBar.start(bar_ts, tick)
+        self._into_open = Ingested(bar_ts)
         return Ingested(bar_ts, closed)
 
 
