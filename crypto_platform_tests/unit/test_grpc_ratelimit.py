@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from serving.grpc.ratelimit import MinuteLimiter, peer_host
+from serving.core.ratelimit import MinuteLimiter
+from serving.grpc.ratelimit import peer_host
 
 
 def test_window_counts_per_identity_and_resets_after_a_minute():
