@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.api.asgi_json import send_json
 
 MAX_JSON_DEPTH = 32
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
@@ -61,23 +62,9 @@ class JsonDepthMiddleware(ASGIMiddleware):
                 break  # too large: Litestar's own body limit answers 413
         depth = json_depth(b"".join(chunks)) if size <= self.max_body_bytes else 0
         if depth > self.max_depth:
-            detail = (
-                f"Validation failed: request body: JSON nested {depth} levels deep; at most {self.max_depth}"
-            )
-            body = msgspec.json.encode(
-                {"status_code": 400, "detail": detail, "extra": [{"key": "body", "message": detail}]}
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            detail = f"request body: JSON nested {depth} levels deep; at most {self.max_depth}"
+            content = {"status_code": 400, "detail": f"Validation failed: {detail}"}
+            await send_json(send, 400, {**content, "extra": [{"key": "body", "message": detail}]})
             return
         replay = iter(messages)
 

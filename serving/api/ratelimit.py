@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import msgspec
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.api.asgi_json import send_json
 from serving.api.security import caller_identity
 from serving.core.auth import KeyRing
 from serving.core.ratelimit import Budget, MinuteLimiter
@@ -81,16 +81,4 @@ async def _refuse(scope: Scope, send: Send, budget: Budget, headers: list[tuple[
     if scope["type"] == ScopeType.WEBSOCKET:
         await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
         return
-    body = msgspec.json.encode({"status_code": 429, "detail": detail})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 429, {"status_code": 429, "detail": detail}, headers)
