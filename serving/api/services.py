@@ -24,6 +24,7 @@ from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, val
 from crypto_platform.lib.storage import ObjectStore, open_store
 from serving.api.history import History
 from serving.api.metrics import Counters, model_changed
+from serving.api.schemas import MAX_EXCHANGE_CHARS, MAX_SYMBOL_CHARS, MAX_TIMEFRAME_CHARS
 from serving.api.scoring import FeatureCache
 from serving.api.settings import ServingSettings
 from serving.core.auth import KeyRing
@@ -68,8 +69,19 @@ class Services:
         return tuple(normalize_symbol(s) for s in self.settings.platform.symbols)
 
     def validate_market(self, symbol: str, exchange: str, timeframe: str) -> tuple[str, str, str]:
-        """Whitelisted (symbol, exchange, timeframe), or InvalidInputError naming every bad field and why."""
-        errors = []
+        """Whitelisted (symbol, exchange, timeframe), or InvalidInputError naming every bad field and why.
+        Lengths are checked first, with REST's bounds, and an over-long value is never echoed back."""
+        errors = [
+            {"key": key, "message": f"must be 1 to {most} characters, got {len(value)}"}
+            for key, value, most in (
+                ("symbol", symbol, MAX_SYMBOL_CHARS),
+                ("exchange", exchange, MAX_EXCHANGE_CHARS),
+                ("timeframe", timeframe, MAX_TIMEFRAME_CHARS),
+            )
+            if not 1 <= len(value) <= most
+        ]
+        if errors:
+            raise InvalidInputError(errors)
         unified = symbol
         try:
             unified = normalize_symbol(symbol)
