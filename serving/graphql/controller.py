@@ -43,6 +43,9 @@ def graphql_controller(graphiql: bool = True) -> type:
 
     class GraphQLController(base):  # type: ignore[valid-type, misc]
         include_in_schema = False  # GraphQL has its own schema; keep it out of OpenAPI (and schemathesis)
+        # No WebSocket route at all (not one that accepts and then closes): the handshake is refused
+        # before any GraphQL machinery, rate limit or auth is involved.
+        websocket_endpoint = None
 
         @property
         def graphql_ide_html(self) -> str:
