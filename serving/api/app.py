@@ -135,6 +135,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Litestar sets up its logging handlers as the app starts, after uvicorn's: both get the
+        # redacting filter here, before the poller logs its first line.
+        install_log_redaction()
         # The freshness exporter (pipeline gauges for Grafana / alerts) runs with the poller: tests that
         # build apps without background work turn both off together.
         async with (
@@ -216,7 +219,6 @@ def _state(services: Services, keyring: KeyRing) -> State:
 
 
 def create_app_from_env() -> Litestar:
-    """uvicorn factory: settings from the environment. uvicorn has configured its loggers by now, so
-    this is where their handlers get the redacting filter."""
+    """uvicorn factory: settings from the environment (logs are redacted from start-up on)."""
     install_log_redaction()
     return create_app(get_serving_settings())

@@ -105,18 +105,26 @@ def redact_optional(text: object | None) -> str | None:
     return None if text is None else redact(text)
 
 
+def _redacted_argument(value: object) -> object:
+    """A log argument with its credentials masked; numbers stay numbers (`%d` must still format)."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(value)
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites each record to its redacted text: the formatted message (arguments merged in first,
-    so a secret passed as an argument is caught too), the traceback and the stack text."""
+    """Masks credentials in each record before any handler formats it: the message, each argument
+    (kept as arguments: formatters such as uvicorn's access log read them by position), the traceback
+    and the stack text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_redacted", False):
             return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: keep what it says, but never its arguments
-            message = f"{record.msg} (unformattable arguments)"
-        record.msg, record.args = redact(message), ()
+        record.msg = redact(record.msg) if isinstance(record.msg, str) else record.msg
+        if isinstance(record.args, dict):
+            record.args = {k: _redacted_argument(v) for k, v in record.args.items()}
+        elif record.args:
+            record.args = tuple(_redacted_argument(v) for v in record.args)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
