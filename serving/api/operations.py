@@ -265,8 +265,10 @@ def _tail_page(
     read: Callable[[int, int | None], list[dict[str, Any]]], n: int, before: int | None
 ) -> TailPage:
     check_range("n", n, 1, schemas.MAX_TAIL)
-    if before is not None and before < 1:
-        raise InvalidInputError([{"key": "before", "message": f"must be a row id ≥ 1, got {before}"}])
+    if before is not None and not 1 <= before <= schemas.MAX_ROW_ID:
+        # Beyond a BIGINT the database driver overflows (a 500 schemathesis found): refused here.
+        message = f"must be a row id between 1 and {schemas.MAX_ROW_ID}, got {before}"
+        raise InvalidInputError([{"key": "before", "message": message}])
     try:
         rows = read(n + 1, before)  # one more than asked: is there an older page?
     except UnknownCursorError as exc:

@@ -17,6 +17,7 @@ from msgspec import Meta
 MAX_LIMIT = 1000  # Binance's page size: one request's worth of bars
 MIN_SIGNAL_BARS = 48  # sma48: the heuristic needs 48 contiguous bars
 MAX_TAIL = 1000
+MAX_ROW_ID = 2**63 - 1  # history row ids are SQL BIGINTs; a larger cursor can match no row
 MAX_BATCH_SCHEMA = 100  # absolute cap in the schema; the configured cap (CRYPTO_API_MAX_BATCH) is lower
 
 # String bounds of every face (REST declares them, GraphQL and gRPC get them from validate_market).
