@@ -1,6 +1,9 @@
 """Bounded work per GraphQL document, and the document charged what it fetches.
 
 Before anything runs, a document must fit (each refusal is one GraphQL error, no data):
+- `MAX_DOCUMENT_CHARS` characters, checked before the parser sees it (`oversized`): graphql-core's
+  pure-Python lexer costs ~20 µs a token, so even a token-limited parse of a huge document takes tens of
+  milliseconds;
 - `MAX_TOKENS` tokens: checked by the parser itself (strawberry's MaxTokensLimiter), so a huge document
   is refused while it is read, before validation walks it;
 - `MAX_ALIASES` aliases and `MAX_DEPTH` levels (strawberry's MaxAliasesLimiter, QueryDepthLimiter;
@@ -37,7 +40,9 @@ from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDept
 from serving.api import schemas
 from serving.api.ratelimit import RATE_LIMIT_STATE_KEY
 
-MAX_TOKENS = 2_000  # GraphiQL's introspection query is ~300; 1,000 aliased fields are 5,000+
+MAX_TOKENS = 1_000  # graphql-core's introspection query is under 500; 1,000 aliased fields are 5,000+
+# The largest legitimate document (10 operations, every field selected) is a few KB.
+MAX_DOCUMENT_CHARS = 16_384
 MAX_ALIASES = 16
 MAX_DEPTH = 8  # the deepest field of the schema (signalsTail.items.explain.featuresTail) is 4
 MAX_OPERATIONS = 10
@@ -147,6 +152,16 @@ class CostBudget(SchemaExtension):
             f"{cost.operations}; retry in {budget.retry_after_s} s",
             {"code": RATE_LIMITED, "retryAfter": budget.retry_after_s, "cost": cost.as_extension()},
         )
+
+
+def oversized(query: str | None) -> ExecutionResult | None:
+    """The refusal of a document too long to parse at all; None when it may be parsed."""
+    if query is None or len(query) <= MAX_DOCUMENT_CHARS:
+        return None
+    return _refusal(
+        f"the document is {len(query)} characters long; at most {MAX_DOCUMENT_CHARS}",
+        {"code": "GRAPHQL_VALIDATION_FAILED"},
+    )
 
 
 def limit_extensions() -> list[Any]:

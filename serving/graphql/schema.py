@@ -26,7 +26,7 @@ from serving.api.security import caller_identity
 from serving.api.services import Services
 from serving.graphql import types as t
 from serving.graphql.errors import DomainErrors, authorize, is_expected
-from serving.graphql.limits import limit_extensions
+from serving.graphql.limits import limit_extensions, oversized
 
 
 def _services(info: Info, role: str = "reader") -> Services:
@@ -97,6 +97,10 @@ class Mutation:
 
 
 class _Schema(strawberry.Schema):
+    async def execute(self, query: str | None, *args: Any, **kwargs: Any) -> Any:
+        # Refused before parsing: the cheapest answer to a document of megabytes (see limits).
+        return oversized(query) or await super().execute(query, *args, **kwargs)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None):
         # Bad input, auth and "no model" are answers, not faults: log only the unexpected ones.
         super().process_errors([e for e in errors if not is_expected(e)], execution_context)
