@@ -17,6 +17,7 @@ pytest_plugins = [
     "crypto_platform_tests.fixtures.mlflow_server",
     "crypto_platform_tests.fixtures.api",
     "crypto_platform_tests.fixtures.kafka",
+    "crypto_platform_tests.fixtures.serving_processes",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,11 @@ def pytest_configure(config: pytest.Config) -> None:
         ("e2e", "drives a whole process end to end (CLI, Dagster webserver)"),
         ("real_data", "needs ../shared/data/ohlcv (skipped with a reason when absent)"),
         ("slow", "takes more than a few seconds"),
+        (
+            "security",
+            "an attack (hostile input, leaked credentials, one-request denial of service) run against a "
+            "real server process, asserting the refusal (`pytest -m security`)",
+        ),
     ):
         config.addinivalue_line("markers", f"{marker}: {text}")
 

@@ -29,8 +29,10 @@ import click
 def command(host: str, port: int, grace: float, log_level: str) -> None:
     """Serve crypto.CryptoService, the grpc.health.v1 health service and server reflection."""
     from serving.api.settings import load_serving_settings
+    from serving.core.redaction import install_log_redaction
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # every line of this process passes serving.core.redaction
     settings = load_serving_settings()  # fail here, with the variable's name, on a bad setting
     asyncio.run(_serve(settings, host, port, grace))
 

@@ -57,7 +57,9 @@ def _stored_features(data_dir, symbol: str, last_closed_ms: int):
 def test_champion_is_loaded_and_ml_signal_matches_the_registered_model(
     ml_client, api_champion, api_data_dir, api_last_closed_ms
 ):
-    assert ml_client.get("/ready").json() == {
+    # Anonymous probes learn ready or not; the served version is for callers with a key.
+    assert ml_client.get("/ready").json() == {"status": "ready", "model_loaded": True}
+    assert ml_client.get("/ready", headers={"X-API-Key": READER_KEY}).json() == {
         "status": "ready",
         "model_loaded": True,
         "model_version": api_champion.lstm_version,
@@ -233,9 +235,11 @@ def test_mlflow_down_serves_heuristics_and_is_not_ready(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     client = make_api_client(
-        api_settings(mlflow_uri=closed_port_url, model_poll_s=1.0), start_model_poller=True
+        api_settings(mlflow_uri=closed_port_url, model_poll_s=1.0, api_keys=KEYS), start_model_poller=True
     )
-    ready = client.get("/ready")
+    anonymous = client.get("/ready")
+    assert anonymous.status_code == 503 and "connect" not in anonymous.json()["reason"].lower()
+    ready = client.get("/ready", headers={"X-API-Key": READER_KEY})
     assert ready.status_code == 503
     assert "connect" in ready.json()["reason"].lower(), ready.json()
     assert client.post("/v1/crypto/signal", json={"symbol": "BTC/USDT"}).status_code == 200
@@ -262,4 +266,4 @@ def test_poller_follows_the_alias_without_a_reload_call(
     while client.get("/v1/ml/model/info").json()["model_version"] != api_champion.baseline_version:
         assert time.monotonic() < deadline, "the poller did not pick up the new champion in 30 s"
         time.sleep(0.2)
-    assert client.get("/ready").json()["model_version"] == api_champion.baseline_version
+    assert client.get("/v1/ml/model/info").json()["model_version"] == api_champion.baseline_version

@@ -304,3 +304,42 @@ def test_dagster_services_share_one_instance_and_the_code_server(services: dict[
     env = envs[0]
     assert env["CRYPTO_DATA_LOCATION"].startswith("s3://data/") and env["CRYPTO_S3_ENDPOINT_URL"]
     assert "local/data" in services["minio-init"]["command"][0]
+
+
+# --- the serving faces ----------------------------------------------------------------------------------
+
+SERVING_VARS = re.compile(r"^CRYPTO_API_")
+
+
+def test_every_auth_and_limit_variable_reaches_every_serving_face() -> None:
+    """`serving` (REST + GraphQL) and `grpc` get the same CRYPTO_API_* settings, interpolated with
+    .env.example, and every auth/limit setting serving.api.settings reads is among them: a face that
+    lacked CRYPTO_API_REQUIRE_KEY answered without a key."""
+    done = run_compose("config", "--format", "json", env_file=ENV_EXAMPLE)
+    assert done.returncode == 0, done.stderr
+    model = json.loads(done.stdout)["services"]
+    faces = {name: model[name]["environment"] for name in ("serving", "grpc")}
+    chosen = {name: {k: v for k, v in env.items() if SERVING_VARS.match(k)} for name, env in faces.items()}
+    assert chosen["serving"] == chosen["grpc"]
+    text = (REPO / "serving" / "api" / "settings.py").read_text()
+    auth_and_limits = {
+        var
+        for var in re.findall(r'"(CRYPTO_API_[A-Z_]+)"', text)
+        if re.search(r"KEY|RATE|PROX|STREAM", var) and var != "CRYPTO_API_KEYS_FILE"
+    }
+    assert auth_and_limits >= {
+        "CRYPTO_API_KEYS",
+        "CRYPTO_API_KEY_PEPPER",
+        "CRYPTO_API_REQUIRE_KEY",
+        "CRYPTO_API_RATE_LIMIT",
+        "CRYPTO_API_TRUSTED_PROXIES",
+        "CRYPTO_API_MAX_STREAMS",
+        "CRYPTO_API_MAX_STREAMS_PER_CALLER",
+    }
+    missing = auth_and_limits - set(chosen["grpc"])
+    assert not missing, f"not given to the serving faces: {sorted(missing)}"
+    # .env.example's choices arrive as written (interpolation, not a default that hides them)
+    example = dict(ln.split("=", 1) for ln in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z]", ln))
+    for face in chosen.values():
+        assert face["CRYPTO_API_REQUIRE_KEY"] == example["CRYPTO_API_REQUIRE_KEY"]
+        assert face["CRYPTO_API_RATE_LIMIT"] == example["CRYPTO_API_RATE_LIMIT"]

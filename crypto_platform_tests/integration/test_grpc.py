@@ -308,7 +308,7 @@ def test_health_service_and_reflection(grpc_server):
 def test_ml_rpcs_with_a_champion_answer_what_rest_answers(
     grpc_server, make_api_client, api_settings, api_champion
 ):
-    settings = api_settings(mlflow_uri=api_champion.tracking_uri)
+    settings = api_settings(mlflow_uri=api_champion.tracking_uri, api_keys=KEYS)
     server = grpc_server(settings, start_model_poller=True)
     rest = make_api_client(settings, start_model_poller=True)
 
@@ -332,7 +332,10 @@ def test_ml_rpcs_with_a_champion_answer_what_rest_answers(
         del answer["ml"]["prediction_timestamp"]
     assert compare == expected and compare["ml_available"] is True
 
+    # Anonymous callers learn ready or not; the served version is for key holders (as REST's /ready).
     health = call(server.port, "HealthCheck", pb2.HealthRequest())
+    assert health.model_loaded and health.model_version == ""
+    health = call(server.port, "HealthCheck", pb2.HealthRequest(), (("x-api-key", READER_KEY),))
     assert health.model_loaded and health.model_version == api_champion.lstm_version
 
     async def check():

@@ -7,8 +7,9 @@ import pytest
 from serving.api.settings import ApiKeySpec, load_serving_settings, parse_api_keys
 from serving.core.auth import KeyRing
 
-READER = ApiKeySpec("dash", "reader", "reader-key-0123456789abcdef")
-ADMIN = ApiKeySpec("ops", "admin", "admin-key-0123456789abcdef")
+READER = ApiKeySpec("dash", "reader", "reader-key-0123456789abcdef-0123456")
+ADMIN = ApiKeySpec("ops", "admin", "admin-key-0123456789abcdef-01234567")
+A32, B32 = "a" * 32, "b" * 32
 
 
 def test_keys_are_kept_only_as_peppered_hashes():
@@ -24,28 +25,26 @@ def test_keys_are_kept_only_as_peppered_hashes():
 
 
 def test_parse_api_keys_validates_entries():
-    assert [
-        (s.name, s.role) for s in parse_api_keys("a:reader:aaaaaaaaaaaaaaaa,\nb:admin:bbbbbbbbbbbbbbbb")
-    ] == [
+    assert [(s.name, s.role) for s in parse_api_keys(f"a:reader:{A32},\nb:admin:{B32}")] == [
         ("a", "reader"),
         ("b", "admin"),
     ]
     with pytest.raises(ValueError, match="role"):
-        parse_api_keys("a:root:aaaaaaaaaaaaaaaa")
-    with pytest.raises(ValueError, match="shorter than 16"):
-        parse_api_keys("a:reader:short")
+        parse_api_keys(f"a:root:{A32}")
+    with pytest.raises(ValueError, match="CRYPTO_API_KEYS: key 'a' is shorter than 32"):
+        parse_api_keys("a:reader:" + "x" * 31)
     with pytest.raises(ValueError, match="unique"):
-        parse_api_keys("a:reader:aaaaaaaaaaaaaaaa,a:admin:bbbbbbbbbbbbbbbb")
+        parse_api_keys(f"a:reader:{A32},a:admin:{B32}")
     with pytest.raises(ValueError, match="name:role:key"):
         parse_api_keys("just-a-key-without-fields")
 
 
 def test_serving_settings_from_env(tmp_path):
     keys_file = tmp_path / "keys"
-    keys_file.write_text("# ops team\nops:admin:admin-key-0123456789abcdef\n")
+    keys_file.write_text(f"# ops team\nops:admin:{ADMIN.key}\n")
     settings = load_serving_settings(
         {
-            "CRYPTO_API_KEYS": "dash:reader:reader-key-0123456789abcdef",
+            "CRYPTO_API_KEYS": f"dash:reader:{READER.key}",
             "CRYPTO_API_KEYS_FILE": str(keys_file),
             "CRYPTO_API_REQUIRE_KEY": "true",
             "CRYPTO_API_RATE_LIMIT": "5",
@@ -59,6 +58,46 @@ def test_serving_settings_from_env(tmp_path):
     assert settings.history_url == f"sqlite:///{tmp_path / 'data' / 'serving_history.db'}"
     with pytest.raises(ValueError, match="CRYPTO_API_MODEL_POLL_S"):
         load_serving_settings({"CRYPTO_API_MODEL_POLL_S": "soon"})
+
+
+def test_placeholder_and_short_secrets_fail_start_up_naming_the_variable(tmp_path):
+    """.env.example's values, as a stack copied unchanged would start with them."""
+    example = {"CRYPTO_DATA_LOCATION": str(tmp_path)}
+    with pytest.raises(ValueError, match="CRYPTO_API_KEYS: key 'admin' is a placeholder"):
+        load_serving_settings({**example, "CRYPTO_API_KEYS": "admin:admin:change-me-admin-key-0000"})
+    # long enough, still the placeholder (any case)
+    with pytest.raises(ValueError, match="placeholder"):
+        load_serving_settings({**example, "CRYPTO_API_KEYS": f"admin:admin:CHANGE-ME-{A32}"})
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("ops:admin:change-me-but-long-enough-0123456789abcdef\n")
+    with pytest.raises(ValueError, match=f"{keys_file}: key 'ops' is a placeholder"):
+        load_serving_settings({**example, "CRYPTO_API_KEYS_FILE": str(keys_file)})
+    with_key = {**example, "CRYPTO_API_KEYS": f"ops:admin:{A32}"}
+    with pytest.raises(ValueError, match="CRYPTO_API_KEY_PEPPER: the pepper is a placeholder"):
+        load_serving_settings({**with_key, "CRYPTO_API_KEY_PEPPER": "change-me-pepper-0000000000000000"})
+    with pytest.raises(ValueError, match="CRYPTO_API_KEY_PEPPER: the pepper is shorter than 32"):
+        load_serving_settings({**with_key, "CRYPTO_API_KEY_PEPPER": "short-pepper"})
+    with pytest.raises(ValueError, match="CRYPTO_API_KEY_PEPPER"):
+        load_serving_settings({**example, "CRYPTO_API_REQUIRE_KEY": "true", "CRYPTO_API_KEY_PEPPER": "short"})
+    # strong values pass; without keys the pepper guards nothing and is not checked
+    assert load_serving_settings({**with_key, "CRYPTO_API_KEY_PEPPER": B32}).key_pepper == B32
+    assert load_serving_settings({**example, "CRYPTO_API_KEY_PEPPER": "short"}).api_keys == ()
+
+
+def test_env_example_placeholders_are_refused():
+    from pathlib import Path
+
+    env_example = Path(__file__).resolve().parents[2] / ".env.example"
+    values = dict(
+        line.split("=", 1) for line in env_example.read_text().splitlines() if line and line[0].isupper()
+    )
+    env = {
+        "CRYPTO_API_KEYS": f"admin:admin:{values['CRYPTO_ADMIN_API_KEY']},"
+        f"reader:reader:{values['CRYPTO_READER_API_KEY']}",
+        "CRYPTO_API_KEY_PEPPER": values["CRYPTO_API_KEY_PEPPER"],
+    }
+    with pytest.raises(ValueError, match="CRYPTO_API_KEYS: key 'admin' is a placeholder"):
+        load_serving_settings(env)
 
 
 def test_require_key_protects_v1_but_not_health(make_api_client, api_settings):

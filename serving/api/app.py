@@ -14,13 +14,13 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ValidationException
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
@@ -34,8 +34,11 @@ from serving.api.controllers.ml import MLController, ModelController
 from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
 from serving.api.freshness import freshness_lifetime
+from serving.api.json_depth import JsonDepthMiddleware
+from serving.api.ratelimit import UNMETERED_PATHS, RateLimitMiddleware
 from serving.api.scoring import NotEnoughHistoryError
-from serving.api.security import rate_limit_identifier, reader_guard
+from serving.api.security import reader_guard
+from serving.api.security_headers import SecurityHeadersMiddleware
 from serving.api.services import (
     InvalidInputError,
     Services,
@@ -48,12 +51,14 @@ from serving.core.auth import KeyRing
 from serving.core.history import History
 from serving.core.market import LiveLoader, MarketService, MarketUnavailableError
 from serving.core.model_store import ModelStore, ModelUnavailableError
+from serving.core.redaction import install_log_redaction, redact
 from serving.graphql.controller import graphql_controller
 
 log = logging.getLogger(__name__)
 
-# Not rate limited and not behind keys: probes and scrapers must always get through.
-UNMETERED_PATHS = ["^/health$", "^/ready$", "^/metrics$", "^/schema", "^/docs", "^/ui/", "^/$"]
+# The largest legitimate body (a batch of 16 symbols, a GraphQL document within its token limit) is a
+# few KB; Litestar's default (10 MB) let one request make the process parse and echo megabytes.
+MAX_BODY_BYTES = 256 * 1024
 
 
 class MetricsController(PrometheusController):
@@ -63,16 +68,18 @@ class MetricsController(PrometheusController):
 
 def _error(status: int, kind: str) -> Callable[[Request, Exception], Response]:
     def handler(_: Request, exc: Exception) -> Response:
-        return Response({"status_code": status, "error": kind, "detail": str(exc)}, status_code=status)
+        # Domain errors carry URLs (MLflow's, the exchange's): their credentials never reach the body.
+        return Response({"status_code": status, "error": kind, "detail": redact(exc)}, status_code=status)
 
     return handler
 
 
 def _unknown_symbol(_: Request, exc: Exception) -> Response:
+    message = redact(exc)
     body = {
         "status_code": 400,
-        "detail": f"Validation failed: symbol: {exc}",
-        "extra": [{"key": "symbol", "message": str(exc)}],
+        "detail": f"Validation failed: symbol: {message}",
+        "extra": [{"key": "symbol", "message": message}],
     }
     return Response(body, status_code=400)
 
@@ -91,7 +98,8 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
     detail = exc.detail
     if extra and all(isinstance(i, dict) for i in extra):
         detail = f"{exc.detail}: " + "; ".join(f"{i.get('key')}: {i.get('message')}" for i in extra)
-    return Response({"status_code": 400, "detail": detail, "extra": extra or exc.extra}, status_code=400)
+    body = {"status_code": 400, "detail": redact(detail), "extra": extra or exc.extra}
+    return Response(body, status_code=400)
 
 
 def _invalid_input(request: Request, exc: InvalidInputError) -> Response:
@@ -128,6 +136,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Litestar sets up its logging handlers as the app starts, after uvicorn's: both get the
+        # redacting filter here, before the poller logs its first line.
+        install_log_redaction()
         # The freshness exporter (pipeline gauges for Grafana / alerts) runs with the poller: tests that
         # build apps without background work turn both off together.
         async with (
@@ -152,19 +163,16 @@ def create_app(
         ],
         guards=[reader_guard],
     )
-    middleware = [
+    middleware: list[Any] = [
+        SecurityHeadersMiddleware(),
         PrometheusConfig(
             app_name="crypto_risk_api", prefix="crypto_api", group_path=True, exclude=["^/metrics$"]
-        ).middleware
+        ).middleware,
     ]
-    if settings.rate_limit_per_minute > 0:
-        middleware.append(
-            RateLimitConfig(
-                rate_limit=("minute", settings.rate_limit_per_minute),
-                exclude=UNMETERED_PATHS,
-                identifier_for_request=rate_limit_identifier(keyring),
-            ).middleware
-        )
+    if services.limiter.enabled:
+        middleware.append(RateLimitMiddleware(services.limiter, keyring, UNMETERED_PATHS))
+    # After the rate limit: a refused caller's body is not even read.
+    middleware.append(JsonDepthMiddleware(max_body_bytes=MAX_BODY_BYTES))
     cors = None
     if settings.cors_origins:
         cors = CORSConfig(
@@ -188,6 +196,7 @@ def create_app(
         before_request=count_request,
         middleware=middleware,
         cors_config=cors,
+        request_max_body_size=MAX_BODY_BYTES,
         exception_handlers={
             ModelUnavailableError: _error(503, "model_unavailable"),
             NotEnoughHistoryError: _error(503, "not_enough_history"),
@@ -212,5 +221,6 @@ def _state(services: Services, keyring: KeyRing) -> State:
 
 
 def create_app_from_env() -> Litestar:
-    """uvicorn factory: settings from the environment."""
+    """uvicorn factory: settings from the environment (logs are redacted from start-up on)."""
+    install_log_redaction()
     return create_app(get_serving_settings())

@@ -43,6 +43,7 @@ from serving.api.scoring import (
 from serving.api.services import InvalidInputError, Services
 from serving.core.history import UnknownCursorError
 from serving.core.model_store import ModelUnavailableError
+from serving.core.redaction import redact, redact_optional
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -91,19 +92,29 @@ def health(svc: Services) -> schemas.Health:
     )
 
 
-def readiness(svc: Services) -> schemas.Readiness:
-    """Ready once a champion model is loaded (REST answers 503 otherwise)."""
+# What a caller without a valid key learns about readiness: probes need ready / not ready, and the
+# reason (an MLflow error, a URL) is for operators, who hold a key.
+GENERIC_NOT_READY = "no model is loaded yet (the reason is shown to callers with an API key)"
+
+
+def readiness(svc: Services, detailed: bool = False) -> schemas.Readiness:
+    """Ready once a champion model is loaded (REST answers 503 otherwise). `detailed` (the caller
+    presented a valid key): the served version, or why nothing is served (redacted); otherwise only
+    ready / not ready and a generic reason."""
     model = svc.models.current
     if model is None:
-        return schemas.Readiness(status="not_ready", model_loaded=False, reason=svc.models.last_error)
-    return schemas.Readiness(status="ready", model_loaded=True, model_version=model.version)
+        reason = redact(svc.models.last_error or "unknown") if detailed else GENERIC_NOT_READY
+        return schemas.Readiness(status="not_ready", model_loaded=False, reason=reason)
+    return schemas.Readiness(
+        status="ready", model_loaded=True, model_version=model.version if detailed else None
+    )
 
 
-def health_report(svc: Services) -> dict[str, Any]:
+def health_report(svc: Services, detailed: bool = False) -> dict[str, Any]:
     """Liveness and readiness in one answer, as GraphQL's `health` and gRPC's `HealthCheck` give it
     (REST keeps them apart as /health and /ready): status, timestamp, uptime_s, model_loaded,
-    ml_available, model_version, reason."""
-    live, ready = health(svc), readiness(svc)
+    ml_available, model_version, reason (`detailed` as for `readiness`)."""
+    live, ready = health(svc), readiness(svc, detailed)
     return {
         "status": live.status,
         "timestamp": live.timestamp,
@@ -231,9 +242,9 @@ def signal_batch(svc: Services, request: schemas.SignalBatchRequest) -> schemas.
                 )
             )
         except InvalidInputError as exc:
-            errors.append(schemas.BatchError(symbol=symbol, status_code=400, detail=str(exc)))
+            errors.append(schemas.BatchError(symbol=symbol, status_code=400, detail=redact(exc)))
         except NotEnoughHistoryError as exc:
-            errors.append(schemas.BatchError(symbol=symbol, status_code=503, detail=str(exc)))
+            errors.append(schemas.BatchError(symbol=symbol, status_code=503, detail=redact(exc)))
     return schemas.SignalBatchResponse(count=len(results), results=results, errors=errors)
 
 
@@ -254,8 +265,10 @@ def _tail_page(
     read: Callable[[int, int | None], list[dict[str, Any]]], n: int, before: int | None
 ) -> TailPage:
     check_range("n", n, 1, schemas.MAX_TAIL)
-    if before is not None and before < 1:
-        raise InvalidInputError([{"key": "before", "message": f"must be a row id ≥ 1, got {before}"}])
+    if before is not None and not 1 <= before <= schemas.MAX_ROW_ID:
+        # Beyond a BIGINT the database driver overflows (a 500 schemathesis found): refused here.
+        message = f"must be a row id between 1 and {schemas.MAX_ROW_ID}, got {before}"
+        raise InvalidInputError([{"key": "before", "message": message}])
     try:
         rows = read(n + 1, before)  # one more than asked: is there an older page?
     except UnknownCursorError as exc:
@@ -282,13 +295,13 @@ def compare(
     model = svc.models.current
     ml = ml_error = None
     if model is None:
-        ml_error = str(ModelUnavailableError(svc.models.last_error or "no model loaded"))
+        ml_error = redact(ModelUnavailableError(svc.models.last_error or "no model loaded"))
     else:
         try:
             check_model_timeframe(model, timeframe)
             ml, _ = ml_prediction(model, snap)
         except NotEnoughHistoryError as exc:
-            ml_error = str(exc)
+            ml_error = redact(exc)
     return schemas.CompareResponse(
         symbol=symbol,
         timestamp=heuristic.timestamp,
@@ -380,7 +393,7 @@ def model_info(svc: Services) -> schemas.ModelInfo:
             model_loaded=False,
             model_name=svc.models.model_name,
             alias=svc.models.alias,
-            last_error=svc.models.last_error,
+            last_error=redact_optional(svc.models.last_error),
         )
     return schemas.ModelInfo(
         model_loaded=True,
@@ -394,7 +407,7 @@ def model_info(svc: Services) -> schemas.ModelInfo:
         sequence_length=model.sequence_length,
         feature_columns=list(model.feature_columns),
         timeframe=model.timeframe,
-        last_error=svc.models.last_error,
+        last_error=redact_optional(svc.models.last_error),
     )
 
 
@@ -406,5 +419,5 @@ def reload_model(svc: Services) -> schemas.ReloadResponse:
         success=outcome.success,
         old_version=outcome.old_version,
         new_version=outcome.new_version,
-        message=outcome.message,
+        message=redact(outcome.message),
     )

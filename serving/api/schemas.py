@@ -17,11 +17,22 @@ from msgspec import Meta
 MAX_LIMIT = 1000  # Binance's page size: one request's worth of bars
 MIN_SIGNAL_BARS = 48  # sma48: the heuristic needs 48 contiguous bars
 MAX_TAIL = 1000
+MAX_ROW_ID = 2**63 - 1  # history row ids are SQL BIGINTs; a larger cursor can match no row
 MAX_BATCH_SCHEMA = 100  # absolute cap in the schema; the configured cap (CRYPTO_API_MAX_BATCH) is lower
 
-Symbol = Annotated[str, Meta(min_length=1, max_length=32, description="e.g. BTC/USDT or BTCUSDT")]
-Exchange = Annotated[str, Meta(min_length=1, max_length=32, description="exchange id, e.g. binance")]
-Timeframe = Annotated[str, Meta(min_length=1, max_length=8, description="bar length, e.g. 1h")]
+# String bounds of every face (REST declares them, GraphQL and gRPC get them from validate_market).
+MAX_SYMBOL_CHARS = MAX_EXCHANGE_CHARS = 32
+MAX_TIMEFRAME_CHARS = 8
+
+Symbol = Annotated[
+    str, Meta(min_length=1, max_length=MAX_SYMBOL_CHARS, description="e.g. BTC/USDT or BTCUSDT")
+]
+Exchange = Annotated[
+    str, Meta(min_length=1, max_length=MAX_EXCHANGE_CHARS, description="exchange id, e.g. binance")
+]
+Timeframe = Annotated[
+    str, Meta(min_length=1, max_length=MAX_TIMEFRAME_CHARS, description="bar length, e.g. 1h")
+]
 HorizonMin = Annotated[int, Meta(ge=1, le=10_080, description="nowcast horizon in minutes")]
 Limit = Annotated[int, Meta(ge=MIN_SIGNAL_BARS, le=MAX_LIMIT, description="bars of history requested")]
 

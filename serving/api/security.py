@@ -8,8 +8,6 @@ and `admin` (also model reload).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
@@ -38,6 +36,12 @@ def _lookup(connection: ASGIConnection, ring: KeyRing) -> tuple[bool, Identity |
         key = presented_key(connection.headers)
         cached = state[IDENTITY_STATE_KEY] = (key is not None, ring.identify(key) if key else None)
     return cached
+
+
+def caller_identity(connection: ASGIConnection, ring: KeyRing) -> Identity | None:
+    """Who the connection's key identifies; None without a key or with an unknown one (where no key
+    is needed, such a caller is anonymous: probes, the rate limit's per-address budget)."""
+    return _lookup(connection, ring)[1]
 
 
 def decide(connection: ASGIConnection, ring: KeyRing, needs: str) -> AuthDecision:
@@ -72,17 +76,3 @@ async def reader_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
 async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     require(connection, _keyring(connection), ADMIN)
-
-
-def rate_limit_identifier(ring: KeyRing) -> Callable[[ASGIConnection], str]:
-    """Rate limits count per key when a valid one is presented, else per client address."""
-
-    def identifier(connection: ASGIConnection) -> str:
-        key = presented_key(connection.headers)
-        identity = ring.identify(key) if key else None
-        if identity is not None:
-            return f"key:{identity.name}"
-        client = connection.client
-        return f"ip:{client.host if client else 'unknown'}"
-
-    return identifier

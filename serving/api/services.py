@@ -23,12 +23,15 @@ from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_sym
 from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, validate_timeframe
 from crypto_platform.lib.storage import ObjectStore, open_store
 from serving.api.metrics import HISTORY_WRITE_ERRORS, Counters, model_changed
+from serving.api.schemas import MAX_EXCHANGE_CHARS, MAX_SYMBOL_CHARS, MAX_TIMEFRAME_CHARS
 from serving.api.scoring import FeatureCache
 from serving.api.settings import ServingSettings
 from serving.core.auth import KeyRing
 from serving.core.history import History
 from serving.core.market import LiveLoader, MarketService
 from serving.core.model_store import ModelStore
+from serving.core.ratelimit import MinuteLimiter
+from serving.core.redaction import register_secret, register_url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Services:
     models: ModelStore
     counters: Counters
     keyring: KeyRing
+    limiter: MinuteLimiter  # the process's one request budget (REST, GraphQL and gRPC spend from it)
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -65,8 +69,19 @@ class Services:
         return tuple(normalize_symbol(s) for s in self.settings.platform.symbols)
 
     def validate_market(self, symbol: str, exchange: str, timeframe: str) -> tuple[str, str, str]:
-        """Whitelisted (symbol, exchange, timeframe), or InvalidInputError naming every bad field and why."""
-        errors = []
+        """Whitelisted (symbol, exchange, timeframe), or InvalidInputError naming every bad field and why.
+        Lengths are checked first, with REST's bounds, and an over-long value is never echoed back."""
+        errors = [
+            {"key": key, "message": f"must be 1 to {most} characters, got {len(value)}"}
+            for key, value, most in (
+                ("symbol", symbol, MAX_SYMBOL_CHARS),
+                ("exchange", exchange, MAX_EXCHANGE_CHARS),
+                ("timeframe", timeframe, MAX_TIMEFRAME_CHARS),
+            )
+            if not 1 <= len(value) <= most
+        ]
+        if errors:
+            raise InvalidInputError(errors)
         unified = symbol
         try:
             unified = normalize_symbol(symbol)
@@ -111,6 +126,7 @@ def build_services(
     `platform.data_location`, the history DB at `history_url`, the model store on
     `platform.mlflow_tracking_uri`. `now_ms` freezes the market clock (replays, tests)."""
     platform = settings.platform
+    register_configured_secrets(settings)
     if market is None:
         if store is None:
             store = open_store(platform.data_location, platform.s3_endpoint_url)
@@ -129,7 +145,22 @@ def build_services(
     models.on_change = model_changed
     model_changed(models.current)
     keyring = KeyRing(settings.api_keys, settings.key_pepper, settings.require_key)
-    return Services(settings, market, FeatureCache(market), history, models, Counters(), keyring)
+    limiter = MinuteLimiter(settings.rate_limit_per_minute)
+    return Services(settings, market, FeatureCache(market), history, models, Counters(), keyring, limiter)
+
+
+def register_configured_secrets(settings: ServingSettings) -> None:
+    """Every credential this process was configured with, masked by value in whatever it lets go
+    (serving.core.redaction): the API keys, the pepper, the admin key, the userinfo of each URL."""
+    platform = settings.platform
+    register_secret(settings.key_pepper, platform.admin_api_key, *(spec.key for spec in settings.api_keys))
+    register_url_secrets(
+        platform.mlflow_tracking_uri,
+        platform.exchange_api_url,
+        platform.s3_endpoint_url,
+        platform.serving_url,
+        settings.history_url,
+    )
 
 
 @asynccontextmanager

@@ -12,8 +12,17 @@ CRYPTO_API_MAX_STALE_BARS (2): stored bars further behind go to the live source 
 CRYPTO_API_KEYS (`name:role:key,...`, role reader|admin), CRYPTO_API_KEYS_FILE (same, one per line).
 CRYPTO_API_KEY_PEPPER (random per process): HMAC key the API keys are hashed with; set it when keys
     must hash the same across processes.
+    Keys and a set pepper must be at least 32 characters and must not contain `change-me` (the
+    placeholders of .env.example): a stack started unchanged would otherwise run with a publicly known
+    admin key. Start-up fails naming the variable.
 CRYPTO_API_REQUIRE_KEY (false): every /v1 route needs a valid key.
-CRYPTO_API_RATE_LIMIT (600): requests per minute per key, or per client address without one; 0 = off.
+CRYPTO_API_RATE_LIMIT (600): request units per minute per key, or per client address without one
+    (a GraphQL document costs one per operation it runs, a gRPC stream one per message); 0 = off.
+CRYPTO_API_TRUSTED_PROXIES (none): comma-separated addresses/networks whose X-Forwarded-For /
+    X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips); from anyone else they are ignored,
+    so a client cannot choose the address its rate limit counts under.
+CRYPTO_API_MAX_STREAMS (64), CRYPTO_API_MAX_STREAMS_PER_CALLER (4): concurrent gRPC StreamPrices
+    calls in total and per key / client address.
 CRYPTO_API_CORS_ORIGINS (none): comma-separated allowed origins (`*` for any).
 CRYPTO_API_MAX_BATCH (16): symbols per batch signal request.
 """
@@ -58,6 +67,25 @@ def _number(env: dict[str, str], name: str, default: float) -> float:
     return value
 
 
+MIN_SECRET_CHARS = 32
+PLACEHOLDER_MARK = "change-me"
+
+
+def check_secret(variable: str, what: str, value: str) -> None:
+    """Refuse a placeholder (`change-me…`) or a short secret, naming the variable it came from."""
+    if PLACEHOLDER_MARK in value.lower():
+        raise ValueError(f"{variable}: {what} is a placeholder ({PLACEHOLDER_MARK}…); set a random secret")
+    if len(value) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"{variable}: {what} is shorter than {MIN_SECRET_CHARS} characters "
+            f"(`openssl rand -hex 32` makes one)"
+        )
+
+
+def _csv(env: dict[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
 def parse_api_keys(text: str, source: str = "CRYPTO_API_KEYS") -> tuple[ApiKeySpec, ...]:
     """`name:role:key` entries separated by commas or newlines; `#` starts a comment line."""
     specs = []
@@ -71,9 +99,8 @@ def parse_api_keys(text: str, source: str = "CRYPTO_API_KEYS") -> tuple[ApiKeySp
         name, role, key = (p.strip() for p in parts)
         if role not in ROLES:
             raise ValueError(f"{source}: key {name!r} has role {role!r}; roles are {ROLES}")
-        if len(key) < 16:
-            # A short key is guessable within any rate limit worth having.
-            raise ValueError(f"{source}: key {name!r} is shorter than 16 characters")
+        # A short key is guessable within any rate limit worth having; a placeholder is public.
+        check_secret(source, f"key {name!r}", key)
         specs.append(ApiKeySpec(name, role, key))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -97,6 +124,9 @@ class ServingSettings:
     rate_limit_per_minute: int = 600
     cors_origins: tuple[str, ...] = ()
     max_batch: int = 16
+    trusted_proxies: tuple[str, ...] = ()
+    max_streams: int = 64
+    max_streams_per_caller: int = 4
 
 
 def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
@@ -107,8 +137,12 @@ def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
     keys_file = env.get("CRYPTO_API_KEYS_FILE", "").strip()
     if keys_file:
         keys = keys + parse_api_keys(Path(keys_file).read_text(), source=keys_file)
-    pepper = env.get("CRYPTO_API_KEY_PEPPER", "").strip() or secrets.token_hex(32)
-    origins = tuple(o.strip() for o in env.get("CRYPTO_API_CORS_ORIGINS", "").split(",") if o.strip())
+    pepper = env.get("CRYPTO_API_KEY_PEPPER", "").strip()
+    require_key = _truthy(env.get("CRYPTO_API_REQUIRE_KEY"))
+    if pepper and (keys or require_key):  # the pepper only guards something once keys exist
+        check_secret("CRYPTO_API_KEY_PEPPER", "the pepper", pepper)
+    pepper = pepper or secrets.token_hex(32)
+    origins = _csv(env, "CRYPTO_API_CORS_ORIGINS")
     return ServingSettings(
         platform=platform,
         model_name=env.get("CRYPTO_API_MODEL_NAME", MODEL_NAME).strip() or MODEL_NAME,
@@ -120,10 +154,13 @@ def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
         max_stale_bars=int(_number(env, "CRYPTO_API_MAX_STALE_BARS", 2)),
         api_keys=keys,
         key_pepper=pepper,
-        require_key=_truthy(env.get("CRYPTO_API_REQUIRE_KEY")),
+        require_key=require_key,
         rate_limit_per_minute=int(_number(env, "CRYPTO_API_RATE_LIMIT", 600)),
         cors_origins=origins,
         max_batch=max(1, int(_number(env, "CRYPTO_API_MAX_BATCH", 16))),
+        trusted_proxies=_csv(env, "CRYPTO_API_TRUSTED_PROXIES"),
+        max_streams=max(1, int(_number(env, "CRYPTO_API_MAX_STREAMS", 64))),
+        max_streams_per_caller=max(1, int(_number(env, "CRYPTO_API_MAX_STREAMS_PER_CALLER", 4))),
     )
 
 

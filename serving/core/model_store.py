@@ -203,11 +203,15 @@ class ModelStore:
                             f"{self.model_name}@{self.alias} does not exist in the registry yet"
                         ) from exc
                     raise
-                if old is not None and mv.version == old.version and not force:
+                # The registry's version is an int from SQL-backed stores and a string over REST;
+                # LoadedModel keeps it as a string, so the two are compared as strings (comparing
+                # 2 with "2" reloaded the champion on every poll).
+                version = str(mv.version)
+                if old is not None and version == old.version and not force:
                     self.last_error = None
                     return ReloadOutcome(True, old_version, old_version, f"version {old_version} is current")
                 model = load_version(
-                    self.tracking_uri, self.model_name, mv.version, self.alias, dict(mv.tags or {}), mv.run_id
+                    self.tracking_uri, self.model_name, version, self.alias, dict(mv.tags or {}), mv.run_id
                 )
             except Exception as exc:  # any failure keeps the old model: serving must not go dark
                 reason = f"{type(exc).__name__}: {exc}"

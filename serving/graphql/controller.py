@@ -30,12 +30,17 @@ def graphql_controller(graphiql: bool = True) -> type:
         path=GRAPHQL_PATH,
         graphql_ide="graphiql" if graphiql else None,
         context_getter=graphql_context,
-        # Subscriptions are not offered; the websocket route stays but every operation is a query or
-        # a mutation over HTTP.
+        # The schema has no subscriptions, so no WebSocket protocol is offered: a graphql-transport-ws
+        # (or graphql-ws) handshake is refused, and every operation goes over HTTP, under the keys,
+        # limits and error masking of that path.
+        subscription_protocols=(),
     )
 
     class GraphQLController(base):  # type: ignore[valid-type, misc]
         include_in_schema = False  # GraphQL has its own schema; keep it out of OpenAPI (and schemathesis)
+        # No WebSocket route at all (not one that accepts and then closes): the handshake is refused
+        # before any GraphQL machinery, rate limit or auth is involved.
+        websocket_endpoint = None
 
         @property
         def graphql_ide_html(self) -> str:

@@ -8,8 +8,15 @@ its original exception (codes after Apollo's conventions, where one exists):
 - UNAVAILABLE: no model loaded, or not enough history (REST 503);
 - BAD_GATEWAY: neither the store nor the exchange could provide bars (REST 502);
 - UNAUTHENTICATED / FORBIDDEN: raised directly by `authorize`;
-- GRAPHQL_VALIDATION_FAILED: the document does not fit the schema (missing argument, wrong type);
+- GRAPHQL_VALIDATION_FAILED: the document does not fit the schema (missing argument, wrong type), or
+  passes a limit of serving.graphql.limits (tokens, aliases, depth);
+- BAD_USER_INPUT also for a variable whose value does not fit its type (`NaN` or 2^40 for an `Int`):
+  an error raised before any resolver ran is the caller's, never INTERNAL_SERVER_ERROR;
+- QUERY_TOO_COSTLY / RATE_LIMITED: raised with their code by serving.graphql.limits;
 - INTERNAL_SERVER_ERROR: anything else, with the message masked (it is logged with its traceback).
+
+Every message goes through serving.core.redaction.redact and is clipped to `MAX_MESSAGE_CHARS`: an
+error may quote a value the caller sent (a 1 MB string was echoed twice), never at length.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from serving.api.services import InvalidInputError, Services
 from serving.core.auth import READER, Denial, Identity
 from serving.core.market import MarketUnavailableError
 from serving.core.model_store import ModelUnavailableError
+from serving.core.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 INTERNAL = "INTERNAL_SERVER_ERROR"
+MAX_MESSAGE_CHARS = 500
 
 
 def authorize(request: Request, services: Services, role: str = READER) -> Identity | None:
@@ -74,21 +83,16 @@ def extensions_for(exc: BaseException) -> dict[str, Any] | None:
     return None
 
 
-def _rewrite(error: GraphQLError) -> GraphQLError:
-    original = error.original_error
-    if original is None:  # parse or validation error: the document, not the data
-        if "code" not in (error.extensions or {}):
-            error.extensions = {**(error.extensions or {}), "code": VALIDATION_FAILED}
-        return error
-    if isinstance(original, GraphQLError) and "code" in (original.extensions or {}):
-        return error  # raised with its code (authorize)
-    extensions = extensions_for(original)
-    message = str(original)
-    if extensions is None:
-        log.error("GraphQL resolver failed at %s", error.path, exc_info=original)
-        extensions, message = {"code": INTERNAL}, "internal error"
+def _clip(message: str) -> str:
+    message = redact(message)
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
+
+
+def _coded(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
     return GraphQLError(
-        message,
+        _clip(message),
         nodes=error.nodes,
         source=error.source,
         positions=error.positions,
@@ -96,6 +100,25 @@ def _rewrite(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions=extensions,
     )
+
+
+def _rewrite(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    code = (error.extensions or {}).get("code")
+    if original is None:  # parse or validation error, a limit, or a refusal raised with its code
+        return _coded(error, error.message, {**(error.extensions or {}), "code": code or VALIDATION_FAILED})
+    if isinstance(original, GraphQLError) and "code" in (original.extensions or {}):
+        return _coded(error, error.message, error.extensions or original.extensions)  # authorize
+    extensions = extensions_for(original)
+    message = str(original)
+    if extensions is None and error.path is None:
+        # Not raised by a resolver: variable values coerced before execution (NaN, 2^40 or a
+        # string for an Int) -- the caller's input, worded by graphql-core.
+        extensions, message = {"code": BAD_USER_INPUT}, error.message
+    elif extensions is None:
+        log.error("GraphQL resolver failed at %s", error.path, exc_info=original)
+        extensions, message = {"code": INTERNAL}, "internal error"
+    return _coded(error, message, extensions)
 
 
 class DomainErrors(SchemaExtension):
@@ -114,4 +137,9 @@ class DomainErrors(SchemaExtension):
 def is_expected(error: GraphQLError) -> bool:
     """Errors that are answers (bad input, no model, auth), not faults: not worth a traceback in the log."""
     original = error.original_error
-    return original is None or isinstance(original, GraphQLError) or extensions_for(original) is not None
+    return (
+        original is None
+        or error.path is None  # coercion of the caller's variables, before any resolver ran
+        or isinstance(original, GraphQLError)
+        or extensions_for(original) is not None
+    )

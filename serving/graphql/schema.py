@@ -22,9 +22,11 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 
 from serving.api import operations, schemas
+from serving.api.security import caller_identity
 from serving.api.services import Services
 from serving.graphql import types as t
 from serving.graphql.errors import DomainErrors, authorize, is_expected
+from serving.graphql.limits import limit_extensions, oversized
 
 
 def _services(info: Info, role: str = "reader") -> Services:
@@ -43,10 +45,14 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="Liveness and model readiness. Needs no key.")
+    @strawberry.field(
+        description="Liveness and model readiness. Needs no key; the model version and the reason none "
+        "is loaded are given to callers with a valid key only."
+    )
     def health(self, info: Info) -> t.Health:
         services: Services = info.context["services"]
-        return t.Health(**operations.health_report(services))
+        detailed = caller_identity(info.context["request"], services.keyring) is not None
+        return t.Health(**operations.health_report(services, detailed))
 
     @strawberry.field(description="The served model, or why there is none.")
     def model_info(self, info: Info) -> t.ModelInfo:
@@ -91,6 +97,10 @@ class Mutation:
 
 
 class _Schema(strawberry.Schema):
+    async def execute(self, query: str | None, *args: Any, **kwargs: Any) -> Any:
+        # Refused before parsing: the cheapest answer to a document of megabytes (see limits).
+        return oversized(query) or await super().execute(query, *args, **kwargs)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None):
         # Bad input, auth and "no model" are answers, not faults: log only the unexpected ones.
         super().process_errors([e for e in errors if not is_expected(e)], execution_context)
@@ -99,6 +109,7 @@ class _Schema(strawberry.Schema):
 schema = _Schema(
     query=Query,
     mutation=Mutation,
-    extensions=[DomainErrors],
+    # The limits first: a document over them is refused before anything resolves.
+    extensions=[*limit_extensions(), DomainErrors],
     config=StrawberryConfig(scalar_map={t.Long: t.LONG_SCALAR}),
 )

@@ -8,8 +8,19 @@ reflection, so `grpcurl` and friends work without the .proto.
 
 Keys follow the REST rules, read from the `x-api-key` (or `authorization: Bearer`) metadata: a key
 presented must be valid (else UNAUTHENTICATED), one is required only with CRYPTO_API_REQUIRE_KEY,
-`ReloadModel` needs the admin role (PERMISSION_DENIED for a reader). `HealthCheck` needs no key.
-Rate limits follow REST's rule (serving/grpc/ratelimit.py): RESOURCE_EXHAUSTED with `retry-after`.
+`ReloadModel` needs the admin role (PERMISSION_DENIED for a reader). `HealthCheck` needs no key (the
+model version and the reason none is loaded are given with a valid key only, as REST's /ready).
+
+Limits spend from the process's one budget (serving.core.ratelimit, REST's rule and variable):
+- every call costs one unit of its key's window, or of its peer address's without a valid key;
+  a call refused for a missing or wrong key still costs its peer one, so guessing keys runs into
+  RESOURCE_EXHAUSTED (with `retry-after` metadata) like any other flood;
+- `StreamPrices` is charged one unit for the call and one per message it sends: the stream ends with
+  RESOURCE_EXHAUSTED when its caller's window is spent, however long it has run;
+- at most `max_streams` streams run at once and `max_streams_per_caller` per key / peer
+  (CRYPTO_API_MAX_STREAMS, CRYPTO_API_MAX_STREAMS_PER_CALLER); one more is refused with
+  RESOURCE_EXHAUSTED before it starts.
+Every status message passes through serving.core.redaction.redact.
 """
 
 from __future__ import annotations
@@ -36,8 +47,9 @@ from serving.api.services import InvalidInputError, Services, serving_lifetime
 from serving.core.auth import Denial, presented_key
 from serving.core.market import MarketUnavailableError
 from serving.core.model_store import ModelUnavailableError
+from serving.core.redaction import redact
 from serving.grpc import stubs
-from serving.grpc.ratelimit import MinuteLimiter, peer_host
+from serving.grpc.ratelimit import peer_host
 
 pb2, pb2_grpc = stubs.load()
 
@@ -76,7 +88,17 @@ async def abort_for(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, InvalidInputError):
         # The fields also travel as metadata, for clients that branch on them rather than parse text.
         trailing = tuple(("invalid-field", key) for key in exc.fields)
-    await context.abort(mapped[0], mapped[1], trailing_metadata=trailing)
+    await context.abort(mapped[0], _clip(redact(mapped[1])), trailing_metadata=trailing)
+
+
+MAX_MESSAGE_CHARS = 500
+
+
+def _clip(message: str) -> str:
+    """A status message quotes at most a little of what the caller sent."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -125,13 +147,35 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.active_streams = 0  # StreamPrices handlers running now (tests check none is leaked)
-        # REST's limit (CRYPTO_API_RATE_LIMIT per minute and key/address); HealthCheck is not counted.
-        self.limiter = MinuteLimiter(services.settings.rate_limit_per_minute)
+        self.streams_by_caller: dict[str, int] = {}
+        # REST's budget (CRYPTO_API_RATE_LIMIT per minute and key/address); HealthCheck is not counted.
+        self.limiter = services.limiter
 
-    async def authorize(self, context: grpc.aio.ServicerContext, role: str) -> None:
-        """`serving.core.auth`'s decision for the call's key, then REST's rate limit per key/address."""
+    def _key_identity(self, context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
+        """(the presented key, the budget the call spends from: its valid key's, else its peer's)."""
         metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
-        decision = self.services.keyring.decide(presented_key(metadata), role)
+        key = presented_key(metadata)
+        identity = self.services.keyring.identify(key) if key else None
+        who = f"key:{identity.name}" if identity is not None else f"ip:{peer_host(context.peer())}"
+        return key, who
+
+    async def charge(self, context: grpc.aio.ServicerContext, who: str, cost: int = 1) -> None:
+        """Spend `cost` units of `who`'s window, or end the call with RESOURCE_EXHAUSTED."""
+        budget = self.limiter.charge(who, cost)
+        if not budget.allowed:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {budget.limit} requests per minute reached; "
+                f"retry in {budget.retry_after_s} s",
+                trailing_metadata=(("retry-after", str(budget.retry_after_s)),),
+            )
+
+    async def authorize(self, context: grpc.aio.ServicerContext, role: str) -> str:
+        """`serving.core.auth`'s decision for the call's key, charged to the caller's budget whether it
+        is allowed or refused; returns the identity the call spends from."""
+        key, who = self._key_identity(context)
+        await self.charge(context, who)
+        decision = self.services.keyring.decide(key, role)
         if decision.forbidden:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.message)
         if not decision.allowed:
@@ -139,16 +183,7 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
             if decision.denial is Denial.KEY_REQUIRED:
                 message = f"{message} (x-api-key metadata)"
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        identity = decision.identity
-        who = f"key:{identity.name}" if identity is not None else f"ip:{peer_host(context.peer())}"
-        retry_after = self.limiter.hit(who)
-        if retry_after is not None:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"rate limit of {self.limiter.per_minute} requests per minute reached; "
-                f"retry in {retry_after:.0f} s",
-                trailing_metadata=(("retry-after", str(max(int(retry_after + 0.999), 1))),),
-            )
+        return who
 
     @unary()
     async def GetOHLCV(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -201,7 +236,9 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
 
     @unary(role=None)
     async def HealthCheck(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb2.HealthResponse(**operations.health_report(self.services))
+        key, _ = self._key_identity(context)
+        detailed = bool(key) and self.services.keyring.identify(key) is not None
+        return pb2.HealthResponse(**operations.health_report(self.services, detailed))
 
     @unary(role="admin")
     async def ReloadModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -235,13 +272,26 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
         """Every `interval` seconds, the newest closed bar of each symbol. On client cancel grpc.aio
         cancels this handler's task: the CancelledError raised at the await ends the generator, and
         `finally` runs, so nothing outlives the call."""
-        await self.authorize(context, "reader")
+        who = await self.authorize(context, "reader")
+        settings = self.services.settings
+        if self.active_streams >= settings.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.active_streams} price streams are running, the server's maximum; retry later",
+            )
+        if self.streams_by_caller.get(who, 0) >= settings.max_streams_per_caller:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"at most {settings.max_streams_per_caller} concurrent price streams per caller",
+            )
         self.active_streams += 1
+        self.streams_by_caller[who] = self.streams_by_caller.get(who, 0) + 1
         try:
             symbols, timeframe, interval = self._stream_arguments(request)
             sequence = 0
             while True:
                 sequence += 1
+                await self.charge(context, who, len(symbols))  # one unit per message of this round
                 for symbol in symbols:
                     bars = await asyncio.to_thread(self.services.market.bars, symbol, timeframe, 1)
                     if bars.frame.height == 0:
@@ -261,6 +311,9 @@ class CryptoServicer(pb2_grpc.CryptoServiceServicer):
             await abort_for(context, exc)
         finally:
             self.active_streams -= 1
+            left = self.streams_by_caller.pop(who, 1) - 1
+            if left > 0:
+                self.streams_by_caller[who] = left
 
 
 @dataclass

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litestar import Controller, MediaType, Response, get
+from litestar import Controller, MediaType, Request, Response, get
 from litestar.response import File, Redirect
 
 from serving.api import operations, schemas
 from serving.api.schemas import UNAVAILABLE
+from serving.api.security import caller_identity
 from serving.api.services import Svc
 
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
@@ -23,9 +24,10 @@ class SystemController(Controller):
         return operations.health(svc)
 
     @get("/ready", sync_to_thread=False, responses=UNAVAILABLE)
-    def ready(self, svc: Svc) -> Response[schemas.Readiness]:
-        """Readiness: 200 once a champion model is loaded, else 503 with the reason."""
-        body = operations.readiness(svc)
+    def ready(self, request: Request, svc: Svc) -> Response[schemas.Readiness]:
+        """Readiness: 200 once a champion model is loaded, else 503. Needs no key; the served version
+        and the reason nothing is served are given to callers with a valid key only."""
+        body = operations.readiness(svc, detailed=caller_identity(request, svc.keyring) is not None)
         return Response(body, status_code=200 if body.model_loaded else 503)
 
     @get("/", include_in_schema=False, sync_to_thread=False)

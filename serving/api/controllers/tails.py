@@ -17,6 +17,7 @@ Before = Annotated[
     int | None,
     Parameter(
         ge=1,
+        le=schemas.MAX_ROW_ID,
         description='row id cursor: the rows served before this one (the `rel="next"` Link gives it)',
     ),
 ]

@@ -149,9 +149,16 @@ async function historyTables() {
 }
 
 async function status() {
+  // /ready tells anonymous callers only ready or not; the served version comes from the model info
+  // (a /v1 read: it sends the API key when one is entered).
   const r = await fetch("/ready");
-  const body = await r.json();
-  $("status").textContent = r.ok ? `model v${body.model_version}` : "heuristic only (no model)";
+  let label = "heuristic only (no model)";
+  if (r.ok) {
+    const headers = $("apikey").value ? { "X-API-Key": $("apikey").value } : {};
+    const info = await fetch("/v1/ml/model/info", { headers });
+    label = info.ok ? `model v${(await info.json()).model_version}` : "model loaded";
+  }
+  $("status").textContent = label;
   $("status").className = "pill " + (r.ok ? "ok" : "bad");
 }
 
