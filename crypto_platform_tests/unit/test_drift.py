@@ -169,6 +169,13 @@ def test_short_reference_is_undetermined_not_drift():
     assert "Undetermined" in report.to_markdown() and report.to_dict()["undetermined"]
 
 
+def test_reference_shorter_than_the_window_is_undetermined_not_an_error():
+    rng = np.random.default_rng(7)
+    report = detect_drift(_iid_frame(rng, 3), _iid_frame(rng, 7, start_ms=30 * DAY_MS), ["x"])
+    assert report.n_null_windows == 0
+    assert report.undetermined and not report.feature_drift_detected and not report.label_drift_detected
+
+
 def test_psi_is_zero_for_identical_samples_and_grows_with_shift():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=5000)
