@@ -10,13 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
-
-from crypto_platform.devtools.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,26 +40,13 @@ def browser():
 @pytest.fixture
 def live_server(api_settings, api_champion):
     """The app under uvicorn on a free loopback port, in this process (the clock is frozen like the data)."""
-    import uvicorn
-
-    from crypto_platform_tests.fixtures.api import api_now
+    from crypto_platform_tests.fixtures.api import api_now, serve_in_thread
     from serving.api.app import create_app
 
-    app = create_app(api_settings(mlflow_uri=api_champion.tracking_uri), now_ms=api_now)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 90
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(
+        create_app(api_settings(mlflow_uri=api_champion.tracking_uri), now_ms=api_now)
+    ) as url:
+        yield url
 
 
 def _painted(page, colour: tuple[int, int, int], top_fraction: float) -> int:

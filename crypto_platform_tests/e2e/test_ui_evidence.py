@@ -17,15 +17,12 @@ import json
 import os
 import re
 import shutil
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from crypto_platform.devtools.ports import free_port
 from crypto_platform_tests.e2e import test_api_browser
 from crypto_platform_tests.fixtures.api import (
     API_NOW_MS,
@@ -224,26 +221,13 @@ def served_history(ui_data_dir, ui_registry, tmp_path_factory) -> tuple[str, dic
 
 @pytest.fixture(scope="module")
 def ui_server(ui_data_dir, ui_registry, served_history):
-    import uvicorn
-
-    from crypto_platform_tests.fixtures.api import api_now
+    from crypto_platform_tests.fixtures.api import api_now, serve_in_thread
     from serving.api.app import create_app
 
-    app = create_app(_settings(ui_data_dir, ui_registry, served_history[0]), now_ms=api_now)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 90
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(
+        create_app(_settings(ui_data_dir, ui_registry, served_history[0]), now_ms=api_now)
+    ) as url:
+        yield url
 
 
 @pytest.fixture

@@ -96,9 +96,15 @@ REST_CALLS = [
     ("POST", "/v1/crypto/ml-explain", None, {"symbol": "BTC/USDT"}),
     ("GET", "/v1/ml/model/info", None, None),
     ("POST", "/v1/ml/model/reload", None, None),
+    ("GET", "/v1/evidence/overview", None, None),
+    ("GET", "/v1/evidence/symbol", {"symbol": "BTC/USDT"}, None),
+    ("GET", "/v1/evidence/model", None, None),
+    ("GET", "/v1/evidence/reports", None, None),
+    ("GET", "/v1/evidence/reports/daily/{day}", None, None),  # the template, called with PATH_PARAMS
     ("GET", "/schema/openapi.json", None, None),
     ("GET", "/", None, None),
 ]
+PATH_PARAMS = {"day": "2025-06-01"}
 GRAPHQL_DOCUMENTS = [
     "{ health { status timestamp uptimeS modelLoaded mlAvailable modelVersion reason } }",
     "{ modelInfo { modelLoaded modelName alias modelVersion lastError } }",
@@ -157,7 +163,12 @@ def test_no_planted_secret_leaves_in_a_response_or_a_log_line(planted):
     for headers in KEYS.values():
         for method, path, params, body in REST_CALLS:
             answer = requests.request(
-                method, f"{api.url}{path}", params=params, json=body, headers=headers, timeout=60
+                method,
+                f"{api.url}{path.format(**PATH_PARAMS)}",
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=60,
             )
             assert answer.status_code < 500 or answer.status_code in (502, 503), (path, answer.text)
             transcripts.append(_transcript(answer))

@@ -68,6 +68,7 @@ from serving.api import evidence_schemas as es
 from serving.api.scoring import NotEnoughHistoryError, finite, iso_ms
 from serving.api.services import InvalidInputError, Services
 from serving.core.history import History, ml_predictions
+from serving.core.redaction import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -477,13 +478,13 @@ def _overview_forecast(
 ) -> tuple[es.OverviewForecast | None, str | None]:
     model = svc.models.current
     if model is None:
-        return None, f"no model loaded: {svc.models.last_error or 'unknown reason'}"
+        return None, f"no model loaded: {redact(svc.models.last_error or 'unknown reason')}"
     if model.timeframe != timeframe:
         return None, f"model version {model.version} forecasts {model.timeframe} bars, not {timeframe}"
     try:
         described = snap.forecast(model)
     except NotEnoughHistoryError as exc:
-        return None, str(exc)
+        return None, redact(exc)
     served = msgspec.to_builtins(described)
     return (
         es.OverviewForecast(
@@ -528,15 +529,14 @@ def overview(svc: Services) -> es.Overview:
             )
         except Exception as exc:  # one symbol's outage must not blank the others; the row says why
             log.warning("overview: %s failed: %s", symbol, exc)
-            rows.append(
-                es.OverviewRow(symbol=symbol, timeframe=timeframe, error=f"{type(exc).__name__}: {exc}")
-            )
+            error = f"{type(exc).__name__}: {redact(exc)}"
+            rows.append(es.OverviewRow(symbol=symbol, timeframe=timeframe, error=error))
     model = svc.models.current
     return es.Overview(
         generated_at=now_iso(),
         timeframe=timeframe,
         model_version=model.version if model else None,
-        model_note=None if model else (svc.models.last_error or "no model loaded"),
+        model_note=None if model else redact(svc.models.last_error or "no model loaded"),
         poll_s=OVERVIEW_POLL_S,
         rows=rows,
     )
@@ -666,7 +666,7 @@ def latest_drift(store: ObjectStore | None) -> tuple[es.DriftStatus | None, str 
     try:
         return drift_status(key, json.loads(store.read_bytes(key))), None
     except (ObjectNotFoundError, ValueError, AttributeError) as exc:
-        return None, f"{key} could not be read: {exc}"
+        return None, f"{key} could not be read: {redact(exc)}"
 
 
 def unreachable_reason(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
@@ -680,7 +680,7 @@ def unreachable_reason(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
         with socket.create_connection((parts.hostname, port), timeout=timeout_s):
             return None
     except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {redact(exc)}"
 
 
 def registry_unavailable_view(svc: Services, reason: str) -> es.ModelView:
@@ -731,7 +731,8 @@ def model_view(svc: Services) -> es.ModelView:
         ]
         promotions = sorted(entries, key=lambda e: int(e.version) if e.version.isdigit() else 0, reverse=True)
     except Exception as exc:  # the registry being down is a state to show, not a 500
-        error = f"the registry at {redact_uri(uri)} could not be read: {type(exc).__name__}: {str(exc)[:300]}"
+        reason = f"{type(exc).__name__}: {redact(exc)[:300]}"
+        error = f"the registry at {redact_uri(uri)} could not be read: {reason}"
         log.warning("model view: %s", error)
     return es.ModelView(
         model_name=name,

@@ -28,6 +28,7 @@ import numpy as np
 
 from crypto_platform.lib.model.tags import FAMILY_TAG, FEATURES_TAG, TIMEFRAME_TAG
 from crypto_platform.lib.model.windows import HORIZON_BARS
+from serving.core.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ class ModelStore:
                     self.tracking_uri, self.model_name, version, self.alias, dict(mv.tags or {}), mv.run_id
                 )
             except Exception as exc:  # any failure keeps the old model: serving must not go dark
-                reason = f"{type(exc).__name__}: {exc}"
+                # Redacted where it is made: last_error reaches health answers, views and logs alike.
+                reason = f"{type(exc).__name__}: {redact(exc)}"
                 self.last_error = (
                     reason if old is None else f"reload failed, still serving {old_version}: {reason}"
                 )
