@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
@@ -42,10 +41,12 @@ from aiokafka.partitioner import DefaultPartitioner
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stream import ticks  # noqa: E402  (benchmarks/stream.py: the same synthetic tick stream)
+
 from crypto_platform.devtools.kafka.cluster_state import group_state  # noqa: E402
 from crypto_platform.devtools.kafka.local_broker import replication_for, resolve_jars  # noqa: E402
 from crypto_platform.devtools.kafka.runner import LocalKafkaCluster  # noqa: E402
-from crypto_platform.lib.stream.ticks import Tick, encode_tick, tick_key  # noqa: E402
+from crypto_platform.lib.stream.ticks import encode_tick, tick_key  # noqa: E402
 from serving.stream.config import Topics, ensure_topics  # noqa: E402
 
 BASES = (
@@ -71,19 +72,6 @@ def covering_symbols(partitions: int, per_partition: int = 2) -> list[str]:
     if short:
         raise SystemExit(f"no symbol of BASES lands on partitions {short}: use fewer partitions")
     return [s for symbols in chosen.values() for s in symbols]
-
-
-def ticks(symbols: list[str], n: int, start_ms: int, span_ms: int) -> list[Tick]:
-    rng = np.random.default_rng(7)
-    steps = rng.normal(0, 2e-4, size=n)
-    step = max(span_ms // max(n, 1), 1)
-    prices = {s: 100.0 * (i + 1) for i, s in enumerate(symbols)}
-    out = []
-    for i in range(n):
-        s = symbols[i % len(symbols)]
-        prices[s] *= 1 + steps[i]
-        out.append(Tick(s, prices[s], float(abs(steps[i]) * 100), start_ms + i * step, "benchmark"))
-    return out
 
 
 async def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
