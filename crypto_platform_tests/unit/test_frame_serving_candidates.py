@@ -197,6 +197,7 @@ def test_the_combination_is_served_member_by_member(tmp_path, features, windows,
     assert kinds == ["baseline", "baseline", "baseline", "har_plus"]  # each member its own artifact
     out = loaded.predict_frame(features.to_pandas())
     assert_frame_matches_windows(out, model, windows)
+    np.testing.assert_array_equal(loaded.model.predict(windows), model.predict(windows))
     pd.testing.assert_frame_equal(out, served.predict_frame(features.to_pandas()), rtol=0, atol=0)
 
 
@@ -275,6 +276,8 @@ def test_the_residual_and_a_combination_holding_it(tmp_path, features, windows, 
     residual = models["har_plus_residual"]
     served = FrameForecaster.from_fitted("har_plus_residual", residual, windows.feature_columns)
     assert served.feature_columns == windows.feature_columns and served.sequence_length == 24
+    with pytest.raises(ValueError, match="pass the training windows' feature_columns"):
+        FrameForecaster.from_fitted("har_plus_residual", residual, windows.feature_columns[::-1])
     assert_frame_matches_windows(_round_trip(served, tmp_path).predict_frame(features), residual, windows)
     combo = FrameForecaster.from_fitted("combination", models["combination"], windows.feature_columns)
     loaded = _round_trip(combo, tmp_path)
@@ -295,7 +298,7 @@ def mlflow_tracking(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["garch", "combination"])
+@pytest.mark.parametrize("name", ["garch", "expanding_mean", "combination"])
 def test_logged_candidate_serves_the_frame_contract_through_mlflow(
     mlflow_tracking, features, windows, fitted, name
 ):

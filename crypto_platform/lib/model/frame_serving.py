@@ -125,7 +125,7 @@ def fitted_symbols(model: Any) -> frozenset[str] | None:
     if isinstance(model, HARPlusBaseline):
         if not model.config.per_asset:
             return None
-        return frozenset(k for k in model.params()["symbols"])
+        return frozenset(model.params()["symbols"])
     if isinstance(model, FrameCombination):
         sets = [m.symbols for m in model.members.values() if m.symbols is not None]
         return frozenset.intersection(*sets) if sets else None
@@ -259,6 +259,14 @@ class FrameForecaster:
         `window_columns` must be those columns, in that order (`WindowSet.feature_columns`)."""
         if model.ensemble is None:
             raise ValueError("har_plus_residual: fit it before packaging")
+        columns = tuple(window_columns)
+        index = model.ensemble.sequence_index
+        at_index = tuple(columns[i] if i < len(columns) else None for i in index)
+        if at_index != tuple(model.config.sequence_features):
+            raise ValueError(
+                f"har_plus_residual: window_columns put {list(at_index)} where the model was fitted on "
+                f"{list(model.config.sequence_features)}: pass the training windows' feature_columns"
+            )
         return cls(
             model, "har_plus_residual", window_columns, model.config.sequence_length, dispersion, timeframe
         )
@@ -471,6 +479,10 @@ class FrameCombination:
         return joined.select("symbol", "ts").with_columns(
             pl.Series(OUTPUT_COLUMN, combined, dtype=pl.Float64)
         )
+
+    def predict(self, windows: WindowSet) -> np.ndarray:
+        """The combination on the training windows' layout (what `CombinationForecaster.predict` does)."""
+        return combine(self.weights, {n: m.model.predict(windows) for n, m in self.members.items()})
 
     def params(self) -> dict[str, Any]:
         return {**self.weights.to_dict(), "members": {n: m.kind for n, m in self.members.items()}}
