@@ -1,14 +1,19 @@
 """Fitted baselines packaged with the LSTM's serving contract (raw feature windows in, volatility out).
 
-The registry must always hold a servable champion, and before an LSTM has beaten them that champion
-is a baseline. `ServableBaseline` has the `save(dir)` / `load(dir)` / `predict(X)` interface that
+`ServableBaseline` has the `save(dir)` / `load(dir)` / `predict(X)` interface that
 `packaging.log_forecaster` wraps as a `VolatilityPyfunc`, so a baseline version of
-`crypto-volatility` is loaded and called exactly like an LSTM version.
+`crypto-volatility` can be loaded and called exactly like an LSTM version (`window-array/v1`).
 
-Only baselines whose forecast is a function of the window alone can be served that way: the pyfunc
-input carries no symbol, so the per-symbol expanding mean and the per-symbol GARCH fits would fall
-back to pooled or foreign parameters at serving time and no longer be the model that was evaluated.
-They still appear in every evaluation table; they are just never registered.
+Only baselines whose forecast is a function of the window alone can be served that way (naive, ewma,
+har): the pyfunc input carries no symbol, so the per-symbol expanding mean and the per-symbol GARCH fits
+would fall back to pooled or foreign parameters at serving time and no longer be the model that was
+evaluated.
+
+Every baseline, those two included, is servable under the feature-frame contract instead
+(`frame_serving.FrameForecaster.from_fitted`, kind `baseline`, logged with
+`packaging.log_frame_forecaster`): its input carries the symbol, and a symbol the baseline was not
+fitted on is refused. That is the contract to package a baseline champion with; this module stays for
+the window-contract versions already registered.
 """
 
 from __future__ import annotations

@@ -10,11 +10,16 @@ variance over 24 bars):
     realized_vol_24    √Σ of the last 24 squared log returns
     realized_vol_168   √(24/168 · Σ of the last 168 squared log returns)
     realized_vol_720   √(24/720 · Σ of the last 720 squared log returns)
+
+Persistence: every baseline has `to_state()` (JSON-safe dict of what `fit` stored and `predict` reads)
+and `from_state(state)`; `save_baseline` / `load_baseline` write and read it (no pickle).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -69,6 +74,13 @@ class NaiveBaseline:
     def params(self) -> dict[str, Any]:
         return {}
 
+    def to_state(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> NaiveBaseline:
+        return cls()
+
 
 class ExpandingMeanBaseline:
     """√(mean training realized variance): a per-symbol constant, pooled for symbols unseen in training.
@@ -101,6 +113,23 @@ class ExpandingMeanBaseline:
 
     def params(self) -> dict[str, Any]:
         return {"pooled_vol": self._pooled, "per_symbol_vol": dict(self._per_symbol or {})}
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols with their own fitted constant (any other gets the pooled one)."""
+        return tuple(sorted(self._per_symbol or {}))
+
+    def to_state(self) -> dict[str, Any]:
+        if self._per_symbol is None:
+            raise NotFittedError("expanding_mean: call fit before saving")
+        return {"pooled_vol": self._pooled, "per_symbol_vol": dict(self._per_symbol)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ExpandingMeanBaseline:
+        model = cls()
+        model._pooled = float(state["pooled_vol"])
+        model._per_symbol = {str(s): float(v) for s, v in state["per_symbol_vol"].items()}
+        return model
 
 
 def ewma_variance(windows: WindowSet, lam: float) -> np.ndarray:
@@ -157,6 +186,27 @@ class EWMABaseline:
             out["lambda_grid"] = list(self._grid)
         return out
 
+    def to_state(self) -> dict[str, Any]:
+        if self.lam is None:
+            raise NotFittedError("ewma: call fit before saving")
+        return {
+            "lambda": self.lam,
+            "fixed_lambda": self._fixed,
+            "lambda_grid": list(self._grid),
+            # JSON object keys are strings: the per-λ training QLIKE travels as [λ, qlike] pairs.
+            "train_qlike": [[lam, q] for lam, q in self._train_qlike.items()],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EWMABaseline:
+        fixed = state["fixed_lambda"]
+        model = cls(
+            lam=None if fixed is None else float(fixed), grid=tuple(float(g) for g in state["lambda_grid"])
+        )
+        model.lam = float(state["lambda"])
+        model._train_qlike = {float(lam): float(q) for lam, q in state["train_qlike"]}
+        return model
+
 
 class HARBaseline:
     """HAR-RV (Corsi 2009) in logs, fitted by OLS on the training block:
@@ -210,6 +260,30 @@ class HARBaseline:
         names = ("intercept", *self.regressors)
         coef = {} if self.coef is None else {n: float(c) for n, c in zip(names, self.coef, strict=True)}
         return {"form": "log", "coef": coef, "resid_var": self.resid_var, "n_train": self.n_train}
+
+    def to_state(self) -> dict[str, Any]:
+        if self.coef is None:
+            raise NotFittedError("har: call fit before saving")
+        return {
+            "regressors": list(self.regressors),
+            "coef": [float(c) for c in self.coef],  # intercept first, then `regressors`' order
+            "resid_var": self.resid_var,
+            "n_train": self.n_train,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> HARBaseline:
+        if tuple(state["regressors"]) != cls.regressors:
+            raise ValueError(f"har: saved regressors {state['regressors']} are not {list(cls.regressors)}")
+        model = cls()
+        model.coef = np.array(state["coef"], dtype=np.float64)
+        if model.coef.shape != (len(cls.regressors) + 1,):
+            raise ValueError(
+                f"har: {model.coef.size} saved coefficients for {len(cls.regressors)} regressors"
+            )
+        model.resid_var = float(state["resid_var"])
+        model.n_train = int(state["n_train"])
+        return model
 
 
 def training_returns(train: WindowSet) -> dict[str, np.ndarray]:
@@ -298,11 +372,85 @@ class GARCHBaseline:
             "fallback_symbol": self._fallback,
         }
 
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols with their own fitted parameters (any other gets the fallback symbol's)."""
+        return tuple(sorted(self._params))
+
+    def to_state(self) -> dict[str, Any]:
+        # Prediction re-seeds the recursion from each window (realized_vol_168 at its first bar), so the
+        # fitted (ω, α, β) per symbol are the whole state: no last conditional variance is carried.
+        if not self._params:
+            raise NotFittedError("garch: call fit before saving")
+        return {
+            "scale": GARCH_SCALE,
+            "per_symbol": {s: dict(p) for s, p in self._params.items()},
+            "fallback_symbol": self._fallback,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> GARCHBaseline:
+        if float(state["scale"]) != GARCH_SCALE:
+            raise ValueError(
+                f"garch: parameters saved for returns × {state['scale']}, this code uses × {GARCH_SCALE}"
+            )
+        model = cls()
+        model._params = {
+            str(s): {
+                "omega": float(p["omega"]),
+                "alpha": float(p["alpha"]),
+                "beta": float(p["beta"]),
+                "n_train": int(p["n_train"]),
+            }
+            for s, p in state["per_symbol"].items()
+        }
+        if not model._params:
+            raise ValueError("garch: the saved state holds no fitted symbol")
+        model._fallback = str(state["fallback_symbol"])
+        return model
+
 
 BASELINES: dict[str, type] = {
     cls.name: cls for cls in (NaiveBaseline, ExpandingMeanBaseline, EWMABaseline, HARBaseline, GARCHBaseline)
 }
 BASELINE_NAMES: frozenset[str] = frozenset(BASELINES)
+
+
+# -- persistence: one JSON file per fitted baseline (no pickle) --------------------------------------
+
+SAVE_FILE = "baseline_state.json"
+SAVE_FORMAT = "crypto-platform/baseline-state"
+SAVE_FORMAT_VERSION = 1
+
+
+def save_baseline(model: Forecaster, path: str | Path) -> Path:
+    """Write a fitted baseline's `to_state()` to `path/baseline_state.json`; `load_baseline` reverses it.
+
+    JSON floats round-trip exactly (shortest repr), so a loaded baseline forecasts bit for bit like the
+    fitted one."""
+    if BASELINES.get(model.name) is not type(model):
+        raise ValueError(f"{type(model).__name__} is not one of the baselines {sorted(BASELINES)}")
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": SAVE_FORMAT,
+        "format_version": SAVE_FORMAT_VERSION,
+        "name": model.name,
+        "state": model.to_state(),  # type: ignore[attr-defined]
+    }
+    (directory / SAVE_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    return directory
+
+
+def load_baseline(path: str | Path) -> Forecaster:
+    directory = Path(path)
+    header = json.loads((directory / SAVE_FILE).read_text())
+    if header.get("format") != SAVE_FORMAT or header.get("format_version") != SAVE_FORMAT_VERSION:
+        raise ValueError(f"{directory} is not a {SAVE_FORMAT} v{SAVE_FORMAT_VERSION} artifact")
+    name = header.get("name")
+    if name not in BASELINES:
+        raise ValueError(f"{directory}: unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    return BASELINES[name].from_state(header["state"])
 
 
 def fit_all(train: WindowSet, names: tuple[str, ...] | None = None) -> dict[str, Forecaster]:

@@ -34,6 +34,17 @@ class CombinationWeights:
             "validation_qlike": self.validation_qlike,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> CombinationWeights:
+        weights = data["weights"]
+        if not isinstance(weights, dict) or not weights:
+            raise ValueError("a combination needs a non-empty weights mapping")
+        return cls(
+            weights={str(k): float(v) for k, v in weights.items()},
+            log_scale=float(data["log_scale"]),  # type: ignore[arg-type]
+            validation_qlike=float(data["validation_qlike"]),  # type: ignore[arg-type]
+        )
+
 
 def _stack(forecast_vol: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
     cols = []
