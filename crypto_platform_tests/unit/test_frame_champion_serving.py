@@ -270,3 +270,24 @@ def test_a_symbol_the_model_was_not_fitted_on_is_scored_with_the_models_symbols_
     expected_sol = float(out.loc[out["symbol"] == "SOL/USDT", "predicted_volatility"].iloc[0])
     assert sol_ml.predicted_volatility == pytest.approx(expected_sol, rel=1e-6)
     assert sol_ml.intervals is not None
+
+
+def test_a_multi_bar_window_model_gets_its_whole_window_of_rows_from_the_frame(champion):
+    """A residual reads its last 24 rows: `score_frame` must send them all (HAR+ read as a 24-bar
+    window forecasts what it forecasts from one bar, since it reads the window's last bar)."""
+    windowed = FrameForecaster(
+        champion.model, "har_plus", champion.feature_columns, 24, champion.dispersion, champion.timeframe
+    )
+    bars = serve_window()
+    last = int(bars["ts"].max())
+    frame = frames.cross_symbol_features(per_symbol_features(bars), "1h")
+    targets = [(s, last) for s in FRAME_SYMBOLS]
+    one_bar = frames.score_frame(served_model(champion), frame, targets, FRAME_SYMBOLS)
+    whole = frames.score_frame(served_model(windowed), frame, targets, FRAME_SYMBOLS)
+    assert whole.missing == {} and whole.forecasts == pytest.approx(one_bar.forecasts, rel=1e-12)
+    # A hole inside BTC's 24-bar window: no complete window, so no forecast for BTC; ETH is unaffected.
+    holed = bars.filter(~((pl.col("symbol") == "BTC/USDT") & (pl.col("ts") == last - 10 * HOUR_MS)))
+    frame = frames.cross_symbol_features(per_symbol_features(holed), "1h")
+    scores = frames.score_frame(served_model(windowed), frame, targets, FRAME_SYMBOLS)
+    assert scores.missing[("BTC/USDT", last)][0] == frames.NO_FORECAST
+    assert ("ETH/USDT", last) in scores.forecasts
