@@ -13,6 +13,17 @@ thresholds would call almost every 24-bar forecast turbulent (0.015 per bar is ~
 
 `realized_vol_24` and `realized_vol_168` of lib.features are on the same 24-bar total scale as the
 forecast, so the risk step-up and the confidence compare like with like.
+
+Uncertainty (`describe_uncertainty`, the same function for batch reports and every online face):
+- predictive intervals on the next `horizon_bars` bars' realized volatility, one per level the model's
+  `LogResidualDispersion` was fitted at (e.g. 80 % and 95 %), from `intervals.volatility_interval`
+  (empirical quantiles of validation log-residuals); None when the model carries no dispersion (the
+  window-contract LSTM and old registry versions).
+- VaR and ES at `VAR_LEVEL` (99 %) of a unit long position over the same horizon (one day for the
+  hourly, 24-bar champion), as a fraction of the position's value, from `intervals.value_at_risk` /
+  `expected_shortfall`. Assumption: the horizon's log return is N(0, forecast²) — zero mean,
+  conditionally normal given the forecast (RiskMetrics), ignoring the extra tail that the forecast's
+  own uncertainty adds. Defined for every model, with or without a dispersion.
 """
 
 from __future__ import annotations
@@ -21,6 +32,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from crypto_platform.lib.model.intervals import (
+    VAR_LEVEL,
+    LogResidualDispersion,
+    expected_shortfall,
+    value_at_risk,
+    volatility_interval,
+)
 from crypto_platform.lib.signals import VolRegime, vol_thresholds
 
 RiskLevel = Literal["low", "medium", "high"]
@@ -104,6 +122,47 @@ def describe_forecast(
         regime=regime,
         risk_level=risk_level(regime, predicted, realized_vol_24),
         confidence=forecast_confidence(predicted, realized_vol_168),
+    )
+
+
+@dataclass(frozen=True)
+class PredictiveInterval:
+    """[lower, upper] holds the next horizon's realized volatility with probability `level` (0.8, 0.95),
+    on the forecast's scale."""
+
+    level: float
+    lower: float
+    upper: float
+
+
+@dataclass(frozen=True)
+class ForecastUncertainty:
+    """Intervals (None without a dispersion) and the tail risk of a unit long position over the
+    forecast's horizon at `var_level`, both as fractions of the position's value (see the module doc)."""
+
+    intervals: tuple[PredictiveInterval, ...] | None
+    value_at_risk: float
+    expected_shortfall: float
+    var_level: float
+
+
+def describe_uncertainty(
+    predicted: float, dispersion: LogResidualDispersion | None, var_level: float = VAR_LEVEL
+) -> ForecastUncertainty:
+    """The intervals of `dispersion`'s levels around the forecast `predicted`, and its VaR / ES."""
+    _check_forecast(predicted)
+    intervals = None
+    if dispersion is not None:
+        bounds = []
+        for level in dispersion.levels:
+            lower, upper = volatility_interval(predicted, dispersion, level)
+            bounds.append(PredictiveInterval(float(level), float(lower), float(upper)))
+        intervals = tuple(bounds)
+    return ForecastUncertainty(
+        intervals=intervals,
+        value_at_risk=float(value_at_risk(predicted, var_level)),
+        expected_shortfall=float(expected_shortfall(predicted, var_level)),
+        var_level=float(var_level),
     )
 
 

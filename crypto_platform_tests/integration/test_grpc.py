@@ -315,9 +315,12 @@ def test_ml_rpcs_with_a_champion_answer_what_rest_answers(
     ml = as_dict(call(server.port, "GenerateMLPrediction", pb2.MLPredictionRequest(symbol="ETH/USDT")))
     expected = rest.post("/v1/crypto/ml-signal", json={"symbol": "ETH/USDT"}).json()
     assert ml["model_version"] == expected["model_version"] == api_champion.lstm_version
-    # Equal but for the two wall-clock stamps of when each answer was made.
+    # Equal but for the two wall-clock stamps of when each answer was made, and proto3's way of saying
+    # "no intervals" (the LSTM has no dispersion): an empty repeated field where REST says null.
+    assert expected["ml_prediction"]["intervals"] is None and ml["ml_prediction"]["intervals"] == []
     for answer in (ml, expected):
         del answer["timestamp"], answer["ml_prediction"]["prediction_timestamp"]
+        del answer["ml_prediction"]["intervals"]
     assert ml == expected
     without = call(
         server.port,
@@ -329,7 +332,7 @@ def test_ml_rpcs_with_a_champion_answer_what_rest_answers(
     compare = as_dict(call(server.port, "CompareSignals", pb2.CompareRequest(symbol="BTC/USDT")))
     expected = rest.get("/v1/crypto/signals/compare", params={"symbol": "BTC/USDT"}).json()
     for answer in (compare, expected):
-        del answer["ml"]["prediction_timestamp"]
+        del answer["ml"]["prediction_timestamp"], answer["ml"]["intervals"]
     assert compare == expected and compare["ml_available"] is True
 
     # Anonymous callers learn ready or not; the served version is for key holders (as REST's /ready).

@@ -284,3 +284,47 @@ def test_warm_start_forecasts_at_the_first_tick_with_the_features_asset_values(
         window = latest_window(stored.tail(FEATURE_BARS), model.feature_columns, "1h", model.sequence_length)
         expected = float(model.predict(window.X)[0])
         assert body["predicted_volatility"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_frame_champion_forecasts_every_symbol_from_the_cross_symbol_frame_with_its_risk(
+    kafka_broker, kafka_topics, live_store, api_frame_champion
+):
+    """HAR+ (feature-frame contract) served by the scorer: each first tick is scored from the frame of
+    both symbols' warm-start bars, with its intervals and 99 % VaR / ES."""
+    from crypto_platform.lib.model.intervals import value_at_risk
+    from crypto_platform_tests.fixtures.frame_models import frame_rows
+
+    bootstrap = kafka_broker.bootstrap_servers
+    scorer = make_scorer(
+        bootstrap,
+        kafka_topics,
+        live_store,
+        model_name=api_frame_champion.model_name,
+        mlflow_uri=api_frame_champion.tracking_uri,
+        model_poll_s=0,
+    )
+    runner = InProcessScorer(scorer).start()
+    try:
+        t = now_ms()
+        first = [Tick(s, 50_000.0, 0.2, t - 500, "test") for s in SYMBOLS]
+        produce_ticks(bootstrap, kafka_topics.prices, first)
+        records = read_topic(bootstrap, kafka_topics.predictions, until_count=len(first))
+    finally:
+        runner.stop()
+    stored = pl.concat(
+        [_stored_features(live_store, s, now_ms()).with_columns(pl.lit(s).alias("symbol")) for s in SYMBOLS]
+    ).select("symbol", "ts", "open", "high", "low", "close", "volume")
+    last_bar = int(stored["ts"].max())
+    out = api_frame_champion.forecaster.predict_frame(frame_rows(stored.sort("symbol", "ts")))
+    at = out[out["ts"] == last_bar]
+    expected = dict(zip(at["symbol"], at["predicted_volatility"], strict=True))
+    bodies = values(records)
+    assert {b["symbol"] for b in bodies} == set(SYMBOLS)
+    for body in bodies:
+        assert body["model_version"] == api_frame_champion.version
+        value = body["predicted_volatility"]
+        assert value == pytest.approx(expected[body["symbol"]], rel=1e-6)
+        assert [i["level"] for i in body["intervals"]] == [0.8, 0.95]
+        assert body["intervals"][1]["lower"] < value < body["intervals"][1]["upper"]
+        assert body["value_at_risk"] == pytest.approx(float(value_at_risk(value, 0.99)))
+        assert body["expected_shortfall"] > body["value_at_risk"] and body["var_level"] == 0.99

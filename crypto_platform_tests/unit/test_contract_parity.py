@@ -44,6 +44,7 @@ PAIRS = [
     Pair((schemas.SignalExplain,), "SignalExplain", "SignalExplanation"),
     Pair((schemas.SignalResponse,), "Signal", "SignalResponse", (("explain", "explanation"),)),
     Pair((StoredSignal,), "SignalRecord", None),
+    Pair((schemas.PredictionInterval,), "PredictionInterval", "PredictionInterval"),
     Pair((schemas.MLPrediction,), "MLPrediction", "MLPrediction"),
     Pair((schemas.MLSignalResponse,), "MLSignal", "MLPredictionResponse"),
     Pair((schemas.CompareResponse,), "Comparison", "CompareResponse"),

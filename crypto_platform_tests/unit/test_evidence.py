@@ -107,6 +107,11 @@ def test_track_record_without_matches_explains_itself(features):
             es.Interval(lower=0.01, upper=0.03, level=0.8),
         ),
         ({"interval_lower": 0.01, "interval_upper": 0.03}, es.Interval(lower=0.01, upper=0.03, level=None)),
+        (
+            {"intervals": [{"level": 0.8, "lower": 0.015, "upper": 0.03}, {"level": 0.95, "lower": 0.01}]},
+            es.Interval(lower=0.015, upper=0.03, level=0.8),
+        ),
+        ({"intervals": None, "predicted_volatility": 0.02}, None),  # a model without dispersion
         ({"predicted_volatility": 0.02}, None),
         ({"interval": {"lower": 0.03, "upper": 0.01}}, None),  # inverted bounds are not an interval
         ({"interval": {"lower": "x", "upper": 0.01}}, None),

@@ -10,6 +10,7 @@ import pytest
 from crypto_platform.lib.forecast import (
     RISING_RATIO,
     describe_forecast,
+    describe_uncertainty,
     forecast_confidence,
     forecast_regime,
     forecast_thresholds,
@@ -113,3 +114,28 @@ def test_unusable_forecasts_are_rejected(bad):
 def test_horizon_must_be_a_positive_bar_count():
     with pytest.raises(ValueError, match="horizon_bars"):
         forecast_thresholds("1h", 0)
+
+
+def test_uncertainty_has_the_dispersions_intervals_and_a_normal_var_and_es():
+    from crypto_platform.lib.model.intervals import fit_dispersion
+
+    rng = np.random.default_rng(1)
+    dispersion = fit_dispersion(rng.normal(-0.2, 0.6, 500), levels=(0.8, 0.95))
+    described = describe_uncertainty(0.04, dispersion)
+    (i80, i95) = described.intervals
+    assert (i80.level, i95.level) == (0.8, 0.95)
+    assert i80.lower == pytest.approx(0.04 * math.exp(dispersion.lower[0] / 2))
+    assert i95.upper == pytest.approx(0.04 * math.exp(dispersion.upper[1] / 2))
+    assert i95.lower < i80.lower < 0.04 < i80.upper < i95.upper
+    # r ~ N(0, 0.04²): VaR_99 = 1 − exp(−z·σ); ES is the mean loss beyond it, checked by simulation.
+    z = 2.3263478740408408
+    assert described.var_level == 0.99
+    assert described.value_at_risk == pytest.approx(1 - math.exp(-z * 0.04), rel=1e-12)
+    losses = 1 - np.exp(rng.normal(0.0, 0.04, 2_000_000))
+    tail = losses[losses >= described.value_at_risk]
+    assert described.expected_shortfall == pytest.approx(tail.mean(), rel=0.01)
+    # Without a dispersion: no intervals, the tail risk still (it needs the forecast only).
+    bare = describe_uncertainty(0.04, None)
+    assert bare.intervals is None and bare.value_at_risk == described.value_at_risk
+    with pytest.raises(ValueError, match="finite number"):
+        describe_uncertainty(float("nan"), dispersion)

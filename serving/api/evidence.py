@@ -100,12 +100,17 @@ def now_iso() -> str:
 
 
 def interval_of(prediction: Mapping[str, Any] | None) -> es.Interval | None:
-    """The forecast interval a served prediction carries, in either shape a payload may use:
-    `interval: {lower, upper, level}` or flat `interval_lower` / `interval_upper` / `interval_level`.
-    None when it carries none (models without intervals) or the bounds are not finite numbers."""
+    """The forecast interval a served prediction carries, in any shape a payload may use: the served
+    `intervals: [{level, lower, upper}, ...]` (the first, i.e. the narrowest level the model was fitted
+    with), `interval: {lower, upper, level}` or flat `interval_lower` / `interval_upper` /
+    `interval_level`. None when it carries none (models without intervals) or the bounds are not
+    finite numbers."""
     if not prediction:
         return None
     nested = prediction.get("interval")
+    listed = prediction.get("intervals")
+    if isinstance(listed, list) and listed and isinstance(listed[0], Mapping):
+        nested = listed[0]
     if isinstance(nested, Mapping):
         lower, upper, level = nested.get("lower"), nested.get("upper"), nested.get("level")
     else:
@@ -482,7 +487,7 @@ def _overview_forecast(
     if model.timeframe != timeframe:
         return None, f"model version {model.version} forecasts {model.timeframe} bars, not {timeframe}"
     try:
-        described = snap.forecast(model)
+        described = snap.forecast(model, svc.features)
     except NotEnoughHistoryError as exc:
         return None, redact(exc)
     served = msgspec.to_builtins(described)

@@ -37,6 +37,7 @@ from serving.api.scoring import (
     iso_ms,
     iso_now,
     ml_prediction,
+    ml_prediction_async,
     occlusion_attributions,
     signal_response,
 )
@@ -299,7 +300,7 @@ def compare(
     else:
         try:
             check_model_timeframe(model, timeframe)
-            ml, _ = ml_prediction(model, snap)
+            ml, _ = ml_prediction(model, snap, svc.features)
         except NotEnoughHistoryError as exc:
             ml_error = redact(exc)
     return schemas.CompareResponse(
@@ -324,10 +325,11 @@ async def ml_signal(svc: Services, request: schemas.MLSignalRequest) -> schemas.
     symbol, exchange, timeframe = svc.validate_market(request.symbol, request.exchange, request.timeframe)
     model = svc.models.require()
     check_model_timeframe(model, timeframe)
-    # The forecast is memoised per (model version, bar), and a fresh one (~1-2 ms of numpy) runs
-    # inline: a thread hop would cost about as much as it saves.
+    # The forecast is memoised per (model version, bar), and a fresh window forecast (~1-2 ms of numpy)
+    # runs inline: a thread hop would cost about as much as it saves. A fresh frame forecast may fetch
+    # the other symbols' bars: it goes to a worker thread.
     snap = await svc.features.snapshot_async(symbol, timeframe)
-    prediction, seconds = ml_prediction(model, snap)
+    prediction, seconds = await ml_prediction_async(model, snap, svc.features)
     heuristic = None
     if request.include_heuristic:
         # Part of this prediction's record, not a separately served signal.
@@ -408,6 +410,9 @@ def model_info(svc: Services) -> schemas.ModelInfo:
         feature_columns=list(model.feature_columns),
         timeframe=model.timeframe,
         last_error=redact_optional(svc.models.last_error),
+        input_contract=model.contract,
+        interval_levels=list(model.interval_levels),
+        symbols=list(model.symbols),
     )
 
 

@@ -4,6 +4,16 @@ Units: volatilities are of log returns over the stated horizon (`predicted_volat
 `current_volatility`: 24 bars); `nowcast_ret` is a simple-return fraction; times are UTC ISO-8601
 strings, `ts` fields epoch milliseconds of a bar's open. `source` says where prices came from
 ("exchange" or "simulated": simulated data is never the market).
+
+Uncertainty of a forecast (`MLPrediction`; the rules are `lib.forecast.describe_uncertainty`'s):
+`intervals` are predictive intervals on the same next-24-bar realized volatility as
+`predicted_volatility`, one per level the model was fitted with (`level` 0.8 → 80 %), from the
+empirical quantiles of its validation log-residuals; null when the model carries no dispersion (the
+LSTM, versions registered before intervals). `value_at_risk` and `expected_shortfall` are at
+`var_level` (0.99) for a unit long position over the forecast's horizon (one day for the hourly
+champion), as fractions of the position's value (0.05 = 5 % of it), assuming the horizon's log return
+is normal with mean 0 and standard deviation `predicted_volatility` (RiskMetrics; the forecast's own
+error adds tail mass this ignores).
 """
 
 from __future__ import annotations
@@ -151,6 +161,12 @@ class SignalBatchResponse(msgspec.Struct):
     errors: list[BatchError]
 
 
+class PredictionInterval(_Struct):
+    level: float  # 0.8: the next horizon's realized volatility lies in [lower, upper] with 80 % probability
+    lower: float
+    upper: float
+
+
 class MLPrediction(_Struct):
     predicted_volatility: float
     horizon_hours: float
@@ -160,6 +176,10 @@ class MLPrediction(_Struct):
     confidence: float
     prediction_timestamp: str
     bar_timestamp: str
+    intervals: list[PredictionInterval] | None  # null: the model has no dispersion
+    value_at_risk: float  # fraction of a unit long position's value, at var_level, over the horizon
+    expected_shortfall: float  # mean loss beyond value_at_risk, same units
+    var_level: float
 
 
 class MLSignalResponse(_Struct):
@@ -228,6 +248,9 @@ class ModelInfo(_Struct):
     feature_columns: list[str] | None = None
     timeframe: str | None = None
     last_error: str | None = None
+    input_contract: str | None = None  # window-array/v1 or feature-frame/v1
+    interval_levels: list[float] | None = None  # the levels of its predictive intervals (empty: none)
+    symbols: list[str] | None = None  # a feature-frame model: the symbols it reads together
 
 
 class ReloadResponse(msgspec.Struct):

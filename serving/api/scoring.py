@@ -5,6 +5,11 @@ last `FEATURE_BARS` = LOOKBACK_BARS + sequence length bars: the oldest bar of th
 then still has its full 720-bar look-back, so every value equals what the `features` asset stores for
 that bar (tested). A snapshot of the features is cached per (symbol, timeframe, newest bar, origin):
 while the bar has not changed, an ML request costs the forecaster call and the history write only.
+
+A feature-frame champion (`LoadedModel.is_frame`) reads every symbol it was fitted on at once
+(`serving.core.frames`): its forecast at a bar needs the snapshots of all those symbols, each cached as
+above, and one frame is scored per (model version, newest bar of each symbol) for all of them together
+(`FeatureCache.frame_forecasts`), so BTC and ETH requests in the same hour share one computation.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from crypto_platform.lib.market.timeframes import hours_per_bar
 from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
 from crypto_platform.lib.signals import HeuristicSignal, heuristic_signal, vol_thresholds
 from serving.api import schemas
+from serving.core import frames
 from serving.core.market import Bars, MarketService
 from serving.core.model_store import LoadedModel
 
@@ -107,14 +113,23 @@ class FeatureSnapshot:
             raise cached
         return cached
 
-    def forecast(self, model: LoadedModel) -> schemas.MLPrediction:
+    def cached_forecast(self, model: LoadedModel) -> schemas.MLPrediction | None:
+        return self._forecasts.get((model.name, model.version, model.run_id))
+
+    def forecast(self, model: LoadedModel, cache: FeatureCache | None = None) -> schemas.MLPrediction:
         """`model`'s described forecast at the newest bar, computed once per (name, version, run id): a
-        reloaded version has another key and forecasts afresh."""
+        reloaded version has another key and forecasts afresh. A frame model needs `cache` (the other
+        symbols' snapshots); blocking then, on a miss, as those may need fetching."""
         key = (model.name, model.version, model.run_id)
         described = self._forecasts.get(key)
         if described is None:
-            X = self.window(model.feature_columns, model.sequence_length)
-            predicted = float(model.predict(X)[0])
+            if model.is_frame:
+                if cache is None:
+                    raise TypeError("a feature-frame model forecasts from a FeatureCache (all its symbols)")
+                predicted = cache.frame_forecast(model, self)
+            else:
+                X = self.window(model.feature_columns, model.sequence_length)
+                predicted = float(model.predict(X)[0])
             if not math.isfinite(predicted) or predicted < 0:
                 raise NotEnoughHistoryError(
                     f"model version {model.version} returned no usable forecast ({predicted})"
@@ -132,6 +147,8 @@ class FeatureCache:
         self.market = market
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[Any, ...], FeatureSnapshot] = OrderedDict()
+        # Frame models: the scores of one cross-symbol frame per (model, newest bar of each symbol).
+        self._frames: OrderedDict[tuple[Any, ...], frames.FrameScores] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -166,6 +183,50 @@ class FeatureCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return snap
+
+    def frame_forecasts(self, model: LoadedModel, snap: FeatureSnapshot) -> frames.FrameScores:
+        """The frame model's scores at the newest bar of every symbol of its frame (`frames`' rules),
+        computed once per (model, each symbol's newest bar). Blocking: other symbols may be fetched."""
+        timeframe, asked = snap.bars.timeframe, snap.bars.symbol
+        symbols = frames.frame_symbols(model, asked)
+        snaps: dict[str, FeatureSnapshot] = {}
+        for symbol in symbols:
+            if symbol == asked:
+                snaps[symbol] = snap
+                continue
+            try:
+                snaps[symbol] = self.snapshot(symbol, timeframe)
+            except NotEnoughHistoryError as exc:
+                raise NotEnoughHistoryError(
+                    f"model version {model.version} reads {list(symbols)} together; {exc}"
+                ) from exc
+        key = (
+            model.name,
+            model.version,
+            model.run_id,
+            timeframe,
+            tuple((s, snaps[s].bars.last_closed_ts, snaps[s].last_ts, snaps[s].bars.origin) for s in symbols),
+        )
+        scores = self._frames.get(key)
+        if scores is None:
+            frame = frames.cross_symbol_features({s: snaps[s].features for s in symbols}, timeframe)
+            targets = [(s, snaps[s].last_ts) for s in symbols]
+            scores = frames.score_frame(model, frame, targets, symbols)
+            with self._lock:
+                self._frames[key] = scores
+                while len(self._frames) > self.max_entries:
+                    self._frames.popitem(last=False)
+        return scores
+
+    def frame_forecast(self, model: LoadedModel, snap: FeatureSnapshot) -> float:
+        """The frame model's forecast for `snap`'s symbol at its newest bar (NotEnoughHistoryError with
+        the reason when there is none: another symbol is stale, or the history is too short)."""
+        target = (snap.bars.symbol, snap.last_ts)
+        scores = self.frame_forecasts(model, snap)
+        if target in scores.forecasts:
+            return scores.forecasts[target]
+        _, reason = scores.missing.get(target, ("", f"model version {model.version} did not score {target}"))
+        raise NotEnoughHistoryError(reason)
 
     async def snapshot_async(self, symbol: str, timeframe: str) -> FeatureSnapshot:
         """The cached snapshot inline (the hot path: microseconds), else `snapshot` in a worker thread,
@@ -221,13 +282,26 @@ def check_model_timeframe(model: LoadedModel, timeframe: str) -> None:
         )
 
 
-def ml_prediction(model: LoadedModel, snap: FeatureSnapshot) -> tuple[schemas.MLPrediction, float]:
+def ml_prediction(
+    model: LoadedModel, snap: FeatureSnapshot, cache: FeatureCache | None = None
+) -> tuple[schemas.MLPrediction, float]:
     """The forecast at the newest bar and the seconds it took (~0 when this model already forecast
-    this bar: the snapshot memoises it). Only `prediction_timestamp` is per request."""
+    this bar: the snapshot memoises it). Only `prediction_timestamp` is per request. A frame model
+    needs `cache`, and blocks on a miss (the other symbols' bars)."""
     started = time.perf_counter()
-    described = snap.forecast(model)
+    described = snap.forecast(model, cache)
     elapsed = time.perf_counter() - started
     return msgspec.structs.replace(described, prediction_timestamp=iso_now()), elapsed
+
+
+async def ml_prediction_async(
+    model: LoadedModel, snap: FeatureSnapshot, cache: FeatureCache
+) -> tuple[schemas.MLPrediction, float]:
+    """`ml_prediction` inline when it cannot block (a window model: ~1-2 ms of numpy; a frame model
+    whose forecast is memoised), else in a worker thread."""
+    if model.is_frame and snap.cached_forecast(model) is None:
+        return await anyio.to_thread.run_sync(ml_prediction, model, snap, cache)
+    return ml_prediction(model, snap, cache)
 
 
 def describe_forecast(model: LoadedModel, snap: FeatureSnapshot, predicted: float) -> schemas.MLPrediction:
@@ -238,6 +312,7 @@ def describe_forecast(model: LoadedModel, snap: FeatureSnapshot, predicted: floa
     described = forecast.describe_forecast(
         predicted, timeframe, model.horizon_bars, current, snap.last_value("realized_vol_168")
     )
+    uncertainty = forecast.describe_uncertainty(predicted, model.dispersion)
     return schemas.MLPrediction(
         predicted_volatility=predicted,
         horizon_hours=model.horizon_bars * hours_per_bar(timeframe),
@@ -247,7 +322,19 @@ def describe_forecast(model: LoadedModel, snap: FeatureSnapshot, predicted: floa
         confidence=described.confidence,
         prediction_timestamp=iso_now(),
         bar_timestamp=iso_ms(snap.last_ts),
+        intervals=prediction_intervals(uncertainty),
+        value_at_risk=uncertainty.value_at_risk,
+        expected_shortfall=uncertainty.expected_shortfall,
+        var_level=uncertainty.var_level,
     )
+
+
+def prediction_intervals(
+    uncertainty: forecast.ForecastUncertainty,
+) -> list[schemas.PredictionInterval] | None:
+    if uncertainty.intervals is None:
+        return None
+    return [schemas.PredictionInterval(i.level, i.lower, i.upper) for i in uncertainty.intervals]
 
 
 def occlusion_attributions(
@@ -258,6 +345,11 @@ def occlusion_attributions(
     reads as 0 after normalisation, "no information") or, for models without one, the window's own mean
     (its history flattened). All occluded windows go through the forecaster in one batch.
     """
+    if model.is_frame:
+        raise NotEnoughHistoryError(
+            f"model version {model.version} is a {model.contract} model; occlusion explanations are "
+            "computed for window-contract models only"
+        )
     X = snap.window(model.feature_columns, model.sequence_length)
     n = len(model.feature_columns)
     if model.reference_values is not None:

@@ -50,6 +50,9 @@ class ModelInfo:
     feature_columns: list[str] | None = None
     timeframe: str | None = None
     last_error: str | None = None
+    input_contract: str | None = None
+    interval_levels: list[float] | None = None
+    symbols: list[str] | None = None
 
 
 @strawberry.type
@@ -114,6 +117,13 @@ class SignalsTail:
     items: list[SignalRecord]
 
 
+@strawberry.type(description="A predictive interval on the next horizon's realized volatility.")
+class PredictionInterval:
+    level: float = strawberry.field(description="Coverage probability, e.g. 0.8.")
+    lower: float
+    upper: float
+
+
 @strawberry.type
 class MLPrediction:
     predicted_volatility: float
@@ -124,6 +134,15 @@ class MLPrediction:
     confidence: float
     prediction_timestamp: str
     bar_timestamp: str
+    intervals: list[PredictionInterval] | None = strawberry.field(
+        description="One per fitted level; null when the model has no dispersion."
+    )
+    value_at_risk: float = strawberry.field(
+        description="VaR at varLevel of a unit long position over the horizon, a fraction of its value "
+        "(the horizon's log return taken as N(0, predictedVolatility²))."
+    )
+    expected_shortfall: float = strawberry.field(description="Mean loss beyond valueAtRisk, same units.")
+    var_level: float
 
 
 @strawberry.type

@@ -42,6 +42,14 @@ class ScorerMetrics:
             "their source offset and dropped, so they never block a batch.",
             registry=r,
         )
+        self.forecasts_missing = Counter(
+            "crypto_scorer_forecasts_missing_total",
+            "Closed bars a feature-frame model could not forecast, per reason (stale_symbol: another "
+            "symbol of its frame has no bar then; no_forecast: the model gave NaN). Their ticks are "
+            "sent with a null forecast, not dead-lettered.",
+            ["reason"],
+            registry=r,
+        )
         self.alerts = Counter("crypto_scorer_alerts_total", "Alerts emitted, per type.", ["type"], registry=r)
         self.lag = Gauge(
             "crypto_scorer_consumer_lag",

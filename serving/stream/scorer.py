@@ -372,6 +372,8 @@ class Scorer:
             m.dlq.labels(reason=reason).inc(count)
         for kind, count in Counter(alert.type for alert in alerts).items():
             m.alerts.labels(type=kind).inc(count)
+        for reason, count in work.missing_forecasts.items():
+            m.forecasts_missing.labels(reason=reason).inc(count)
         for (topic, partition), next_offset in work.offsets.items():
             high = self.consumer.highwater(TopicPartition(topic, partition))
             if high is not None:

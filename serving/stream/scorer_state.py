@@ -19,6 +19,20 @@ message`) and the original bytes, and the batch goes on, so its offsets advance 
 never re-reads a poison message forever. A value too large for the dead-letter topic is cut to
 `dlq_max_value_bytes`, and the headers say so and give its size.
 
+A feature-frame champion (`LoadedModel.is_frame`: HAR+, its residual, ...) reads every symbol it was
+fitted on at once (`serving.core.frames`): a refresh then computes the features of all those symbols
+the book holds (the others' newest rows, as they stand), builds the cross-symbol frame and scores the
+refreshed symbols' bars from it. When another symbol of the frame has no bar at the scored time (its
+ticks are late, or it has none yet), or the model returns NaN (too little history, a hole), that bar
+gets no forecast: its ticks are still sent, with `predicted_volatility` and the risk fields null, the
+reason is counted (`Counters.missing_forecasts`, the metric `crypto_scorer_forecasts_missing_total`),
+and nothing is dead-lettered (the ticks were valid and scored). The bar is forecast again in the batch
+in which the late symbol's bar arrives (a frame model refreshes every held symbol of the frame whose
+newest score lacks a forecast), and that re-forecast is checked by the forecast alert.
+
+Every forecast carries its uncertainty (`lib.forecast.describe_uncertainty`): the predictive intervals
+(null without a dispersion), VaR and ES at 99 % of a unit long position over the forecast horizon.
+
 Scores are therefore per closed bar: every tick of a bar gets the signal and forecast of the newest bar
 closed before it, like the API, which serves the newest closed bar. The features are the pipeline's:
 `compute_features` over at least `FEATURE_BARS` = LOOKBACK_BARS + the model's sequence length closed
@@ -39,6 +53,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
+from crypto_platform.lib import forecast
 from crypto_platform.lib.features import compute_features
 from crypto_platform.lib.model.windows import FEATURE_BARS, latest_window
 from crypto_platform.lib.signals import heuristic_signal
@@ -51,6 +66,7 @@ from crypto_platform.lib.stream.ticks import (
     format_timestamp,
     parse_tick,
 )
+from serving.core import frames
 from serving.core.model_store import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -100,6 +116,16 @@ class BarScore:
     predicted_volatility: float | None = None
     model_version: str | None = None  # the version that made `predicted_volatility` (None: no forecast)
     scored_with: str | None = None  # the model version present when this bar was scored (even if None)
+    intervals: tuple[_Interval, ...] | None = None  # None: no forecast, or a model without dispersion
+    value_at_risk: float | None = None
+    expected_shortfall: float | None = None
+    var_level: float | None = None
+
+
+class _Interval(msgspec.Struct, frozen=True, gc=False):
+    level: float
+    lower: float
+    upper: float
 
 
 class _Source(msgspec.Struct, gc=False):
@@ -125,9 +151,21 @@ class _Prediction(msgspec.Struct, gc=False):
     late: bool
     source: _Source
     latency_ms: int | None
+    intervals: tuple[_Interval, ...] | None
+    value_at_risk: float | None
+    expected_shortfall: float | None
+    var_level: float | None
 
 
 _PREDICTION_ENCODER = msgspec.json.Encoder()
+
+
+def _intervals(risk: forecast.ForecastUncertainty | None) -> tuple[_Interval, ...] | None:
+    if risk is None or risk.intervals is None:
+        return None
+    return tuple(_Interval(i.level, i.lower, i.upper) for i in risk.intervals)
+
+
 _EMPTY_SCORE = BarScore(0, None, None, None, None)
 _NO_SCORES: dict[int, BarScore] = {}
 
@@ -152,6 +190,7 @@ class BatchWork:
         default_factory=dict
     )  # refresh failed: ticks dead-lettered
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) → next offset
+    missing_forecasts: Counter = field(default_factory=Counter)  # reason → bars a frame model left unscored
 
 
 @dataclass(frozen=True)
@@ -172,6 +211,7 @@ class Counters:
     alerts: Counter = field(default_factory=Counter)  # alert type → count
     forecasts: int = 0
     refreshes: int = 0
+    missing_forecasts: Counter = field(default_factory=Counter)  # reason (serving.core.frames) → bars
 
 
 def _describe(error: BaseException) -> str:
@@ -278,6 +318,12 @@ class ScorerState:
             last = self.book.get(symbol).last_closed_ts
             if last is not None and last not in self.scores.get(symbol, {}):
                 work.refresh_symbols.add(symbol)  # seeded after start, or never scored
+        if model is not None and model.is_frame and work.refresh_symbols:
+            # A bar of one symbol may complete another's frame: forecast again what still lacks one.
+            for symbol in frames.frame_symbols(model, *work.refresh_symbols):
+                scores = self.scores.get(symbol)
+                if scores and scores[max(scores)].predicted_volatility is None:
+                    work.refresh_symbols.add(symbol)
         return work
 
     def _reject(
@@ -331,23 +377,34 @@ class ScorerState:
                     work.failed_symbols[symbol] = exc
 
     def _refresh(self, work: BatchWork, symbols: list[str]) -> None:
-        frames = self.book.frames(symbols)
-        if frames.height == 0:
-            return
-        features = compute_features(frames, self.timeframe)
         model = work.model
+        forecasting = model is not None and model.timeframe == self.timeframe
+        frame_model = forecasting and model is not None and model.is_frame
+        # A frame model reads the other symbols of its frame too (their newest rows, as held).
+        read = frames.frame_symbols(model, *symbols) if frame_model and model is not None else symbols
+        bars = self.book.frames(read)
+        if bars.height == 0:
+            return
+        features = compute_features(bars, self.timeframe)
         windows: list[np.ndarray] = []
         targets: list[tuple[str, int]] = []
         new_scores: dict[tuple[str, int], BarScore] = {}
+        per_symbol: dict[str, pl.DataFrame] = {}
+        wanted = set(symbols)
         for (symbol,), part in features.group_by("symbol", maintain_order=True):
             part = part.drop("symbol")
+            per_symbol[symbol] = part
+            if symbol not in wanted:
+                continue  # read for the frame only: scored when its own bars close
             self.latest_features[symbol] = part
             last = int(part["ts"][-1])
             bars_to_score = sorted({*work.new_bars.get(symbol, ()), last})
             for bar_ts in bars_to_score:
                 upto = part.filter(pl.col("ts") <= bar_ts) if bar_ts != last else part
                 new_scores[(symbol, bar_ts)] = self._heuristic(upto, bar_ts)
-                if model is not None and model.timeframe == self.timeframe:
+                if frame_model:
+                    targets.append((symbol, bar_ts))
+                elif forecasting and model is not None:
                     try:
                         window = latest_window(
                             upto, model.feature_columns, self.timeframe, model.sequence_length
@@ -357,7 +414,9 @@ class ScorerState:
                     windows.append(window.X[0])
                     targets.append((symbol, bar_ts))
         forecasts: dict[tuple[str, int], float] = {}
-        if windows:
+        if frame_model and targets and model is not None:
+            forecasts = self._frame_forecasts(work, model, per_symbol, targets, read)
+        elif windows and model is not None:
             predicted = np.asarray(model.predict(np.stack(windows).astype(np.float32)), dtype=np.float64)
             self.counters.forecasts += len(windows)
             for target, value in zip(targets, predicted.reshape(-1), strict=True):
@@ -365,10 +424,12 @@ class ScorerState:
                 if math.isfinite(value) and value >= 0:
                     forecasts[target] = value
         version = model.version if model is not None else None
+        dispersion = model.dispersion if model is not None else None
         for (symbol, bar_ts), score in new_scores.items():
             value = forecasts.get((symbol, bar_ts))
             scores = self.scores.setdefault(symbol, {})
             previous = scores.get(bar_ts)
+            risk = forecast.describe_uncertainty(value, dispersion) if value is not None else None
             scores[bar_ts] = BarScore(
                 score.bar_ts,
                 score.risk_score,
@@ -378,11 +439,34 @@ class ScorerState:
                 value,
                 version if value is not None else None,
                 version,
+                _intervals(risk),
+                risk.value_at_risk if risk is not None else None,
+                risk.expected_shortfall if risk is not None else None,
+                risk.var_level if risk is not None else None,
             )
             # A re-forecast of a bar already scored (a new model) is checked against the alert rule
             # here; forecasts of bars closed in this batch are checked when their closing tick is emitted.
             if previous is not None and value is not None and bar_ts not in work.new_bars.get(symbol, ()):
                 work.forecast_alerts.append((symbol, bar_ts, value))
+
+    def _frame_forecasts(
+        self,
+        work: BatchWork,
+        model: LoadedModel,
+        per_symbol: dict[str, pl.DataFrame],
+        targets: list[tuple[str, int]],
+        symbols: tuple[str, ...] | list[str],
+    ) -> dict[tuple[str, int], float]:
+        """A frame model's forecasts of `targets` from the cross-symbol frame of `symbols`; the targets
+        it cannot forecast (another symbol stale or empty, a NaN) are counted per reason."""
+        frame = frames.cross_symbol_features(per_symbol, self.timeframe)
+        scored = frames.score_frame(model, frame, targets, symbols)
+        self.counters.forecasts += len(scored.forecasts)
+        for (symbol, bar_ts), (reason, message) in scored.missing.items():
+            work.missing_forecasts[reason] += 1
+            self.counters.missing_forecasts[reason] += 1
+            log.info("no forecast for %s at %s: %s", symbol, format_timestamp(bar_ts), message)
+        return scored.forecasts
 
     def _heuristic(self, features: pl.DataFrame, bar_ts: int) -> BarScore:
         try:
@@ -460,6 +544,10 @@ class ScorerState:
             item.late,
             _Source(record.topic, record.partition, record.offset),
             now - record.timestamp if record.timestamp > 0 else None,
+            score.intervals,
+            score.value_at_risk,
+            score.expected_shortfall,
+            score.var_level,
         )
         key = self._keys.get(symbol)
         if key is None:
