@@ -5,9 +5,11 @@ A `feature-frame/v1` model (HAR+, its residual, the combination, the per-symbol 
 `lib.model.frame_serving`) reads rows of `har_plus_features(compute_features(bars))` for every symbol it
 was fitted on at once: `cross_log_rv_24` at bar t is the mean of the OTHER symbols' log RV at t. So:
 
-- `frame_symbols`: the symbols of a frame are the model's own (`LoadedModel.symbols`) plus the symbol
-  asked for (an unseen symbol is served with HAR+'s pooled standardisation and the model's symbols as its
-  cross-asset set; a model that does not record its symbols reads the asked symbol alone).
+- `frame_symbols`: the symbols of a frame are the model's own (`LoadedModel.symbols`), never more: the
+  cross-asset column of a fitted symbol must not change because someone asked for another one. A symbol
+  the model holds no parameters for (HAR+'s per-asset standardisation, per-symbol GARCH) gets no
+  forecast (`UNFITTED`, with the model's symbols in the reason) instead of foreign parameters; a model
+  without per-symbol state (`symbols` empty: naive, EWMA, HAR) reads the asked symbol alone.
 - `cross_symbol_features`: each symbol's `compute_features` frame (computed per symbol, as the API and
   the scorer already hold them) concatenated with its `symbol`, then `har_plus_features` across them.
 - `score_frame`: forecasts of the (symbol, bar) targets, from the rows that bar's windows read.
@@ -36,6 +38,7 @@ from crypto_platform.lib.model.har_features import har_plus_features
 from serving.core.model_store import LoadedModel
 
 STALE = "stale_symbol"  # another symbol of the frame has no bar at the target's time
+UNFITTED = "unfitted_symbol"  # the model was not fitted on the target's symbol
 NO_FORECAST = "no_forecast"  # the model returned NaN / a negative value (short history, a hole)
 
 
@@ -49,7 +52,7 @@ class FrameScores:
 
 def frame_symbols(model: LoadedModel, *asked: str) -> tuple[str, ...]:
     """The symbols whose rows go into the frame that scores `asked`, sorted."""
-    return tuple(sorted({*model.symbols, *asked}))
+    return tuple(model.symbols) if model.symbols else tuple(sorted(set(asked)))
 
 
 def cross_symbol_features(features_by_symbol: Mapping[str, pl.DataFrame], timeframe: str) -> pl.DataFrame:
@@ -87,6 +90,13 @@ def score_frame(
             present[int(ts)] = set(part["symbol"].to_list())
     complete = []
     for symbol, ts in wanted:
+        if model.symbols and symbol not in model.symbols:
+            scores.missing[(symbol, ts)] = (
+                UNFITTED,
+                f"model version {model.version} ({model.family}) was fitted on {sorted(model.symbols)} and "
+                f"holds no parameters for {symbol}",
+            )
+            continue
         lacking = sorted(expected - present.get(ts, set()))
         if lacking:
             scores.missing[(symbol, ts)] = (

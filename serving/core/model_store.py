@@ -261,7 +261,7 @@ def _frame_model(
         predict=_frame_model_takes_no_windows,
         contract=FRAME_CONTRACT,
         predict_frame=forecaster.predict_frame,
-        symbols=tuple(forecaster.symbols),
+        symbols=tuple(sorted(forecaster.symbols or ())),
         dispersion=forecaster.dispersion,
     )
 

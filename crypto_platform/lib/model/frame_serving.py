@@ -316,22 +316,6 @@ class FrameForecaster:
     # -- serving ------------------------------------------------------------------------------------
 
     @property
-    def symbols(self) -> tuple[str, ...]:
-        """The symbols the model was fitted on, sorted: a caller's frame should hold all of them (the
-        cross-asset column is computed over the frame's symbols). HAR+ records them as its per-asset
-        standardiser's keys (`params()["symbols"]`); a residual through its HAR+ `base`; a model may
-        also say so itself with a `symbols` attribute. Empty when the model does not tell."""
-        for candidate in (self.model, getattr(self.model, "base", None)):
-            own = getattr(candidate, "symbols", None)
-            if own:
-                return tuple(sorted(str(s) for s in own))
-            params = getattr(candidate, "params", None)
-            found = params().get("symbols") if callable(params) else None
-            if found:
-                return tuple(sorted(str(s) for s in found))
-        return ()
-
-    @property
     def output_columns(self) -> list[str]:
         return ["symbol", "ts", OUTPUT_COLUMN, *interval_columns(self.dispersion)]
 
