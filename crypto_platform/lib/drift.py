@@ -21,17 +21,28 @@ Method (a block null over the reference period):
    either side, so that it is never judged against its own autocorrelated neighbourhood (the recent
    window is not in the reference either). The stretches keep the hourly autocorrelation, volatility
    clustering and cross-symbol correlation of the data, which a row-level test throws away.
-4. p-values. A (column, scale)'s raw p-value is the recent window's rank among the null windows' KS
-   distances. All columns — features and label — and scales form one family, corrected by Westfall–Young
-   max-T: each KS is standardised by its null median and spread, and the adjusted p-value is the share
-   of null windows whose largest standardised KS (over every column and scale) reaches it. So the chance
-   that a window of a stationary market flags anything at all is `alpha`, whatever the correlation
-   between columns and scales. (Min-p on ranks would need far more null windows than a year holds: with
-   ~300 windows and 36 tests, about 8 % of null windows are the most extreme of all in some test.)
-5. Effect-size floor. Significance alone would flag a shift of any size once the reference is long.
+4. Statistics. Every column: the KS distance of each part from the reference. Volatility-like columns
+   (`DISPERSION_COLUMNS`: a return's size, a bar's range, the 24-bar realized volatility, a band width)
+   also get two size statistics, because a change of volatility moves their mean log |value| by
+   ln(factor) from its first bar on, long before the KS distance of a 7-day window is large:
+   * scale — each part's mean log |value| minus that of a typical same-length reference window;
+   * change — the step inside the recent window: a trailing part's mean log |value| minus that of the
+     rest of the window before it. It sees a change whatever the level before it was, also where that
+     level was the reference's calm (the scale statistic alone then sees ×2 as "normal").
+   Both are taken per symbol and combined by `common_shift` — the shift every symbol shares — because
+   a symbol's own turbulent spell is an everyday event of the reference and a market-wide change is not.
+5. p-values. A test's raw p-value is the recent window's rank among the null windows' statistics. All
+   tests — columns, label, scales and statistics — form one family, corrected by Westfall–Young max-T:
+   each statistic is standardised by its null median and upper-tail spread, and the adjusted p-value
+   is the share of null windows whose largest standardised statistic (over the whole family) reaches
+   it. So the chance that a window of a stationary market flags anything at all is `alpha`, whatever
+   the correlation between the tests. (Min-p on ranks would need far more null windows than a year
+   holds: with ~300 windows and ~60 tests, many null windows are the most extreme of all in some test.)
+6. Effect-size floor. Significance alone would flag a shift of any size once the reference is long.
    The floor is on the excess over what a window of that length shows anyway: the recent KS minus the
-   null windows' median KS ≥ `ks_floor`, or the same for PSI ≥ `psi_floor`. Because the typical
-   same-length distance is subtracted, the floor means the same for a 1-day and a 30-day window.
+   null windows' median KS ≥ `ks_floor`, or the same for PSI ≥ `psi_floor`; for the size statistics,
+   a shift (or step) of mean log |value| ≥ `scale_floor` beyond the typical one. Because the typical
+   same-length value is subtracted, a floor means the same for a 1-day and a 30-day window.
 
 Label drift (realized volatility) is judged the same way, in the same family, and reported on its own:
 a change in the market's volatility level is a reason to retrain, not evidence that inputs are broken.
@@ -103,6 +114,9 @@ class FeatureDrift:
     # The window's mean log |value| minus that of a typical same-length reference window (volatility-like
     # columns; ×2 volatility ≈ +0.69), None for other columns.
     log_scale_shift: float | None = None
+    # The step of mean log |value| inside the recent window (the trailing part minus the rest of the
+    # window), minus a typical reference window's; None for other columns and for the whole window.
+    log_scale_change: float | None = None
 
 
 @dataclass
@@ -161,12 +175,13 @@ class DriftReport:
             f"{self.n_null_windows} stretches of the reference period shaped the same. Drifted = "
             f"Westfall–Young adjusted p ≤ {self.alpha} and, for a distribution shift, KS − null median "
             f"KS ≥ {self.ks_floor} or PSI − null median PSI ≥ {self.psi_floor}; for a scale shift of a "
-            f"volatility-like column, |mean log |value| − null median| ≥ {self.scale_floor}. Each row "
-            "shows the trailing window and statistic with the strongest evidence.",
+            f"volatility-like column, a shift of mean log |value| (against the null, or as a step inside "
+            f"the window) ≥ {self.scale_floor}. Each row shows the trailing window and statistic with the "
+            "strongest evidence.",
             "",
-            "| feature | window (bars) | evidence | KS | null KS (median) | log scale shift | p "
-            "| p (adjusted) | PSI | null PSI (median) | ref mean | cur mean | drifted |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+            "| feature | window (bars) | evidence | KS | null KS (median) | log scale shift "
+            "| log scale step | p | p (adjusted) | PSI | null PSI (median) | ref mean | cur mean | drifted |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
         ]
         rows = [*self.features, *([self.label] if self.label else [])]
         for f in rows:
@@ -174,6 +189,7 @@ class DriftReport:
             lines.append(
                 f"| {name} | {f.window_bars} | {f.evidence or '–'} | {f.ks_statistic:.3f} | "
                 f"{_fmt(f.ks_null_median, '.3f')} | {_fmt(f.log_scale_shift, '+.2f')} | "
+                f"{_fmt(f.log_scale_change, '+.2f')} | "
                 f"{_fmt(f.p_value, '.2g')} | {_fmt(f.p_value_adjusted, '.2g')} | {f.psi:.3f} | "
                 f"{_fmt(f.psi_null_median, '.3f')} | {f.reference_mean:.4g} | {f.current_mean:.4g} | "
                 f"{'yes' if f.drifted else 'no'} |"
@@ -280,8 +296,8 @@ def _require_columns(frame: pl.DataFrame, columns: Sequence[str], which: str) ->
 
 # Statistics of the family, in the order of the null's second axis: the KS distance of the window from
 # the reference, and the size of the shift of its mean log |value| (dispersion columns only).
-DISTRIBUTION, SCALE = 0, 1
-STATISTICS = ("distribution", "scale")
+DISTRIBUTION, SCALE, CHANGE = 0, 1, 2
+STATISTICS = ("distribution", "scale", "change")
 # Statistics are standardised by their null spread; a spread below this (a near-constant column) is
 # rounding, and would let a trivial difference dominate the family's maximum.
 MIN_NULL_SPREAD = 0.01
@@ -341,6 +357,19 @@ def _symbol_groups(frame: pl.DataFrame) -> tuple[tuple[str, ...], np.ndarray]:
     return names, np.array([index[name] for name in frame["symbol"].to_list()], dtype=np.int64)
 
 
+def _scale_and_change(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean log |value| of each trailing part (axis −3: scales, the whole window last), and the change
+    within the window: a part's mean minus the mean of the rest of the window before it (NaN for the
+    whole window, which has no rest). A change of volatility a few days ago is a step inside the
+    window, seen whatever the level before it was — also where that level was the reference's calm."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+        whole_sum, whole_n = sums[..., -1:, :, :], counts[..., -1:, :, :]
+        change = means - (whole_sum - sums) / (whole_n - counts)
+    change[..., -1, :, :] = math.nan
+    return means, change
+
+
 def _size_floor(finite: np.ndarray) -> float:
     magnitude = np.abs(finite)
     positive = magnitude[magnitude > 0]
@@ -370,6 +399,7 @@ class ReferenceNull:
     null_stat: np.ndarray  # (windows, statistics, scales, columns); NaN where a statistic does not apply
     null_psi: np.ndarray  # (windows, scales, columns)
     scale_center: np.ndarray  # (scales, columns, symbols): the null windows' median mean log |value|
+    change_center: np.ndarray  # (scales, columns, symbols): their median change within the window
     null_max_z: np.ndarray  # (windows,) largest standardised statistic of each window over the family
     reference_days: float
 
@@ -410,6 +440,9 @@ class ReferenceNull:
         stat = np.full((len(STATISTICS), n_scales, len(wanted)), math.nan)
         psi = np.full((n_scales, len(wanted)), math.nan)
         shift = np.full((n_scales, len(wanted)), math.nan)  # mean log |value| − the null's median
+        change = np.full((n_scales, len(wanted)), math.nan)  # the step inside the window, likewise
+        sums = np.zeros((n_scales, 1, len(self.symbols)))
+        counts = np.zeros_like(sums)
         means, sizes = [], []
         for j, (column, i) in enumerate(zip(wanted, position, strict=True)):
             values = current[column].to_numpy().astype(float)
@@ -429,14 +462,15 @@ class ReferenceNull:
                 )
                 psi[s, j] = _psi_from_counts(self.binnings_coarse[i].counts(part), self.reference_coarse[i])
                 if log_size is not None:
-                    per_symbol = np.full(len(self.symbols), math.nan)
                     for g, mine in enumerate(by_symbol):
                         logs = log_size[in_part & mine]
                         logs = logs[np.isfinite(logs)]
-                        if logs.size:
-                            per_symbol[g] = float(logs.mean()) - self.scale_center[s, i, g]
-                    shift[s, j] = float(common_shift(per_symbol))
-                    stat[SCALE, s, j] = abs(shift[s, j])
+                        sums[s, 0, g], counts[s, 0, g] = logs.sum(), logs.size
+            if log_size is not None:
+                means_now, change_now = _scale_and_change(sums, counts)
+                shift[:, j] = common_shift(means_now[:, 0] - self.scale_center[:, i])
+                change[:, j] = common_shift(change_now[:, 0] - self.change_center[:, i])
+                stat[SCALE, :, j], stat[CHANGE, :, j] = np.abs(shift[:, j]), np.abs(change[:, j])
             means.append(float(finite.mean()))
             sizes.append(int(finite.size))
 
@@ -444,6 +478,7 @@ class ReferenceNull:
         null_psi = self.null_psi[..., position]
         determined = self.n_windows >= MIN_NULL_WINDOWS
         p = p_adj = ks_median = psi_median = None
+        z = np.full(stat.shape, -np.inf)
         if determined:
             valid = np.isfinite(null_stat)
             # A statistic that cannot be read (an empty trailing part) counts as no evidence (p = 1).
@@ -470,11 +505,15 @@ class ReferenceNull:
                     DISTRIBUTION: (stat[DISTRIBUTION, :, j] - ks_median[:, j] >= ks_floor)
                     | (psi[:, j] - psi_median[:, j] >= psi_floor),
                     SCALE: np.abs(np.nan_to_num(shift[:, j])) >= scale_floor,
+                    CHANGE: np.abs(np.nan_to_num(change[:, j])) >= scale_floor,
                 }
                 drifted_at = [(k, s) for k, s in tests if p_adj[k, s, j] <= alpha and big[k][s]]
             if p_adj is not None:
-                # The strongest evidence: the smallest adjusted p, then the longer window, then KS.
-                best_k, best = min(drifted_at or tests, key=lambda t: (p_adj[t[0], t[1], j], -t[1], t[0]))
+                # The strongest evidence: the smallest adjusted p, then (p-values tie at 1 / (windows + 1)
+                # beyond the null's range) the largest standardised statistic, then the longer window.
+                best_k, best = min(
+                    drifted_at or tests, key=lambda t: (p_adj[t[0], t[1], j], -z[t[0], t[1], j], -t[1])
+                )
             else:
                 best_k, best = DISTRIBUTION, n_scales - 1  # undetermined: show the whole window
             results.append(
@@ -494,6 +533,7 @@ class ReferenceNull:
                     window_bars=self.scales[best],
                     evidence=STATISTICS[best_k] if p_adj is not None else "",
                     log_scale_shift=_or_none(shift[best, j]),
+                    log_scale_change=_or_none(change[best, j]),
                 )
             )
         features = results[: len(feature_columns)]
@@ -561,7 +601,8 @@ def fit_reference_null(
     null_stat = np.full((ends.size, len(STATISTICS), len(scales), len(columns)), math.nan)
     null_psi = np.full((ends.size, len(scales), len(columns)), math.nan)
     symbols, symbol_of = _symbol_groups(frame)
-    null_scale_mean = np.full((*null_psi.shape, len(symbols)), math.nan)
+    null_scale_sum = np.zeros((*null_psi.shape, len(symbols)))
+    null_scale_n = np.zeros_like(null_scale_sum)
     zone = np.searchsorted(grid, ends - window_bars - guard), np.searchsorted(grid, ends + guard)
     stop = np.searchsorted(grid, ends)
     starts = [np.searchsorted(grid, ends - length) for length in scales]
@@ -592,10 +633,8 @@ def fit_reference_null(
                 cum_sum = np.concatenate([[0.0], np.cumsum(np.where(seen, logs, 0.0))])
                 cum_n = np.concatenate([[0], np.cumsum(seen)])
                 for s, start in enumerate(starts):
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        null_scale_mean[:, s, c, g] = (cum_sum[stop] - cum_sum[start]) / (
-                            cum_n[stop] - cum_n[start]
-                        )
+                    null_scale_sum[:, s, c, g] = cum_sum[stop] - cum_sum[start]
+                    null_scale_n[:, s, c, g] = cum_n[stop] - cum_n[start]
         size_floors.append(floor)
         fine_bins.append(fine)
         coarse_bins.append(coarse)
@@ -604,11 +643,10 @@ def fit_reference_null(
         means.append(float(finite.mean()))
         sizes.append(int(finite.size))
 
-    scale_center = np.full(null_scale_mean.shape[1:], math.nan)
-    measured = np.isfinite(null_scale_mean).any(axis=0)  # (scales, columns, symbols) with a window mean
-    if ends.size:
-        scale_center[measured] = np.nanmedian(null_scale_mean[:, measured], axis=0)
+    null_scale_mean, null_change = _scale_and_change(null_scale_sum, null_scale_n)
+    scale_center, change_center = _median_over_windows(null_scale_mean), _median_over_windows(null_change)
     null_stat[:, SCALE] = np.abs(common_shift(null_scale_mean - scale_center[None]))
+    null_stat[:, CHANGE] = np.abs(common_shift(null_change - change_center[None]))
     return ReferenceNull(
         columns=tuple(columns),
         window_bars=int(window_bars),
@@ -622,12 +660,22 @@ def fit_reference_null(
         n_reference=tuple(sizes),
         size_floors=tuple(size_floors),
         symbols=symbols,
+        change_center=change_center,
         null_stat=null_stat,
         null_psi=null_psi,
         scale_center=scale_center,
         null_max_z=_null_max_z(null_stat),
         reference_days=n_bars * bar_ms / 86_400_000,
     )
+
+
+def _median_over_windows(values: np.ndarray) -> np.ndarray:
+    """Median over the first axis where any value is finite, NaN elsewhere (without the warning)."""
+    out = np.full(values.shape[1:], math.nan)
+    measured = np.isfinite(values).any(axis=0)
+    if values.shape[0]:
+        out[measured] = np.nanmedian(values[:, measured], axis=0)
+    return out
 
 
 def window_bars_of(current: pl.DataFrame, bar_ms: int) -> int:
