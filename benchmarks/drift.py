@@ -218,6 +218,9 @@ class Tally:
         n = max(self.evaluations, 1)
         out: dict[str, Any] = {
             "evaluations": self.evaluations,
+            # Days of one seed overlap (7-day windows a day apart): the evaluations are not independent,
+            # so this binomial interval is narrower than the truth.
+            "any_alarm_rate_ci95_binomial": wilson_interval(self.any, self.evaluations),
             "feature_alarm_rate": self.feature / n,
             "label_alarm_rate": self.label / n,
             "any_alarm_rate": self.any / n,
@@ -249,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     change_at = training_end + args.eval_days * DAY_MS
     sim_days = WARMUP_DAYS + TRAINING_DAYS + args.eval_days + args.max_delay_days + 1
     kw = {"alpha": args.alpha, "ks_floor": args.ks_floor, "psi_floor": args.psi_floor}
+    new_kw = {**kw, "scale_floor": args.scale_floor}  # the old method has no scale statistic
 
     stationary = {"new": Tally(), "old": Tally()}
     changes = {
@@ -266,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         null = fit_reference_null(reference, columns, window_bars)
         for day in range(args.eval_days):
             current = _current(feats, training_end + (day + 1) * DAY_MS)
-            report = null.test(current, features_cols, label, **kw)
+            report = null.test(current, features_cols, label, **new_kw)
             stationary["new"].add(report.drifted_features, report.label_drift_detected, str(seed))
             stationary["old"].add(*pooled_ks_drift(reference, current, features_cols, label, **kw), str(seed))
         for name, plant in changes.items():
@@ -275,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for day in range(1, args.max_delay_days + 1):
                 current = _current(changed, change_at + day * DAY_MS)
                 if found["new"] is None:
-                    report = null.test(current, features_cols, label, **kw)
+                    report = null.test(current, features_cols, label, **new_kw)
                     if report.feature_drift_detected or report.label_drift_detected:
                         found["new"] = day
                         detected_by[name].update(
@@ -335,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "training_days": TRAINING_DAYS,
             "reference_fraction": REFERENCE_FRACTION,
             "current_days": CURRENT_DAYS,
-            **kw,
+            **new_kw,
             "max_delay_days": args.max_delay_days,
         },
         "seconds": {"simulated": round(sim_s, 1), "total": round(time.perf_counter() - started, 1)},
@@ -361,6 +365,16 @@ def _delay_summary(delays: list[int | None], max_days: int) -> dict[str, Any]:
     }
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial share (evaluations taken as independent)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
 def _real(args: argparse.Namespace, features_cols: list[str], label: str, kw: dict) -> dict[str, Any]:
     from crypto_platform.lib.drift import fit_reference_null
     from crypto_platform.lib.features import compute_features
@@ -382,7 +396,7 @@ def _real(args: argparse.Namespace, features_cols: list[str], label: str, kw: di
             null = fit_reference_null(reference, [*features_cols, label], CURRENT_DAYS * 24)
         current = _current(feats, end)
         month = datetime.fromtimestamp(day_start / 1000, UTC).strftime("%Y-%m")
-        report = null.test(current, features_cols, label, **kw)
+        report = null.test(current, features_cols, label, **kw, scale_floor=args.scale_floor)
         tallies["new"].add(report.drifted_features, report.label_drift_detected, month)
         tallies["old"].add(*pooled_ks_drift(reference, current, features_cols, label, **kw), month)
     months = len(
@@ -410,6 +424,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--ks-floor", type=float, default=0.1)
     parser.add_argument("--psi-floor", type=float, default=0.2)
+    parser.add_argument("--scale-floor", type=float, default=0.25, help="new method: log-scale shift floor")
     parser.add_argument("--real", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--real-symbols", default="BTCUSDT,ETHUSDT")
     parser.add_argument("--real-from", default="2024-01-01")

@@ -206,7 +206,7 @@ def _crypto_platform_commands(services: dict[str, dict[str, Any]]) -> dict[str, 
 
 def test_platform_commands_exist_with_their_options(services: dict[str, dict[str, Any]]) -> None:
     commands = _crypto_platform_commands(services)
-    assert {"serving", "grpc", "scorer", "producer"} <= set(commands)
+    assert {"serving", "grpc", "scorer", "prediction-sink", "producer"} <= set(commands)
     for service, argv in commands.items():
         sub = argv[1]
         assert sub in COMMANDS, f"{service}: `crypto-platform {sub}` is not a command"
@@ -263,6 +263,8 @@ def test_prometheus_scrapes_the_services_on_their_ports(services: dict[str, dict
     scorer_cmd = services["scorer"]["command"]
     port = scorer_cmd[scorer_cmd.index("--metrics-port") + 1]
     assert targets["scorer"] == [f"scorer:{port}"]
+    sink_cmd = services["prediction-sink"]["command"]
+    assert targets["prediction-sink"] == [f"prediction-sink:{sink_cmd[sink_cmd.index('--metrics-port') + 1]}"]
     for rule_file in config["rule_files"]:
         assert rule_file in mounts, f"{rule_file} is not mounted into the prometheus container"
 
@@ -343,3 +345,22 @@ def test_every_auth_and_limit_variable_reaches_every_serving_face() -> None:
     for face in chosen.values():
         assert face["CRYPTO_API_REQUIRE_KEY"] == example["CRYPTO_API_REQUIRE_KEY"]
         assert face["CRYPTO_API_RATE_LIMIT"] == example["CRYPTO_API_RATE_LIMIT"]
+
+
+def test_prediction_sink_stores_into_the_history_db_the_api_reads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # The track record and the daily report join the API's and the scorer's forecasts in one database:
+    # the sink must write where the serving faces write, and wait for the topic and the database.
+    sink, serving = services["prediction-sink"], services["serving"]
+    assert sink["command"][:2] == ["crypto-platform", "prediction-sink"]
+    assert sink["environment"]["CRYPTO_API_HISTORY_URL"] == serving["environment"]["CRYPTO_API_HISTORY_URL"]
+    assert (
+        sink["environment"]["KAFKA_BOOTSTRAP_SERVERS"]
+        == services["scorer"]["environment"]["KAFKA_BOOTSTRAP_SERVERS"]
+    )
+    assert set(sink["depends_on"]) == {"kafka-init", "postgres"}
+    # a consumer, not a face: no API keys, no published port
+    assert not any(k.startswith("CRYPTO_API_KEY") for k in sink["environment"]) and not sink.get("ports")
+    port = sink["command"][sink["command"].index("--metrics-port") + 1]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(sink["healthcheck"]["test"])

@@ -56,7 +56,7 @@ EXPECTED_GRAPH = {
         ("feature_drift", "no_feature_drift"): False,
         ("forecast_track_record", "champion_beats_baselines_live"): False,
     },
-    "jobs": ["daily_report_job", "market_job", "ml_retrain_job"],
+    "jobs": ["daily_report_job", "market_job", "ml_drift_job", "ml_retrain_job"],
     "sensors": {
         "market_gap_repair": ["market_job"],
         "ml_automation_sensor": [],
@@ -66,6 +66,7 @@ EXPECTED_GRAPH = {
     "schedules": {
         "daily_report_schedule": ("30 0 * * *", "UTC", "daily_report_job"),
         "market_hourly_refresh": ("5 * * * *", "UTC", "market_job"),
+        "ml_daily_drift": ("20 0 * * *", "UTC", "ml_drift_job"),
         "ml_weekly_retrain": ("0 3 * * 1", "UTC", "ml_retrain_job"),
     },
     "resources": ["data_store", "market_data", "ml", "mlflow", "parquet_io_manager"],

@@ -49,6 +49,7 @@ COMPOSE_SERVICE = {
     "api": "serving",
     "grpc": "grpc",
     "scorer": "scorer",
+    "prediction-sink": "prediction-sink",
     "producer": "producer",
     "mlflow": "mlflow",
 }
@@ -160,8 +161,8 @@ def test_every_rendered_resource_passes_kubernetes_validate(kube_version: str) -
             except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
                 errors.append(f"{variant} {doc['kind']}/{doc['metadata']['name']}: {exc}")
     assert errors == []
-    # default: 4 Deployments, 1 StatefulSet, 4 Services, 1 HPA, 4 PDBs, 5 NetworkPolicies, 3 ConfigMaps, 1 SA
-    assert counts["default"] == 23 and counts["keda"] == counts["production"] + 1, counts
+    # default: 5 Deployments, 1 StatefulSet, 5 Services, 1 HPA, 5 PDBs, 6 NetworkPolicies, 3 ConfigMaps, 1 SA
+    assert counts["default"] == 27 and counts["keda"] == counts["production"] + 1, counts
 
 
 def test_only_the_keda_variant_renders_a_custom_resource(rendered: tuple[str, list[dict]]) -> None:
@@ -196,7 +197,7 @@ def test_every_container_has_probes_resources_and_runs_unprivileged(rendered: tu
         assert pod["automountServiceAccountToken"] is False, where
         # tini stays PID 1: the image's ENTRYPOINT is kept, the command goes in args
         assert "command" not in container and container["args"][0] in ("crypto-platform", "mlflow"), where
-    assert seen == 5
+    assert seen == 6  # api, grpc, scorer, prediction-sink, producer, mlflow
 
 
 def test_probes_use_the_health_endpoints(rendered: tuple[str, list[dict]]) -> None:
@@ -215,6 +216,7 @@ def test_probes_use_the_health_endpoints(rendered: tuple[str, list[dict]]) -> No
     args = pods["mlflow"]["args"]
     assert host in args[args.index("--allowed-hosts") + 1].split(",")
     assert pods["scorer"]["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert pods["prediction-sink"]["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert "exec" in pods["producer"]["livenessProbe"]
 
 
@@ -420,7 +422,12 @@ def test_only_api_and_grpc_are_reachable_from_outside_the_namespace(rendered: tu
         "app.kubernetes.io/name": "crypto-platform",
         "app.kubernetes.io/instance": RELEASE,
     }
-    metrics_port = yaml.safe_load(DEFAULT_VALUES.read_text())["scorer"]["metricsPort"]
+    values = yaml.safe_load(DEFAULT_VALUES.read_text())
+    # the metrics ports, the only ones opened to the scrapers of networkPolicy.metricsFrom
+    metrics_ports = {
+        "scorer": values["scorer"]["metricsPort"],
+        "prediction-sink": values["predictionSink"]["metricsPort"],
+    }
     open_to_all = set()
     for policy in policies:
         component = policy["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
@@ -431,8 +438,9 @@ def test_only_api_and_grpc_are_reachable_from_outside_the_namespace(rendered: tu
                 continue
             if peers is None:
                 open_to_all.add(component)
-            else:  # scrapers named in networkPolicy.metricsFrom: the scorer's metrics port only
-                assert component == "scorer" and rule["ports"] == [{"port": metrics_port, "protocol": "TCP"}]
+            else:  # scrapers named in networkPolicy.metricsFrom: a metrics port only
+                assert component in metrics_ports, component
+                assert rule["ports"] == [{"port": metrics_ports[component], "protocol": "TCP"}]
     assert open_to_all == {"api", "grpc"}
 
 
@@ -486,3 +494,27 @@ def test_observability_configmaps_equal_the_ops_files_byte_for_byte(default_docs
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
     on_disk = {p.name: p.read_text() for p in sorted((REPO / "ops/grafana/dashboards").glob("*.json"))}
     assert on_disk and dashboards["data"] == on_disk
+
+
+def test_prediction_sink_writes_the_history_db_the_faces_write(rendered: tuple[str, list[dict]]) -> None:
+    # The track record joins the API's and the scorer's forecasts: the sink's history URL is the API's.
+    _, docs = rendered
+    found = workloads(docs)
+    sink, api = found["prediction-sink"], found["api"]
+    assert sink["kind"] == "Deployment"
+    sink_env, sink_order = container_env(sink["spec"]["template"]["spec"]["containers"][0], docs)
+    api_env, _ = container_env(api["spec"]["template"]["spec"]["containers"][0], docs)
+    assert sink_env["CRYPTO_API_HISTORY_URL"] == api_env["CRYPTO_API_HISTORY_URL"]
+    assert sink_order.index("POSTGRES_PASSWORD") < sink_order.index("CRYPTO_API_HISTORY_URL")
+    assert not any(name.startswith("CRYPTO_API_KEY") for name in sink_env), "a consumer, not a face"
+    # its metrics are reachable from this namespace (Prometheus), on the metrics port only
+    port = yaml.safe_load(DEFAULT_VALUES.read_text())["predictionSink"]["metricsPort"]
+    labels = sink["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        p
+        for p in by_kind(docs, "NetworkPolicy").values()
+        if "ingress" in p["spec"] and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert [r["ports"] for p in policies for r in p["spec"]["ingress"]] == [
+        [{"port": port, "protocol": "TCP"}]
+    ]

@@ -29,7 +29,7 @@ from dagster import (
 )
 from mlflow import MlflowClient
 
-from crypto_platform.defs.ml.config import RELOAD_PATH, RETRAIN_COOLDOWN_S, RETRAIN_JOB
+from crypto_platform.defs.ml.config import DRIFT_JOB, RELOAD_PATH, RETRAIN_COOLDOWN_S, RETRAIN_JOB
 from crypto_platform.defs.ml.sensors import (
     REASONS_TAG,
     REQUESTED_AT_TAG,
@@ -337,3 +337,44 @@ def test_schedules_request_the_weekly_retrain_and_the_daily_report(tmp_path, mlf
     assert retrain.run_config == {"ops": {"trained_model": {"config": {"fast": True}}}}
     assert retrain.tags[TRIGGER_TAG] == "weekly" and retrain.run_key == "weekly-2026-04-13"
     assert daily.run_config == {"ops": {"daily_report": {"config": {"date": "2026-04-13"}}}}
+
+
+def test_daily_drift_verdict_runs_alone_and_no_drift_launches_no_retrain(
+    tmp_path, mlflow_server, fresh_champion
+):
+    settings = ml_settings(tmp_path / "data", mlflow_server.url)
+    defs = ml_definitions(settings, SENSOR_MODEL)
+    daily = defs.resolve_schedule_def("ml_daily_drift")
+    assert daily.job_name == DRIFT_JOB and daily.cron_schedule == "20 0 * * *"
+    # the verdict's own job: feature_drift alone, nothing trained
+    job = defs.resolve_job_def(DRIFT_JOB)
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {"feature_drift"}
+    tuesday = datetime(2026, 4, 14, 0, 20, tzinfo=UTC)
+    with instance_for_test() as instance:
+        resource = ml_resource(settings, SENSOR_MODEL)
+        context = build_schedule_context(
+            instance, scheduled_execution_time=tuesday, resources={"ml": resource}
+        )
+        (request,) = daily.evaluate_tick(context).run_requests
+        # the window ends with the day that just closed (whole days, as the benchmark judges them)
+        assert request.run_config == {"ops": {"feature_drift": {"config": {"end_date": "2026-04-13"}}}}
+        assert request.run_key == "drift-2026-04-13" and request.tags[TRIGGER_TAG] == "daily-drift"
+
+        # a day's verdict without drift: the retrain asset sensor sees it and launches nothing
+        quiet = _tick(defs, "ml_retrain_sensor", instance, resource)
+        _report(instance, "feature_drift", feature_drift_detected=False, drifted_features=[])
+        calm = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=quiet.cursor)
+        assert not calm.run_requests and "no retrain due" in calm.skip_message
+        # the next day's verdict says drift: that one asks for the retrain
+        _report(instance, "feature_drift", feature_drift_detected=True, drifted_features=["hl_range"])
+        drift = _tick(defs, "ml_retrain_sensor", instance, resource, cursor=calm.cursor)
+        assert len(drift.run_requests) == 1 and drift.run_requests[0].job_name in (None, RETRAIN_JOB)
+
+    # no champion yet: nothing to judge against, so no run (the retrain sensor trains the first one)
+    with instance_for_test() as instance:
+        resource = ml_resource(settings, "crypto-volatility-no-champion-yet")
+        context = build_schedule_context(
+            instance, scheduled_execution_time=tuesday, resources={"ml": resource}
+        )
+        result = daily.evaluate_tick(context)
+    assert not result.run_requests and "no champion" in result.skip_message

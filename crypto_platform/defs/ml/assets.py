@@ -293,8 +293,10 @@ def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> 
     required_resource_keys={"ml", "data_store"},
     kinds={"polars"},
     description=(
-        "KS + PSI per model feature between the champion's training window (its reference sample in "
-        "MLflow) and the latest days of features; label drift (realized volatility) reported apart."
+        "The latest days of features ranked among same-length stretches of the champion's training "
+        "window (its reference sample in MLflow): KS per feature and the scale of volatility-like ones, "
+        "Westfall-Young max-T; label drift (realized volatility) reported apart. Daily (ml_daily_drift) "
+        "and after each retrain."
     ),
 )
 def feature_drift(context: AssetExecutionContext, config: DriftConfig) -> MaterializeResult:
@@ -325,6 +327,7 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig) -> Materi
         alpha=config.alpha,
         ks_floor=config.ks_floor,
         psi_floor=config.psi_floor,
+        scale_floor=config.scale_floor,
     )
     payload = {
         **report.to_dict(),

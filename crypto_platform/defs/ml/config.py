@@ -21,6 +21,10 @@ CHAMPION_MAX_AGE_DAYS = 14
 RETRAIN_SENSOR_INTERVAL_S = 300
 WEEKLY_RETRAIN_CRON = "0 3 * * 1"  # Monday 03:00 UTC, after the hourly refresh of minute 5 has settled
 RELOAD_SENSOR_INTERVAL_S = 60
+DRIFT_JOB = "ml_drift_job"
+# Daily 00:20 UTC: after the 00:05 refresh has stored the previous day's last bar and its features
+# (the track record runs at 00:15, the daily report at 00:30 and shows this verdict).
+DAILY_DRIFT_CRON = "20 0 * * *"
 RELOAD_PATH = "/v1/ml/model/reload"
 
 _LSTM_FIELDS = ("units", "layers", "dropout", "learning_rate", "batch_size", "max_epochs", "patience", "seed")
@@ -78,6 +82,11 @@ class DriftConfig(Config):
     alpha: float = 0.05
     ks_floor: float = 0.1
     psi_floor: float = 0.2
+    scale_floor: float = Field(
+        default=0.25,
+        ge=0.0,
+        description="Shift of mean log |value| (volatility-like columns) a scale change must reach.",
+    )
 
 
 def training_run_config(

@@ -73,12 +73,20 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{ include "crypto-platform.secretEnv" (dict "root" . "vars" (list (list "AWS_ACCESS_KEY_ID" "S3_ACCESS_KEY") (list "AWS_SECRET_ACCESS_KEY" "S3_SECRET_KEY"))) }}
 {{- end -}}
 
+{{/* The history DB in PostgreSQL (compose's &history-url): the serving faces and the prediction sink
+write to it, the track record and the daily report read it. The credentials come first: $(X) expands only
+from a variable defined earlier. */}}
+{{- define "crypto-platform.historyEnv" -}}
+{{ include "crypto-platform.secretEnv" (dict "root" . "vars" (list (list "POSTGRES_USER" "POSTGRES_USER") (list "POSTGRES_PASSWORD" "POSTGRES_PASSWORD"))) }}
+- name: CRYPTO_API_HISTORY_URL
+  value: {{ printf "postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@%s:%v/%s" .Values.postgres.host .Values.postgres.port .Values.postgres.servingDatabase | quote }}
+{{- end -}}
+
 {{/* The API and gRPC faces (x-serving-env in compose): request history in PostgreSQL, the API keys, and
 every auth and limit setting, so both faces enforce the same rules. */}}
 {{- define "crypto-platform.servingEnv" -}}
-{{ include "crypto-platform.secretEnv" (dict "root" . "vars" (list (list "POSTGRES_USER" "POSTGRES_USER") (list "POSTGRES_PASSWORD" "POSTGRES_PASSWORD") (list "CRYPTO_ADMIN_API_KEY" "CRYPTO_ADMIN_API_KEY") (list "CRYPTO_READER_API_KEY" "CRYPTO_READER_API_KEY") (list "CRYPTO_API_KEY_PEPPER" "CRYPTO_API_KEY_PEPPER"))) }}
-- name: CRYPTO_API_HISTORY_URL
-  value: {{ printf "postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@%s:%v/%s" .Values.postgres.host .Values.postgres.port .Values.postgres.servingDatabase | quote }}
+{{ include "crypto-platform.historyEnv" . }}
+{{ include "crypto-platform.secretEnv" (dict "root" . "vars" (list (list "CRYPTO_ADMIN_API_KEY" "CRYPTO_ADMIN_API_KEY") (list "CRYPTO_READER_API_KEY" "CRYPTO_READER_API_KEY") (list "CRYPTO_API_KEY_PEPPER" "CRYPTO_API_KEY_PEPPER"))) }}
 - name: CRYPTO_API_KEYS
   value: "admin:admin:$(CRYPTO_ADMIN_API_KEY),reader:reader:$(CRYPTO_READER_API_KEY)"
 - name: CRYPTO_API_REQUIRE_KEY
