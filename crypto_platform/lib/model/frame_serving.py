@@ -125,6 +125,23 @@ class FrameForecaster:
             model, "har_plus_residual", window_columns, model.config.sequence_length, dispersion, timeframe
         )
 
+    @classmethod
+    def from_fitted(
+        cls,
+        name: str,
+        model: Any,
+        window_columns: Sequence[str],
+        dispersion: LogResidualDispersion | None = None,
+        timeframe: str = "1h",
+    ) -> FrameForecaster:
+        """The walk-forward candidate `name`, fitted, behind the frame contract. Here: HAR+ and its
+        residual only; every other candidate raises ValueError (the caller packages it otherwise)."""
+        if name == "har_plus":
+            return cls.from_har_plus(model, dispersion, timeframe)
+        if name == "har_plus_residual":
+            return cls.from_residual(model, window_columns, dispersion, timeframe)
+        raise ValueError(f"no feature-frame packaging for candidate {name!r}; known: {KINDS}")
+
     @property
     def output_columns(self) -> list[str]:
         return ["symbol", "ts", OUTPUT_COLUMN, *interval_columns(self.dispersion)]
