@@ -57,5 +57,8 @@ def load_reference(client: MlflowClient, model_name: str = registry.MODEL_NAME) 
             frame = pl.read_parquet(_download(champion.run_id, REFERENCE_FEATURES, tmp))
     except (MlflowException, OSError):
         return None
-    columns = version_feature_columns(champion, [c for c in frame.columns if c not in ("ts", "symbol")])
+    stored = [c for c in frame.columns if c not in ("ts", "symbol")]
+    # A feature-frame version (HAR+) reads columns derived from the stored features, which the reference
+    # does not hold: its drift is judged on the stored model features it was computed from.
+    columns = [c for c in version_feature_columns(champion, stored) if c in stored] or stored
     return Reference(str(champion.version), champion.run_id, columns, frame)
