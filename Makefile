@@ -10,7 +10,7 @@ export CRYPTO_DATA_LOCATION ?= $(CURDIR)/data
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 DAYS ?=
 SOURCE ?= auto
-# LSTM size for the one-command demo: `fast` trains in seconds on a laptop; `make run MODEL=default`.
+# Model-selection preset of the one-command demo: `fast` trains in about a minute; `make run MODEL=default`.
 MODEL ?= fast
 PORT ?= 3000
 

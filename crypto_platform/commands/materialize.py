@@ -49,9 +49,10 @@ class RunSummary:
 # What a whole-history asset (a model, a report) says in one line instead of a row count.
 HEADLINE_METADATA = (
     "model_version",
-    "lstm_holdout_qlike",
+    "gate_winner",
+    "champion_pooled_qlike",
     "best_baseline",
-    "best_baseline_holdout_qlike",
+    "best_baseline_pooled_qlike",
     "promoted",
     "champion_version",
     "champion_family",
@@ -189,7 +190,8 @@ def _print_summary(summary: RunSummary) -> None:
     "--model-config",
     type=click.Choice(["fast", "default"]),
     default=None,
-    help="LSTM size for trained_model: 'fast' (seconds, for demos and offline runs) or 'default'; "
+    help="Model-selection preset of trained_model: 'fast' (about a minute, for demos and offline runs) or "
+    "'default' (4 folds, 30 HAR+ trials, the full residual ensemble); "
     "default: fast when CRYPTO_ML_FAST is set, else default.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show Dagster's INFO log of each run.")

@@ -60,7 +60,7 @@ def ml_definitions(settings: Settings, model_name: str, **resource_overrides: An
 def run_retrain(
     defs: Definitions, instance: DagsterInstance, end_date: str, training_days: int, **job_kwargs: Any
 ) -> ExecuteInProcessResult:
-    """ml_retrain_job with the fast preset over a fixed window (deterministic data, seeds and split)."""
+    """ml_retrain_job, fast selection preset, over a fixed window (deterministic data, seeds, folds)."""
     return defs.resolve_job_def("ml_retrain_job").execute_in_process(
         instance=instance,
         run_config={

@@ -1,4 +1,5 @@
-"""Training orchestration on simulated features with the fast LSTM preset."""
+"""Model selection on simulated features with the fast preset: HAR+ tuning on the block before the first
+test fold, every candidate walked forward, the gate's winner refitted on every window."""
 
 from __future__ import annotations
 
@@ -8,29 +9,22 @@ import pytest
 
 from crypto_platform.lib.features import MODEL_FEATURES, compute_features
 from crypto_platform.lib.market.simulator import simulate_ohlcv
-from crypto_platform.lib.market.timeframes import HOUR_MS
-from crypto_platform.lib.model.baseline_serving import SERVABLE_BASELINES, ServableBaseline
 from crypto_platform.lib.model.baselines import BASELINES
-from crypto_platform.lib.model.lstm import LSTMConfig, limit_tf_threads
-from crypto_platform.lib.model.training import (
-    LSTM_NAME,
-    InsufficientDataError,
-    TrainingSpec,
-    build_split,
-    fit_baselines,
-    forecast_plot_png,
-    holdout_features,
-    holdout_windows,
-    loss_curve_png,
-    reference_features,
-    train_and_evaluate,
-)
+from crypto_platform.lib.model.frame_serving import FrameForecaster
+from crypto_platform.lib.model.har_plus import HARPlusBaseline
+from crypto_platform.lib.model.lstm import limit_tf_threads
+from crypto_platform.lib.model.selection import SelectionSpec, fit_on_all, select_and_fit
+from crypto_platform.lib.model.training import InsufficientDataError, reference_features
+from crypto_platform.lib.model.tuning import tune_har_plus, tuning_block
+from crypto_platform.lib.model.walk_forward import candidate_windows, default_candidates
+from crypto_platform.lib.model.walk_forward_evidence import evidence_frame, result_from_evidence
+from crypto_platform.lib.model.windows import walk_forward_folds
 from crypto_platform.lib.storage import day_start_ms
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
 # 30 days of warm-up for the longest feature window, then ~50 days of complete windows per symbol.
 START, END = "2024-01-01", "2024-03-21"
-SPEC = TrainingSpec(lstm=LSTMConfig.fast())
+SPEC = SelectionSpec.fast()
 
 
 def _features(start: str = START, end: str = END) -> pl.DataFrame:
@@ -49,101 +43,107 @@ def features() -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def result(features):
+def trials() -> list:
+    return []
+
+
+@pytest.fixture(scope="module")
+def selection(features, trials):
     limit_tf_threads()
-    return train_and_evaluate(features, SPEC)
+    return select_and_fit(features, SPEC, on_trial=trials.append)
 
 
-def test_evaluation_table_has_every_baseline_and_the_lstm(result):
-    assert result.skipped_baselines == {}
-    names = {row.name for row in result.evaluation.rows}
-    assert names == set(BASELINES) | {LSTM_NAME}
-    assert result.evaluation.best_baseline in BASELINES
-    assert result.evaluation.row(LSTM_NAME).kind == "model"
-    n = len(result.holdout)
-    assert n >= SPEC.min_block_windows
-    for name, forecast in result.forecasts.items():
-        assert forecast.shape == (n,), name
-        assert np.all(np.isfinite(forecast)) and np.all(forecast > 0), name
-        assert np.isfinite(result.evaluation.row(name).qlike), name
-    # both symbols are pooled into every block
-    for block in (result.split.train, result.split.validation, result.holdout):
-        assert set(block.symbol) == set(SYMBOLS)
-    frame = result.holdout_frame()
-    assert frame.height == n and {f"forecast_{k}" for k in result.forecasts} <= set(frame.columns)
-    metrics = result.metrics()
-    assert metrics[f"holdout_qlike_{LSTM_NAME}"] == pytest.approx(result.evaluation.row(LSTM_NAME).qlike)
+def test_every_candidate_is_walked_forward_on_the_same_folds(selection):
+    result = selection.walk_forward
+    assert len(result.folds) == SPEC.n_folds and result.reference == "har"
+    evaluated = set(result.names)
+    assert {"naive", "ewma", "har", "har_plus", "har_plus_residual"} <= evaluated
+    # a candidate skipped on some fold (GARCH needs 500 returns a symbol) is out of the pooled series
+    skipped = {n for f in result.folds for n in f.skipped}
+    assert evaluated == (set(BASELINES) | {"har_plus", "har_plus_residual", "combination"}) - skipped
+    for fold in result.folds:
+        assert set(fold.forecasts) >= evaluated and fold.test_windows >= 50
+    assert result.y.size == sum(f.test_windows for f in result.folds)
 
 
-def test_split_boundaries_respect_the_purge(result):
-    split = result.split
-    bar_ms = SPEC.bar_ms
-    assert split.purge_bars >= SPEC.horizon and split.purge_bars * bar_ms >= 24 * HOUR_MS
-    c1, c2 = split.boundaries
-    train, val, hold = split.train, split.validation, split.holdout
-    # every target of an earlier block ends (and the purge elapses) before the next block's first decision
-    assert train.ts.max() + split.purge_bars * bar_ms < c1 <= val.ts.min()
-    assert val.ts.max() + split.purge_bars * bar_ms < c2 <= hold.ts.min()
-    assert train.target_end_ts.max() < c1 and val.target_end_ts.max() < c2
-    # the holdout is the most recent block, and every sample lands in at most one block
-    assert hold.ts.min() > val.ts.max() > train.ts.max()
-    keys = [set(zip(b.symbol, b.ts, strict=True)) for b in (train, val, hold)]
-    assert not (keys[0] & keys[1]) and not (keys[1] & keys[2]) and not (keys[0] & keys[2])
+def test_the_tuning_trials_are_reported_and_the_best_configuration_is_walked_forward(selection, trials):
+    assert [t.number for t in trials] == list(range(SPEC.n_trials))
+    assert selection.tuning.trials == tuple(trials)
+    assert selection.tuning.best.pooled_qlike == min(t.pooled_qlike for t in trials)
+    assert selection.har_plus_config == selection.tuning.best_config
+    # the walked-forward HAR+ is the tuned one, on every fold
+    for fold in selection.walk_forward.folds:
+        assert fold.params["har_plus"]["config"] == selection.har_plus_config.to_dict()
+    assert selection.configuration()["har_plus"] == selection.har_plus_config.to_dict()
 
 
-def test_the_future_cannot_change_what_was_fitted(features, result):
-    """Scrambling every bar at or after the holdout start leaves the training inputs, targets and fitted
-    baselines unchanged: nothing fitted reads the holdout."""
-    c2 = result.split.boundaries[1]
+def test_tuning_reads_only_the_windows_before_the_first_test_block(features, selection):
+    """Scrambling every bar from the first test block on leaves the tuning study's scores unchanged."""
+    windows = selection.windows
+    first_test = walk_forward_folds(
+        windows.ts, SPEC.n_folds, SPEC.min_train_frac, purge_bars=windows.horizon, bar_ms=windows.bar_ms
+    )[0].test_start_ts
     rng = np.random.default_rng(0)
-    future = pl.col("ts") >= c2
+    future = pl.col("ts") >= first_test
+    columns = [*MODEL_FEATURES, "open", "high", "low", "close", "volume"]
     noisy = features.with_columns(
         pl.when(future)
-        .then(pl.col(c) * pl.Series(rng.uniform(0.2, 5.0, features.height)))
+        .then(pl.col(c) * pl.Series(rng.uniform(0.5, 2.0, features.height)))
         .otherwise(pl.col(c))
-        .alias(c)
-        for c in MODEL_FEATURES
+        for c in columns
     )
-    split = build_split(noisy, SPEC)
-    assert split.boundaries[0] == result.split.boundaries[0]
-    np.testing.assert_array_equal(split.train.X, result.split.train.X)
-    np.testing.assert_array_equal(split.train.y, result.split.train.y)
-    np.testing.assert_array_equal(split.validation.y, result.split.validation.y)
-    assert not np.allclose(split.holdout.y, result.holdout.y)  # the scrambling did reach the holdout
-    refit, _ = fit_baselines(split.train, SPEC.baselines)
-    for name, baseline in result.baselines.items():
-        assert refit[name].params() == baseline.params(), name
+    scrambled, _ = candidate_windows(noisy)
+    assert not np.allclose(scrambled.y, windows.y)  # the scrambling did reach the later windows
+    block = tuning_block(scrambled, SPEC.n_folds, SPEC.min_train_frac)
+    again = tune_har_plus(block, n_trials=SPEC.n_trials, n_folds=SPEC.tuning_folds, seed=SPEC.tuning_seed)
+    assert [t.pooled_qlike for t in again.trials] == [t.pooled_qlike for t in selection.tuning.trials]
 
 
-def test_servable_baselines_reproduce_the_evaluated_forecasts(result, tmp_path):
-    for name in SERVABLE_BASELINES:
-        packaged = ServableBaseline.from_fitted(result.baselines[name], result.holdout)
-        loaded = ServableBaseline.load(packaged.save(tmp_path / name))
-        np.testing.assert_allclose(loaded.predict(result.holdout.X), result.forecasts[name], rtol=1e-12)
-    assert result.best_baseline(servable_only=True) in SERVABLE_BASELINES
-    with pytest.raises(ValueError, match="cannot be served"):
-        ServableBaseline.from_fitted(result.baselines["garch"], result.holdout)
+def test_the_gate_winner_is_refitted_on_every_window(selection):
+    decision = selection.decision
+    assert decision == selection.walk_forward.decide(margin=SPEC.margin)
+    assert decision.champion in selection.walk_forward.names
+    candidates = default_candidates(residual_config=SPEC.residual, har_plus_config=selection.har_plus_config)
+    refit = fit_on_all(candidates, decision.champion, selection.windows)
+    np.testing.assert_allclose(refit.predict(selection.windows), selection.model.predict(selection.windows))
+    forecasts = selection.model.predict(selection.windows)
+    assert forecasts.shape == (len(selection.windows),) and np.all(np.isfinite(forecasts) & (forecasts > 0))
 
 
-def test_holdout_rows_rebuild_the_same_holdout_windows(features, result):
-    c2 = result.split.boundaries[1]
-    rows = holdout_features(features, SPEC, c2)
-    rebuilt = holdout_windows(rows, SPEC.feature_columns, c2)
-    order = np.lexsort((result.holdout.ts, result.holdout.symbol.astype(str)))
-    np.testing.assert_array_equal(rebuilt.ts, result.holdout.ts[order])
-    np.testing.assert_array_equal(rebuilt.X, result.holdout.X[order])
-    np.testing.assert_array_equal(rebuilt.y, result.holdout.y[order])
-    reference = reference_features(features, c2, SPEC.feature_columns)
-    assert reference["ts"].max() < c2 and set(MODEL_FEATURES) <= set(reference.columns)
+def test_har_plus_refit_on_all_windows_packages_behind_the_frame_contract(selection):
+    candidates = default_candidates(residual_config=SPEC.residual, har_plus_config=selection.har_plus_config)
+    har_plus = fit_on_all(candidates, "har_plus", selection.windows)
+    assert isinstance(har_plus, HARPlusBaseline) and har_plus.config == selection.har_plus_config
+    packaged = FrameForecaster.from_fitted("har_plus", har_plus, selection.windows.feature_columns)
+    out = packaged.predict_frame(selection.feature_frame).dropna(subset=["predicted_volatility"])
+    keys = pl.DataFrame({"symbol": selection.windows.symbol.astype(str), "ts": selection.windows.ts})
+    joined = keys.with_columns(pl.Series("expected", har_plus.predict(selection.windows))).join(
+        pl.from_pandas(out), on=["symbol", "ts"], how="inner"
+    )
+    assert joined.height == len(selection.windows)
+    np.testing.assert_allclose(joined["predicted_volatility"], joined["expected"], rtol=1e-9)
+    with pytest.raises(ValueError, match="no feature-frame packaging"):
+        FrameForecaster.from_fitted("ewma", object(), selection.windows.feature_columns)
 
 
-def test_figures_are_png(result):
-    trained = result.lstm.trained
-    for png in (forecast_plot_png(result), loss_curve_png(trained.history, trained.best_epoch)):
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+def test_the_stored_evidence_reproduces_the_gate(selection):
+    result = selection.walk_forward
+    rebuilt = result_from_evidence(evidence_frame(result), result.summary())
+    assert rebuilt.names == result.names
+    for name in result.names:
+        assert rebuilt.table.row(name).qlike == pytest.approx(result.table.row(name).qlike, rel=1e-12)
+        assert rebuilt.fold_qlike(name) == pytest.approx(result.fold_qlike(name), rel=1e-12)
+    assert rebuilt.decide(margin=SPEC.margin).to_dict() == selection.decision.to_dict()
+    best = result.table.best_baseline
+    assert rebuilt.decide_against_all(["har", best])[0] == result.decide_against_all(["har", best])[0]
+
+
+def test_the_drift_reference_keeps_the_model_features(features):
+    reference = reference_features(features, int(features["ts"].max()) + 1, MODEL_FEATURES)
+    assert reference.height == features.height and set(MODEL_FEATURES) <= set(reference.columns)
 
 
 def test_too_little_history_is_a_clear_error():
     short = _features("2024-01-01", "2024-02-05")  # the warm-up leaves a handful of complete windows
     with pytest.raises(InsufficientDataError, match="materialize more history"):
-        build_split(short, SPEC)
+        select_and_fit(short, SPEC)

@@ -28,33 +28,27 @@ from crypto_platform.defs.ml.config import GROUP, DriftConfig, PromotionConfig, 
 from crypto_platform.lib.drift import detect_drift
 from crypto_platform.lib.model import registry
 from crypto_platform.lib.model.holdout import load_reference, version_family
+from crypto_platform.lib.model.model_card import MZ_PLOT_ARTIFACT
 from crypto_platform.lib.model.promotion import promote
 from crypto_platform.lib.model.report import (
-    PLOT_FORECAST,
-    PLOT_LOSS,
     finite,
-    holdout_headline,
+    inline_png,
     promotion_markdown,
     promotion_scores,
-    training_figures,
-    training_markdown,
     training_plot_key,
 )
+from crypto_platform.lib.model.selection import select_and_fit
+from crypto_platform.lib.model.selection_tracking import family_of, log_selection, trial_logger
 from crypto_platform.lib.model.tags import TRAINING_RUN_TAG
 from crypto_platform.lib.model.tracking import (
     DataWindow,
     code_version,
-    log_training,
     log_training_request,
     recorded_margin,
     window_fingerprint,
 )
-from crypto_platform.lib.model.training import (
-    LABEL_COLUMN,
-    InsufficientDataError,
-    TrainingSpec,
-    train_and_evaluate,
-)
+from crypto_platform.lib.model.training import LABEL_COLUMN, InsufficientDataError
+from crypto_platform.lib.model.walk_forward import FoldResult
 from crypto_platform.lib.storage import (
     DAY_MS,
     FEATURES_ASSET,
@@ -98,6 +92,13 @@ def load_feature_window(
     return pl.concat(frames, how="diagonal_relaxed").sort("symbol", "ts"), missing
 
 
+def _bar_source(features: pl.DataFrame) -> str:
+    """Where the stored bars came from (the ohlcv asset's `source` column: exchange or simulated)."""
+    if "source" not in features.columns:
+        return "source not recorded"
+    return ", ".join(sorted(str(s) for s in features["source"].drop_nulls().unique().to_list())) or "unknown"
+
+
 def _missing_summary(missing: dict[str, list[str]]) -> dict[str, Any]:
     return {
         symbol: {"days": len(days), "first": days[0], "last": days[-1], "listed": days[:MAX_MISSING_LISTED]}
@@ -117,9 +118,10 @@ def _missing_summary(missing: dict[str, list[str]]) -> dict[str, Any]:
     required_resource_keys={"mlflow", "ml", "data_store"},
     kinds={"tensorflow", "mlflow"},
     description=(
-        "LSTM forecaster of next-24-bar realized volatility, trained on the pooled feature windows of the "
-        "configured symbols with a purged chronological split, evaluated with every baseline on the most "
-        "recent holdout, tracked in MLflow and registered as `crypto-volatility` with alias `challenger`."
+        "Every candidate forecaster (the baselines, HAR+ tuned by a small Optuna study whose trials are "
+        "nested MLflow runs, the TensorFlow residual on HAR+, their combination) walked forward on k purged "
+        "folds of the pooled feature windows; the walk-forward gate's choice is refitted on every window, "
+        "registered as `crypto-volatility` with alias `challenger` and described by a model card."
     ),
 )
 def trained_model(context: AssetExecutionContext, config: TrainingConfig) -> MaterializeResult:
@@ -130,7 +132,8 @@ def trained_model(context: AssetExecutionContext, config: TrainingConfig) -> Mat
     try:
         result = _train(context, config, ml)
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        while mlflow.active_run() is not None:  # a nested trial run first, then the parent
+            mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run()
     return result
@@ -167,17 +170,29 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
     from crypto_platform.lib.model.lstm import limit_tf_threads
 
     limit_tf_threads()
-    spec = TrainingSpec(timeframe=ml.timeframe, lstm=config.lstm_config())
+    if mlflow.active_run() is None:  # the resource's run is active in this process; be robust anyway
+        mlflow.start_run(run_id=getattr(context.resources.mlflow, "mlflow_run_id", None))
+    parent_run = mlflow.active_run()
+    assert parent_run is not None
+    log_training_request("trained_model", config.margin, config.fast, config.training_days)
+    spec = config.selection_spec(ml.timeframe)
+
+    def on_fold(fold: FoldResult) -> None:
+        context.log.info(
+            f"fold {fold.fold}: {fold.test_windows} test windows, QLIKE "
+            + ", ".join(f"{n} {fold.qlike(n):.4f}" for n in fold.forecasts)
+        )
+
     try:
-        result = train_and_evaluate(features, spec)
+        selection = select_and_fit(
+            features, spec, on_trial=trial_logger(parent_run.info.run_id), on_fold=on_fold
+        )
     except InsufficientDataError as exc:
         raise Failure(f"cannot train on {first}…{last} for {', '.join(symbols)}: {exc}") from exc
-    for name, reason in result.skipped_baselines.items():
-        context.log.warning(f"baseline {name} skipped: {reason}")
+    for fold in selection.walk_forward.folds:
+        for name, reason in fold.skipped.items():
+            context.log.warning(f"fold {fold.fold}: candidate {name} skipped: {reason}")
 
-    trained = result.lstm.trained
-    assert trained is not None
-    figures = training_figures(result)
     window = DataWindow(
         tuple(symbols),
         first.isoformat(),
@@ -186,38 +201,43 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
         code_version(ml.code_version),
         fingerprint=window_fingerprint(features),
     )
-    client = ml.client()
-    if mlflow.active_run() is None:  # the resource's run is active in this process; be robust anyway
-        mlflow.start_run(run_id=getattr(context.resources.mlflow, "mlflow_run_id", None))
-    log_training_request("trained_model", config.margin, config.fast, config.training_days)
-    logged = log_training(result, features, window, client, figures, model_name=ml.model_name)
-
-    plot_uris = {}
-    for artifact_path, png in figures.items():
-        key = training_plot_key(logged.run_id, artifact_path)
-        store.write_bytes(key, png)
-        plot_uris[artifact_path] = store.uri(key)
-
-    markdown = training_markdown(result, logged, ml.model_name, figures, plot_uris)
+    logged = log_selection(
+        selection, features, window, ml.client(), model_name=ml.model_name, source=_bar_source(features)
+    )
+    plot_key = training_plot_key(logged.run_id, MZ_PLOT_ARTIFACT)
+    store.write_bytes(plot_key, logged.mz_png)
+    result = selection.walk_forward
+    champion = selection.champion
+    best = result.table.best_baseline
     return MaterializeResult(
         metadata={
-            "evaluation": MetadataValue.md(markdown),
-            "evaluation_records": MetadataValue.json(logged.evaluation_records),
+            "model_card": MetadataValue.md(
+                logged.model_card
+                + f"\n\n{inline_png(logged.mz_png, 'Mincer–Zarnowitz')}\n\n({store.uri(plot_key)})"
+            ),
             "mlflow_run_id": logged.run_id,
-            "model_version": logged.lstm_version,
-            "model_uri": logged.lstm_model_uri,
-            "candidate_baseline": logged.baseline_name,
-            **holdout_headline(result),
-            "windows": MetadataValue.json(result.split.summary()),
+            "model_version": logged.version,
+            "model_uri": logged.model_uri,
+            "gate_winner": champion,
+            "model_family": family_of(champion),
+            "input_contract": logged.input_contract,
+            "gate": MetadataValue.json(selection.decision.to_dict()),
+            "walk_forward": MetadataValue.json(result.summary()),
+            "champion_pooled_qlike": finite(result.table.row(champion).qlike),
+            "har_pooled_qlike": finite(result.table.row(result.reference).qlike),
+            "best_baseline": best or "none",
+            "best_baseline_pooled_qlike": finite(result.table.row(best).qlike) if best else None,
+            "intervals": MetadataValue.json(result.interval_report()),
+            "tuning": MetadataValue.json(selection.tuning.to_dict()),
+            "tuning_trials": len(selection.tuning.trials),
+            "folds": len(result.folds),
             "symbols": ", ".join(symbols),
             "data_window": f"{first}..{last}",
             "data_fingerprint": window.fingerprint,
+            "windows_fingerprint": result.fingerprint,
             "missing_feature_days": MetadataValue.json(_missing_summary(missing)),
-            "epochs_run": trained.epochs_run,
-            "best_epoch": trained.best_epoch,
-            "seconds": MetadataValue.json({k: round(v, 2) for k, v in result.seconds.items()}),
-            "plot_forecast_vs_realized": MetadataValue.path(plot_uris[PLOT_FORECAST]),
-            "plot_loss_curves": MetadataValue.path(plot_uris[PLOT_LOSS]),
+            "seconds": MetadataValue.json({k: round(v, 2) for k, v in selection.seconds.items()}),
+            "plot_mincer_zarnowitz": MetadataValue.path(store.uri(plot_key)),
         }
     )
 
@@ -234,9 +254,10 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
     required_resource_keys={"ml"},
     kinds={"mlflow"},
     description=(
-        "Keeps a servable champion in the registry: the first champion is the best servable baseline; "
-        "afterwards the challenger replaces the champion only if it passes the sanity probes and beats "
-        "the champion, re-scored on the same most recent holdout, on QLIKE by the configured margin."
+        "Keeps a servable champion in the registry: the first champion is the walk-forward gate's winner; "
+        "afterwards the challenger replaces the champion only if it passes the sanity probes and the gate "
+        "(margin, Diebold–Mariano p < 0.05, fold wins) against the incumbent's candidate and the best "
+        "baseline on the same out-of-sample folds of its training run."
     ),
 )
 def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> MaterializeResult:
@@ -245,13 +266,13 @@ def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> 
     challenger = registry.alias_version(client, registry.CHALLENGER, ml.model_name)
     if challenger is None:
         raise Failure(f"{ml.model_name} has no `challenger` version: materialize trained_model first")
-    holdout_run = (challenger.tags or {}).get(TRAINING_RUN_TAG) or challenger.run_id
+    evidence_run = (challenger.tags or {}).get(TRAINING_RUN_TAG) or challenger.run_id
     # The margin the training request recorded, unless this run's config overrides it.
     margin = config.margin
     if margin is None:
-        recorded = recorded_margin(client, holdout_run)
+        recorded = recorded_margin(client, evidence_run)
         margin = TrainingConfig().margin if recorded is None else recorded
-    outcome = promote(client, holdout_run, margin, ml.model_name)
+    outcome = promote(client, margin, ml.model_name)
     champion = client.get_model_version(ml.model_name, outcome.champion_after)
     decision = outcome.decision
     context.log.info(f"promotion: {'PROMOTED' if decision.promote else 'rejected'} — {decision.reason}")
@@ -268,15 +289,15 @@ def model_promotion(context: AssetExecutionContext, config: PromotionConfig) -> 
             "challenger_family": outcome.challenger_family,
             "champion_version": outcome.champion_after,
             "champion_family": champion_family,
+            "champion_candidate": outcome.champion_candidate,
             "champion_before": outcome.champion_before or "none",
             "bootstrapped_version": outcome.bootstrapped_version or "none",
-            "rejected_lstm_version": outcome.rejected_lstm_version or "none",
-            "champion_holdout_qlike": finite(outcome.champion_qlike),
-            "holdout_qlike": MetadataValue.json(promotion_scores(outcome)),
+            "champion_pooled_qlike": finite(outcome.champion_qlike),
+            "pooled_qlike": MetadataValue.json(promotion_scores(outcome)),
             "champion_beats_baselines": outcome.champion_beats_baselines,
             "baselines_not_beaten": MetadataValue.json(outcome.baselines_not_beaten),
             "margin": margin,
-            "holdout_run_id": outcome.holdout_run_id,
+            "evidence_run_id": outcome.evidence_run_id,
         }
     )
 

@@ -2,9 +2,11 @@
 
 The two checks judge what their asset recorded in its latest materialization's metadata (the asset
 computes, the check decides), so they can also be re-run from the UI without retraining:
-- `champion_beats_baselines` (model_promotion): WARN when the champion does not beat every baseline on
-  the most recent holdout. The registry must keep a servable champion, so this can never block; it
-  says the LSTM is not (yet) earning its place and a baseline-level model is serving.
+- `champion_beats_baselines` (model_promotion): WARN when the champion's candidate does not beat every
+  other baseline on pooled out-of-sample QLIKE in the latest run's walk-forward. The gate can leave a
+  champion that some baseline edges out without significance (plain HAR stays when no challenger
+  passes, though EWMA may score lower); the registry must keep a servable champion, so this never
+  blocks: it says a model no better than a baseline is serving.
 - `no_feature_drift` (feature_drift): WARN on feature drift. WARN rather than ERROR because the
   response to drift is a retrain (the sensor requests one), not stopping anything: the champion is
   still the best model available, and hourly crypto features shift with every volatility regime.
@@ -29,8 +31,9 @@ from dagster import (
 )
 
 CHAMPION_CHECK_DESCRIPTION = (
-    "WARN when the champion does not beat every baseline (QLIKE) on the most recent holdout: a "
-    "baseline-level model is serving. Never blocking: the registry must keep a servable champion."
+    "WARN when the champion does not beat every other baseline on pooled out-of-sample QLIKE in the "
+    "latest walk-forward: a baseline-level model is serving. Never blocking: the registry must keep a "
+    "servable champion."
 )
 DRIFT_CHECK_DESCRIPTION = (
     "WARN on feature drift between the champion's training window and the latest days; the retrain "
@@ -60,14 +63,14 @@ def champion_beats_baselines(context: AssetCheckExecutionContext) -> AssetCheckR
         passed=bool(meta["champion_beats_baselines"]),
         severity=AssetCheckSeverity.WARN,
         description=(
-            "the champion beats every baseline on the holdout"
+            "the champion beats every other baseline on the walk-forward folds"
             if not not_beaten
-            else f"the champion does not beat {', '.join(not_beaten)} on the holdout"
+            else f"the champion does not beat {', '.join(not_beaten)} on the walk-forward folds"
         ),
         metadata={
             "champion_version": str(meta.get("champion_version")),
             "champion_family": str(meta.get("champion_family")),
-            "champion_holdout_qlike": meta.get("champion_holdout_qlike"),
+            "champion_pooled_qlike": meta.get("champion_pooled_qlike"),
             "baselines_not_beaten": MetadataValue.json(not_beaten),
         },
     )

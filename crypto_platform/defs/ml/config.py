@@ -8,7 +8,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from crypto_platform.lib.model.lstm import LSTMConfig
+from crypto_platform.lib.model.selection import SelectionSpec
 
 GROUP = "ml"
 EXPERIMENT_NAME = "crypto-volatility"
@@ -27,11 +27,9 @@ DRIFT_JOB = "ml_drift_job"
 DAILY_DRIFT_CRON = "20 0 * * *"
 RELOAD_PATH = "/v1/ml/model/reload"
 
-_LSTM_FIELDS = ("units", "layers", "dropout", "learning_rate", "batch_size", "max_epochs", "patience", "seed")
-
 
 class TrainingConfig(Config):
-    """What `trained_model` trains on and how. LSTM fields left empty take the preset's value."""
+    """What `trained_model` trains on and how. Selection fields left empty take the preset's value."""
 
     symbols: list[str] = Field(
         default_factory=list, description="Symbols to pool (e.g. BTC/USDT); empty: every configured symbol."
@@ -41,25 +39,32 @@ class TrainingConfig(Config):
         default=None, description="Last UTC day of the training window (YYYY-MM-DD); empty: today."
     )
     fast: bool = Field(
-        default=False, description="Tiny LSTM preset (LSTMConfig.fast): tests and the offline demo."
+        default=False,
+        description="Fast preset (SelectionSpec.fast: 3 folds, 6 HAR+ trials, small residual): tests, demo.",
     )
     margin: float = Field(
         default=0.02,
         ge=0.0,
-        description="Relative QLIKE improvement a challenger needs over the champion to be promoted.",
+        description="Relative pooled QLIKE improvement a challenger needs over the champion (and the best "
+        "baseline) on the walk-forward folds to be promoted.",
     )
-    units: int | None = None
-    layers: int | None = None
-    dropout: float | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    max_epochs: int | None = None
-    patience: int | None = None
-    seed: int | None = None
+    folds: int | None = Field(
+        default=None, ge=2, le=12, description="Walk-forward folds (default 4, fast 3)."
+    )
+    trials: int | None = Field(default=None, ge=1, le=500, description="HAR+ Optuna trials (default 30).")
+    tuning_timeout_s: float | None = Field(
+        default=None, gt=0, description="Wall-time bound of the HAR+ study (trials finished by then count)."
+    )
 
-    def lstm_config(self) -> LSTMConfig:
-        preset = LSTMConfig.fast() if self.fast else LSTMConfig.default()
-        overrides = {name: getattr(self, name) for name in _LSTM_FIELDS if getattr(self, name) is not None}
+    def selection_spec(self, timeframe: str = "1h") -> SelectionSpec:
+        preset = SelectionSpec.fast() if self.fast else SelectionSpec.default()
+        overrides: dict[str, Any] = {"timeframe": timeframe}
+        if self.folds is not None:
+            overrides["n_folds"] = self.folds
+        if self.trials is not None:
+            overrides["n_trials"] = self.trials
+        if self.tuning_timeout_s is not None:
+            overrides["tuning_timeout_s"] = self.tuning_timeout_s
         return dataclasses.replace(preset, **overrides)
 
 

@@ -7,12 +7,15 @@ Importing this module costs nothing (no MLflow import): serving reads these name
 
 from __future__ import annotations
 
-FAMILY_TAG = "model_family"  # `lstm` or `baseline:<name>`
+FAMILY_TAG = "model_family"  # `baseline:<name>`, `har_plus`, `har_plus_residual`, `combination`, `lstm`
 FEATURES_TAG = "feature_columns"  # JSON list: the feature order of the version's input windows
 TIMEFRAME_TAG = "timeframe"  # bar size the version was trained on (`1h`)
-TRAINING_RUN_TAG = "training_run_id"  # the run whose holdout scored it and whose reference describes its data
-CANDIDATE_BASELINE_TAG = "candidate_baseline"
-CANDIDATE_BASELINE_URI_TAG = "candidate_baseline_model_uri"
+TRAINING_RUN_TAG = (
+    "training_run_id"  # the run whose walk-forward judged it and whose reference describes its data
+)
+# The walk-forward candidate a version is the refit of (`har_plus`, `ewma`…): what promotion looks up in
+# a run's walk-forward evidence to judge the incumbent on the same folds as the challenger.
+CANDIDATE_TAG = "candidate"
 
 LSTM_FAMILY = "lstm"
 BASELINE_FAMILY_PREFIX = "baseline:"
