@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import msgspec
 import numpy as np
@@ -223,7 +224,11 @@ class ScorerState:
 
     # -- step 1 ------------------------------------------------------------------------------------
 
-    def ingest(self, records: Iterable[InputRecord]) -> BatchWork:
+    def ingest(
+        self, records: Iterable[InputRecord], parsed: Iterable[Tick | None] | None = None
+    ) -> BatchWork:
+        """`parsed`: one entry per record, validated ahead for the whole batch (`serving.stream.tick_batch`);
+        a None there (or no `parsed`) is parsed here by `parse_tick`, which rejects with the reason."""
         model = self.model()
         work = BatchWork(model=model)
         now = self.clock_ms()
@@ -234,11 +239,13 @@ class ScorerState:
         offsets, scored = work.offsets, work.ticks
         consumed = valid = late = 0
         try:
-            for record in records:
+            # strict=False: `repeat` never ends (the records do); `parsed` has one entry per record.
+            for record, tick in zip(records, repeat(None) if parsed is None else parsed, strict=False):
                 consumed += 1
                 offsets[(record.topic, record.partition)] = record.offset + 1
                 try:
-                    tick = parse_tick(record.value, symbols, now, max_future_ms)
+                    if tick is None:
+                        tick = parse_tick(record.value, symbols, now, max_future_ms)
                 except InvalidTick as exc:
                     self._reject(work, record, exc.code, exc.reason, exc)
                     continue
