@@ -166,3 +166,51 @@ def test_batch_formatting_of_leap_days_and_out_of_range_values():
     beyond = [-1]  # before 1970: the record-by-record path writes it
     for values in (leap_days, leap_days + beyond):
         assert format_timestamps(values, min_batch=1) == [format_timestamp(ms) for ms in values]
+
+
+def test_the_state_scores_a_batch_parsed_ahead_exactly_as_record_by_record():
+    """Predictions, dead letters (with their reasons and headers) and alerts are those of `parse_tick`
+    record by record, on a batch mixing valid, late, bar-closing and invalid records."""
+    from aiokafka.structs import ConsumerRecord
+
+    from serving.stream.scorer_state import OutputTopics, ScorerState
+
+    hour = 3_600_000
+    start = NOW - 3 * hour
+    values: list[bytes | None] = []
+    for i in range(300):
+        ts = start + i * 36_000  # 300 ticks over 3 hours: bars close on the way
+        symbol = "BTC/USDT" if i % 2 else "ethusdt"
+        values.append(
+            _tick_bytes(
+                symbol=symbol, price=100.0 + (i % 17) * (1 if i % 3 else -1), timestamp=format_timestamp(ts)
+            )
+        )
+    values[40] = _tick_bytes(timestamp=format_timestamp(start))  # late: its bar closed long ago
+    values[41] = b"not json"
+    values[42] = None
+    values[43] = _tick_bytes(price=-3)
+    values[44] = _tick_bytes(symbol="DOGE/USDT")
+    values[45] = _tick_bytes(timestamp="2025-05-31T22:00:00+00:00")  # valid, another spelling
+    records = [
+        ConsumerRecord("prices", i % 3, i, NOW, 0, b"k", v, None, 0, 0, ()) for i, v in enumerate(values)
+    ]
+
+    def run(parsed: bool):
+        state = ScorerState(KNOWN, "1h", OutputTopics("predictions", "alerts", "dlq"), clock_ms=lambda: NOW)
+        ticks = TickBatchParser(KNOWN, min_batch=1).parse(values, NOW) if parsed else None
+        work = state.ingest(records, ticks)
+        state.refresh(work)
+        out, alerts = state.emit(work)
+        decoded = []
+        for message in out:
+            body = json.loads(message.value) if message.topic == "predictions" else message.value
+            if isinstance(body, dict):
+                body.pop("latency_ms")  # the wall clock at emission
+            decoded.append((message.topic, message.key, body, message.headers))
+        return decoded, alerts, state.counters
+
+    fast, slow = run(parsed=True), run(parsed=False)
+    assert fast == slow
+    topics = [topic for topic, *_ in fast[0]]
+    assert topics.count("dlq") == 4 and topics.count("predictions") == 296

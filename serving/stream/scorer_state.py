@@ -53,6 +53,7 @@ from crypto_platform.lib.stream.ticks import (
     parse_tick,
 )
 from serving.core.model_store import LoadedModel
+from serving.stream.tick_batch import format_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -410,14 +411,17 @@ class ScorerState:
                 alerts.append(alert)
         predictions_topic = self.topics.predictions
         encode = _PREDICTION_ENCODER.encode
-        for item in work.ticks:
+        # Tick timestamps written for the whole batch at once; bar timestamps repeat: each written once.
+        tick_texts = format_timestamps([item.tick.timestamp_ms for item in work.ticks])
+        bar_texts: dict[int, str] = {}
+        for item, tick_text in zip(work.ticks, tick_texts, strict=True):
             tick, record = item.tick, item.record
             failed = work.failed_symbols.get(tick.symbol)
             if failed is not None:
                 self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(failed)}", failed)
                 continue
             try:
-                message, tick_alerts = self._prediction(item, predictions_topic, encode)
+                message, tick_alerts = self._prediction(item, predictions_topic, encode, tick_text, bar_texts)
             except Exception as exc:
                 log.exception(
                     "scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset
@@ -438,7 +442,12 @@ class ScorerState:
         return out, alerts
 
     def _prediction(
-        self, item: _Scored, predictions_topic: str, encode: Callable[[_Prediction], bytes]
+        self,
+        item: _Scored,
+        predictions_topic: str,
+        encode: Callable[[_Prediction], bytes],
+        tick_text: str,
+        bar_texts: dict[int, str],
     ) -> tuple[OutMessage, list[Alert] | None]:
         """One tick's prediction message and the alerts it raises (none of them is emitted if this raises)."""
         tick, record = item.tick, item.record
@@ -453,17 +462,22 @@ class ScorerState:
                 alerts = [*(alerts or ()), alert]
         bar_ts = item.bar_ts
         score = scores.get(bar_ts, _EMPTY_SCORE) if bar_ts is not None else _EMPTY_SCORE
+        bar_text = None
+        if bar_ts is not None:
+            bar_text = bar_texts.get(bar_ts)
+            if bar_text is None:
+                bar_text = bar_texts[bar_ts] = format_timestamp(bar_ts)
         now = time.time_ns() // 1_000_000
         payload = _Prediction(
             symbol,
-            format_timestamp(tick.timestamp_ms),
+            tick_text,
             tick.price,
             score.risk_score,
             score.vol_regime,
             score.nowcast_ret,
             score.predicted_volatility,
             score.model_version,
-            format_timestamp(bar_ts) if bar_ts is not None else None,
+            bar_text,
             item.late,
             _Source(record.topic, record.partition, record.offset),
             now - record.timestamp if record.timestamp > 0 else None,
