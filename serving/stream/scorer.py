@@ -394,9 +394,17 @@ class Scorer:
         m = self.metrics
         m.consumed.inc(len(records))
         # One counter update per label value and batch, not per message: `labels()` takes a lock and
-        # looks the child up, a cost per tick as large as parsing it.
-        for topic, count in Counter(message.topic for message in out).items():
-            m.produced.labels(topic=topic).inc(count)
+        # looks the child up, a cost per tick as large as parsing it. `out` is the batch's dead letters,
+        # then its predictions, then its alerts (`ScorerState.emit`): counted without a pass over it.
+        topics = self.config.topics
+        dead, raised = len(work.dlq), len(alerts)
+        for topic, count in (
+            (topics.dlq, dead),
+            (topics.alerts, raised),
+            (topics.predictions, len(out) - dead - raised),
+        ):
+            if count:
+                m.produced.labels(topic=topic).inc(count)
         reasons = Counter(dict(message.headers)["reason"].decode().split(":", 1)[0] for message in work.dlq)
         for reason, count in reasons.items():
             m.dlq.labels(reason=reason).inc(count)
