@@ -526,18 +526,32 @@ class Scorer:
             messages.append(message)
         sent: list[tuple[list[OutMessage], asyncio.Future]] = []
         for (topic, partition), messages in groups.items():
-            one_per_batch = topic == dlq_topic
-            batch, in_batch = producer.create_batch(), []
-            for message in messages:
-                if in_batch and not one_per_batch and _append(batch, message):
-                    in_batch.append(message)
+            if topic == dlq_topic:  # one dead letter per batch
+                for message in messages:
+                    batch = producer.create_batch()
+                    _append(
+                        batch, message
+                    )  # the first message of a batch always fits; the broker may refuse it
+                    sent.append(([message], await _send_closed(producer, batch, topic, partition)))
+                continue
+            # Predictions and alerts: as many per batch as fit (the append inlined: this loop runs once
+            # per output), each batch's messages a slice of the partition's list.
+            batch, first = producer.create_batch(), 0
+            for index, message in enumerate(messages):
+                headers = message.headers
+                appended = batch.append(
+                    key=message.key,
+                    value=message.value,
+                    timestamp=None,
+                    headers=list(headers) if headers else _NO_HEADERS,
+                )
+                if appended is not None or index == first:
                     continue
-                if in_batch:  # full (or a dead letter already in it): send it, start the next
-                    sent.append((in_batch, await _send_closed(producer, batch, topic, partition)))
-                    batch, in_batch = producer.create_batch(), []
-                _append(batch, message)  # the first message of a batch always fits; the broker may refuse it
-                in_batch.append(message)
-            sent.append((in_batch, await _send_closed(producer, batch, topic, partition)))
+                # Full: send it, and start the next with this message (it always fits an empty batch).
+                sent.append((messages[first:index], await _send_closed(producer, batch, topic, partition)))
+                batch, first = producer.create_batch(), index
+                _append(batch, message)
+            sent.append((messages[first:], await _send_closed(producer, batch, topic, partition)))
         results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
         return [
             (message, result)
