@@ -1,12 +1,13 @@
 """The scorer's ceiling on this client: consume → produce the same bytes → commit, nothing computed.
 
 Run as its own process by `benchmarks/stream.py` (like the scorer is), so the two are measured under
-the same conditions: the same broker, the same pre-produced messages, the consumer settings and batch
-size of `ScorerConfig` and the producer settings of `Scorer._new_producer` (idempotent, acks=all, the
-same linger and batch size), outputs packed into closed record batches per partition with the default
-partitioner applied to the key (cached per key, as the scorer does), every acknowledgement awaited
-before the commit. The only thing missing is the scoring: what the scorer costs beyond this loop is
-its own per-tick work.
+the same conditions: the same broker, the same pre-produced messages, the consumer settings, batch
+size, fetch settings and commit cadence of `ScorerConfig` and the producer settings of
+`Scorer._new_producer` (idempotent, acks=all, the same linger and batch size), outputs packed into
+closed record batches per partition with the default partitioner applied to the key (cached per key,
+as the scorer does), every acknowledgement awaited before the offsets count as committable (committed
+every `commit_interval_ms`, and when the poll comes back empty). The only thing missing is the
+scoring: what the scorer costs beyond this loop is its own per-tick work.
 
     python benchmarks/stream_passthrough.py --bootstrap-servers H:P --source T --dest T --group G
 """
@@ -32,6 +33,9 @@ from serving.stream.scorer import ScorerConfig
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ScorerConfig)}
 BATCH_SIZE: int = _DEFAULTS["batch_size"]
 FETCH_TIMEOUT_MS: int = _DEFAULTS["fetch_timeout_ms"]
+FETCH_MIN_BYTES: int = _DEFAULTS["fetch_min_bytes"]
+FETCH_MAX_WAIT_MS: int = _DEFAULTS["fetch_max_wait_ms"]
+COMMIT_INTERVAL_S: float = _DEFAULTS["commit_interval_ms"] / 1000
 
 
 async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch_size: int) -> None:
@@ -46,7 +50,8 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=batch_size,
-        fetch_max_wait_ms=50,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -57,6 +62,8 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
     )
     partitioner = DefaultPartitioner()
     routes: dict[bytes | None, int] = {}  # key → partition, cached as the scorer does
+    uncommitted: dict[TopicPartition, int] = {}  # acknowledged, not committed yet
+    committed_at = float("-inf")
     await consumer.start()
     await producer.start()
     try:
@@ -64,6 +71,9 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
         while not stopping.is_set():
             batch = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=batch_size)
             if not batch:
+                if uncommitted:
+                    await consumer.commit(uncommitted)
+                    uncommitted = {}
                 continue
             groups: dict[int, list] = {}
             offsets: dict[TopicPartition, int] = {}
@@ -86,7 +96,10 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
                 builder.close()
                 futures.append(await producer.send_batch(builder, dest, partition=partition))
             await asyncio.gather(*futures)
-            await consumer.commit(offsets)
+            uncommitted.update(offsets)
+            if loop.time() - committed_at >= COMMIT_INTERVAL_S:
+                await consumer.commit(uncommitted)
+                uncommitted, committed_at = {}, loop.time()
     finally:
         await consumer.stop()
         await producer.stop()

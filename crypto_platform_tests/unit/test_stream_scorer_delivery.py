@@ -125,3 +125,33 @@ def test_every_batch_is_closed_before_it_is_sent(tmp_path):
     assert failed == []
     assert producer.acknowledged == [(TOPICS.predictions, m.value) for m in predictions]
     assert producer.open_batches_sent == 0
+
+
+def test_at_least_once_commits_acknowledged_offsets_at_most_every_interval_and_all_on_demand(tmp_path):
+    """Batches within `commit_interval_ms` of the last commit add their offsets up; the next due commit
+    (or a forced one: idle stream, revocation, stop) carries the newest acknowledged offset of each
+    partition. Nothing is committed before its outputs are acknowledged."""
+    producer = FakeProducer(MessageSizeTooLargeError)
+    scorer = FakeBrokerScorer(producer, tmp_path)
+    scorer.config.commit_interval_ms = 60_000  # nothing falls due again within the test
+    tp = scorer_module.TopicPartition("prices", 0)
+
+    def batch(n: int) -> tuple[list[OutMessage], BatchWork]:
+        return [OutMessage(TOPICS.predictions, b"BTC/USDT", b'{"n":%d}' % n)], BatchWork(
+            offsets={("prices", 0): n}
+        )
+
+    async def run() -> None:
+        for n in (1, 2, 3):
+            await scorer._deliver(*batch(n))
+        assert scorer.consumer.commits == [{tp: 1}]  # the first is due at once, the next two wait
+        assert len(producer.acknowledged) == 3  # ... though their outputs are all acknowledged
+        await scorer.delivered()  # what the rebalance listener awaits: every acknowledged offset commits
+        assert scorer.consumer.commits == [{tp: 1}, {tp: 3}]
+        await scorer._deliver(*batch(4))
+        await scorer._deliver([], scorer_module._NO_WORK, force_commit=True)  # an idle poll / stop
+        assert scorer.consumer.commits == [{tp: 1}, {tp: 3}, {tp: 4}]
+        await scorer._deliver([], scorer_module._NO_WORK, force_commit=True)  # nothing new: no request
+        assert len(scorer.consumer.commits) == 3
+
+    asyncio.run(run())

@@ -12,8 +12,10 @@ next delivery starts only once it is complete, so outputs keep their order and o
 
 Delivery:
 - at-least-once (default): idempotent producer (acks=all), `enable_auto_commit=False`; offsets are
-  committed only after every output of the batch is acknowledged. A crash between the two replays the
-  batch: duplicates are possible, losses are not.
+  committed only after every output of the batch is acknowledged, at most every `commit_interval_ms`
+  (the offsets of acknowledged batches add up meanwhile), and at once when the poll comes back empty,
+  when partitions are revoked and on stop. A crash replays what was acknowledged but not committed yet
+  (at most `commit_interval_ms` of input): duplicates are possible, losses are not.
 - exactly-once (`exactly_once=True`): a transactional producer (`transactional_id` = group + instance,
   stable across restarts so a restarted instance fences its zombie and aborts its open transaction);
   per batch `begin_transaction`, the sends, `send_offsets_to_transaction`, `commit_transaction`. The
@@ -64,6 +66,7 @@ from serving.core.model_store import ModelStore
 from serving.stream.config import Topics, ensure_topics
 from serving.stream.metrics import ScorerMetrics
 from serving.stream.scorer_state import BatchWork, OutMessage, ScorerState
+from serving.stream.tick_batch import TickBatchParser
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ _PARTITIONER = DefaultPartitioner()
 # keys are symbols. Cleared past this size (dead letters keep whatever key their record had).
 MAX_ROUTES = 10_000
 _NO_HEADERS: list = []  # shared by messages without headers; the batch builder only reads it
+_NO_WORK = BatchWork()  # a delivery of nothing: only the acknowledged offsets are committed
 T = TypeVar("T")
 
 
@@ -91,6 +95,14 @@ class ScorerConfig:
     exactly_once: bool = False
     batch_size: int = 5000
     fetch_timeout_ms: int = 100
+    # The broker answers a fetch once it holds `fetch_min_bytes` for us or after `fetch_max_wait_ms`. At a
+    # few ticks per millisecond a fetch of "anything" returns a tick or two: hundreds of fetches, produce
+    # requests and commits a second, whose socket writes were half the scorer's CPU at 1k ticks/s (and
+    # load on the broker). Waiting up to 10 ms gathers ~10 ticks per batch at that rate, and a busy topic
+    # fills 64 KB at once, so throughput does not wait at all.
+    fetch_min_bytes: int = 64 * 1024
+    fetch_max_wait_ms: int = 10
+    commit_interval_ms: int = 200  # at-least-once: the most acknowledged input a crash can replay
     symbols: tuple[str, ...] = ()
     metrics_port: int | None = None
     model_name: str | None = None  # None: no model (forecasts null)
@@ -183,6 +195,8 @@ class Scorer:
             max_future_ms=config.max_future_ms,
             clock_ms=clock_ms,
         )
+        # The batch's values validated together (numpy), in front of the state's record-by-record parse.
+        self.tick_parser = TickBatchParser(self.state.symbols, config.max_future_ms)
         self.batch_lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once the consumer has joined and the loop runs
@@ -194,6 +208,9 @@ class Scorer:
         # Exactly-once: the offsets each partition's last committed transaction carried.
         self._transaction_offsets: dict[TopicPartition, int] = {}
         self._routes: dict[tuple[str, bytes | None], tuple[str, int]] = {}
+        # At-least-once: offsets of acknowledged outputs not committed yet (`_commit_acknowledged`).
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = float("-inf")  # time.monotonic() of the last commit
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -234,7 +251,8 @@ class Scorer:
             auto_offset_reset="earliest",
             isolation_level="read_committed" if config.exactly_once else "read_uncommitted",
             max_poll_records=config.batch_size,
-            fetch_max_wait_ms=50,
+            fetch_min_bytes=config.fetch_min_bytes,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         self.consumer.subscribe([config.topics.prices], listener=_Revoker(self))
         await self._until_connected("starting the consumer", self.consumer.start)
@@ -323,6 +341,10 @@ class Scorer:
                     timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.batch_size
                 )
                 if not batch:
+                    if self._uncommitted:  # the stream paused: what was acknowledged commits now
+                        async with self.batch_lock:
+                            await self._settle()
+                            await self._deliver([], _NO_WORK, force_commit=True)
                     continue
                 async with self.batch_lock:
                     assigned = consumer.assignment()
@@ -330,13 +352,21 @@ class Scorer:
                     if records:
                         await self._process(records)
         finally:
-            await self._settle()  # the last batch is delivered and committed (or its failure raised)
+            await self._settle()  # the last batch is delivered (or its failure raised) ...
+            if self._uncommitted:  # ... and every acknowledged offset committed (at-least-once)
+                await self._deliver([], _NO_WORK, force_commit=True)
 
     async def delivered(self) -> None:
-        """Wait until the batch in flight is delivered and committed (its failure is left to the loop)."""
+        """Wait until the batch in flight is delivered and every acknowledged offset is committed (a
+        delivery's failure is left to the loop)."""
         task = self._in_flight
         if task is not None and not task.done():
             await asyncio.wait({task})
+        if self._uncommitted:
+            try:
+                await self._commit_acknowledged({}, force=True)
+            except KafkaError as exc:  # the next owner re-reads them: duplicates, never a loss
+                log.warning("acknowledged offsets not committed before the rebalance (%s)", exc)
 
     async def _settle(self) -> None:
         task, self._in_flight = self._in_flight, None
@@ -349,7 +379,7 @@ class Scorer:
         offsets are committed in order, and in exactly-once mode transactions never overlap."""
         started = time.perf_counter()
         state = self.state
-        work = state.ingest(records)
+        work = state.ingest(records, self.tick_parser.parse([r.value for r in records], state.clock_ms()))
         if work.refresh_symbols:
             await asyncio.to_thread(state.refresh, work)
         out, alerts = state.emit(work)
@@ -364,9 +394,17 @@ class Scorer:
         m = self.metrics
         m.consumed.inc(len(records))
         # One counter update per label value and batch, not per message: `labels()` takes a lock and
-        # looks the child up, a cost per tick as large as parsing it.
-        for topic, count in Counter(message.topic for message in out).items():
-            m.produced.labels(topic=topic).inc(count)
+        # looks the child up, a cost per tick as large as parsing it. `out` is the batch's dead letters,
+        # then its predictions, then its alerts (`ScorerState.emit`): counted without a pass over it.
+        topics = self.config.topics
+        dead, raised = len(work.dlq), len(alerts)
+        for topic, count in (
+            (topics.dlq, dead),
+            (topics.alerts, raised),
+            (topics.predictions, len(out) - dead - raised),
+        ):
+            if count:
+                m.produced.labels(topic=topic).inc(count)
         reasons = Counter(dict(message.headers)["reason"].decode().split(":", 1)[0] for message in work.dlq)
         for reason, count in reasons.items():
             m.dlq.labels(reason=reason).inc(count)
@@ -380,8 +418,9 @@ class Scorer:
                 m.lag.labels(partition=str(partition)).set(max(high - next_offset, 0))
         m.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _deliver(self, out: list[OutMessage], work: BatchWork) -> None:
-        """Produce `out` and commit the batch's offsets; retried until it succeeds.
+    async def _deliver(self, out: list[OutMessage], work: BatchWork, force_commit: bool = False) -> None:
+        """Produce `out` and commit the batch's offsets (at-least-once: when due, or now with
+        `force_commit`); retried until it succeeds.
 
         Retries send the same outputs (computed once), except dead letters the broker will not take
         (`_give_up_unwritable`): those are logged and counted, and the batch commits without them.
@@ -404,13 +443,7 @@ class Scorer:
                         pending = [message for message, _ in failed]  # the acknowledged ones stand
                         raise Undelivered(failed)
                     pending = []
-                try:
-                    await self._commit(offsets)
-                except (CommitFailedError, IllegalStateError) as exc:
-                    # The group rebalanced under us: this member may no longer commit these partitions.
-                    # Waiting here would deadlock with the rebalance listener (it waits for this batch);
-                    # the outputs stand and the next owner re-reads from the last commit (at-least-once).
-                    log.warning("offsets of a batch not committed (%s): the group rebalanced", exc)
+                await self._commit_acknowledged(offsets, force_commit)
                 return
             except KafkaError as exc:
                 if isinstance(exc, Undelivered):
@@ -495,18 +528,32 @@ class Scorer:
             messages.append(message)
         sent: list[tuple[list[OutMessage], asyncio.Future]] = []
         for (topic, partition), messages in groups.items():
-            one_per_batch = topic == dlq_topic
-            batch, in_batch = producer.create_batch(), []
-            for message in messages:
-                if in_batch and not one_per_batch and _append(batch, message):
-                    in_batch.append(message)
+            if topic == dlq_topic:  # one dead letter per batch
+                for message in messages:
+                    batch = producer.create_batch()
+                    _append(
+                        batch, message
+                    )  # the first message of a batch always fits; the broker may refuse it
+                    sent.append(([message], await _send_closed(producer, batch, topic, partition)))
+                continue
+            # Predictions and alerts: as many per batch as fit (the append inlined: this loop runs once
+            # per output), each batch's messages a slice of the partition's list.
+            batch, first = producer.create_batch(), 0
+            for index, message in enumerate(messages):
+                headers = message.headers
+                appended = batch.append(
+                    key=message.key,
+                    value=message.value,
+                    timestamp=None,
+                    headers=list(headers) if headers else _NO_HEADERS,
+                )
+                if appended is not None or index == first:
                     continue
-                if in_batch:  # full (or a dead letter already in it): send it, start the next
-                    sent.append((in_batch, await _send_closed(producer, batch, topic, partition)))
-                    batch, in_batch = producer.create_batch(), []
-                _append(batch, message)  # the first message of a batch always fits; the broker may refuse it
-                in_batch.append(message)
-            sent.append((in_batch, await _send_closed(producer, batch, topic, partition)))
+                # Full: send it, and start the next with this message (it always fits an empty batch).
+                sent.append((messages[first:index], await _send_closed(producer, batch, topic, partition)))
+                batch, first = producer.create_batch(), index
+                _append(batch, message)
+            sent.append((messages[first:], await _send_closed(producer, batch, topic, partition)))
         results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
         return [
             (message, result)
@@ -514,6 +561,27 @@ class Scorer:
             if isinstance(result, BaseException)
             for message in messages
         ]
+
+    async def _commit_acknowledged(self, offsets: dict[TopicPartition, int], force: bool = False) -> None:
+        """At-least-once: add `offsets` (their outputs acknowledged) to those not committed yet, and commit
+        them all if `commit_interval_ms` has passed since the last commit (or `force`). A broker error
+        leaves them for the next attempt; a rebalance error drops them (no longer ours to commit)."""
+        self._uncommitted.update(offsets)
+        due = time.monotonic() - self._committed_at >= self.config.commit_interval_ms / 1000
+        if not self._uncommitted or not (due or force):
+            return
+        committing = dict(self._uncommitted)
+        try:
+            await self._commit(committing)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us: this member may no longer commit these partitions.
+            # Waiting here would deadlock with the rebalance listener (it waits for this batch);
+            # the outputs stand and the next owner re-reads from the last commit (at-least-once).
+            log.warning("offsets of a batch not committed (%s): the group rebalanced", exc)
+        self._committed_at = time.monotonic()
+        for tp, offset in committing.items():
+            if self._uncommitted.get(tp) == offset:
+                del self._uncommitted[tp]
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assigned = self.consumer.assignment()

@@ -48,6 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import msgspec
 import numpy as np
@@ -68,6 +69,7 @@ from crypto_platform.lib.stream.ticks import (
 )
 from serving.core import frames
 from serving.core.model_store import LoadedModel
+from serving.stream.tick_batch import format_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +265,11 @@ class ScorerState:
 
     # -- step 1 ------------------------------------------------------------------------------------
 
-    def ingest(self, records: Iterable[InputRecord]) -> BatchWork:
+    def ingest(
+        self, records: Iterable[InputRecord], parsed: Iterable[Tick | None] | None = None
+    ) -> BatchWork:
+        """`parsed`: one entry per record, validated ahead for the whole batch (`serving.stream.tick_batch`);
+        a None there (or no `parsed`) is parsed here by `parse_tick`, which rejects with the reason."""
         model = self.model()
         work = BatchWork(model=model)
         now = self.clock_ms()
@@ -274,11 +280,13 @@ class ScorerState:
         offsets, scored = work.offsets, work.ticks
         consumed = valid = late = 0
         try:
-            for record in records:
+            # strict=False: `repeat` never ends (the records do); `parsed` has one entry per record.
+            for record, tick in zip(records, repeat(None) if parsed is None else parsed, strict=False):
                 consumed += 1
                 offsets[(record.topic, record.partition)] = record.offset + 1
                 try:
-                    tick = parse_tick(record.value, symbols, now, max_future_ms)
+                    if tick is None:
+                        tick = parse_tick(record.value, symbols, now, max_future_ms)
                 except InvalidTick as exc:
                     self._reject(work, record, exc.code, exc.reason, exc)
                     continue
@@ -487,14 +495,17 @@ class ScorerState:
                 alerts.append(alert)
         predictions_topic = self.topics.predictions
         encode = _PREDICTION_ENCODER.encode
-        for item in work.ticks:
+        # Tick timestamps written for the whole batch at once; bar timestamps repeat: each written once.
+        tick_texts = format_timestamps([item.tick.timestamp_ms for item in work.ticks])
+        bar_texts: dict[int, str] = {}
+        for item, tick_text in zip(work.ticks, tick_texts, strict=True):
             tick, record = item.tick, item.record
             failed = work.failed_symbols.get(tick.symbol)
             if failed is not None:
                 self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(failed)}", failed)
                 continue
             try:
-                message, tick_alerts = self._prediction(item, predictions_topic, encode)
+                message, tick_alerts = self._prediction(item, predictions_topic, encode, tick_text, bar_texts)
             except Exception as exc:
                 log.exception(
                     "scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset
@@ -515,7 +526,12 @@ class ScorerState:
         return out, alerts
 
     def _prediction(
-        self, item: _Scored, predictions_topic: str, encode: Callable[[_Prediction], bytes]
+        self,
+        item: _Scored,
+        predictions_topic: str,
+        encode: Callable[[_Prediction], bytes],
+        tick_text: str,
+        bar_texts: dict[int, str],
     ) -> tuple[OutMessage, list[Alert] | None]:
         """One tick's prediction message and the alerts it raises (none of them is emitted if this raises)."""
         tick, record = item.tick, item.record
@@ -530,17 +546,22 @@ class ScorerState:
                 alerts = [*(alerts or ()), alert]
         bar_ts = item.bar_ts
         score = scores.get(bar_ts, _EMPTY_SCORE) if bar_ts is not None else _EMPTY_SCORE
+        bar_text = None
+        if bar_ts is not None:
+            bar_text = bar_texts.get(bar_ts)
+            if bar_text is None:
+                bar_text = bar_texts[bar_ts] = format_timestamp(bar_ts)
         now = time.time_ns() // 1_000_000
         payload = _Prediction(
             symbol,
-            format_timestamp(tick.timestamp_ms),
+            tick_text,
             tick.price,
             score.risk_score,
             score.vol_regime,
             score.nowcast_ret,
             score.predicted_volatility,
             score.model_version,
-            format_timestamp(bar_ts) if bar_ts is not None else None,
+            bar_text,
             item.late,
             _Source(record.topic, record.partition, record.offset),
             now - record.timestamp if record.timestamp > 0 else None,
