@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -25,6 +27,24 @@ PREDICTIONS = Counter("crypto_api_ml_predictions", "ML predictions served", ["sy
 HISTORY_WRITE_ERRORS = Counter(
     "crypto_api_history_write_errors", "History rows the database refused (logged, not stored)"
 )
+HISTORY_DROPPED = Counter(
+    "crypto_api_history_dropped",
+    "History rows dropped because the write-behind queue stayed full past the enqueue wait (logged)",
+)
+HISTORY_QUEUE_DEPTH = Gauge(
+    "crypto_api_history_queue_depth", "History rows recorded and not yet written (queued or committing)"
+)
+HISTORY_QUEUE_CAPACITY = Gauge(
+    "crypto_api_history_queue_capacity", "History rows the write-behind queue holds at most"
+)
+
+
+def watch_history_queue(history: Any) -> None:
+    """Point the queue gauges at `history` (read at scrape time: nothing per request). Held weakly: an
+    app built and dropped in a test leaves no history alive through the default registry."""
+    ref = weakref.ref(history)
+    HISTORY_QUEUE_DEPTH.set_function(lambda: getattr(ref(), "queue_depth", 0))
+    HISTORY_QUEUE_CAPACITY.set(history.queue_max)
 
 
 def _iso(epoch_s: float | None) -> str | None:

@@ -22,7 +22,13 @@ from litestar.params import Dependency
 from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
 from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, validate_timeframe
 from crypto_platform.lib.storage import ObjectStore, open_store
-from serving.api.metrics import HISTORY_WRITE_ERRORS, Counters, model_changed
+from serving.api.metrics import (
+    HISTORY_DROPPED,
+    HISTORY_WRITE_ERRORS,
+    Counters,
+    model_changed,
+    watch_history_queue,
+)
 from serving.api.schemas import MAX_EXCHANGE_CHARS, MAX_SYMBOL_CHARS, MAX_TIMEFRAME_CHARS
 from serving.api.scoring import FeatureCache
 from serving.api.settings import ServingSettings
@@ -138,7 +144,14 @@ def build_services(
             now_ms=now_ms,
             live_loader=live_loader,
         )
-    history = history or History(settings.history_url, on_write_error=HISTORY_WRITE_ERRORS.inc)
+    history = history or History(
+        settings.history_url,
+        on_write_error=HISTORY_WRITE_ERRORS.inc,
+        queue_max=settings.history_queue_max,
+        enqueue_wait_s=settings.history_enqueue_wait_s,
+        on_drop=HISTORY_DROPPED.inc,
+    )
+    watch_history_queue(history)
     models = model_store or ModelStore(
         platform.mlflow_tracking_uri, settings.model_name, settings.model_alias, settings.model_poll_s
     )
