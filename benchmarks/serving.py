@@ -12,7 +12,11 @@ SQLite-backed MLflow registry. Two servers on loopback, one uvicorn worker each:
     clients poll between closes; benchmarks/inference.py times the pass itself), builds the answer and
     queues it for the SQLite history;
   * `mlflow models serve --env-manager local` on the same registered model, sent the ready-made 48×12
-    window as JSON (it does less work per request: no features, no history).
+    window as JSON (it does less work per request: no features, no history);
+  * the framework's ceiling: a bare Litestar app (`benchmarks/bare_litestar.py`) under the same uvicorn
+    flags, answering the same ml-signal request with the API's own response (captured from the API at
+    the start of the run) and doing nothing else. `ratios.ml_signal_vs_bare_c16` is the API's share of
+    what Litestar itself can serve on this machine in this run (goal: >= 0.5).
 
 Load comes from `wrk` (a C load generator, Debian package `wrk`) when it is installed: 1 and 16
 keep-alive connections for a fixed time each after a warm-up. Without it (or with `--client python`),
@@ -21,7 +25,9 @@ and share this machine's cores with the servers, so at 16 clients they measure t
 the server. Either way both servers get the same load, so the ratios compare like with like.
 
     .venv/bin/python benchmarks/serving.py [--client auto|wrk|python] [--seconds 8]
-        [--requests 400] [--concurrent-requests 60]
+        [--requests 400] [--concurrent-requests 60] [--no-mlflow]
+
+`--no-mlflow` leaves out `mlflow models serve` (its start-up is most of a short run's wall time).
 """
 
 from __future__ import annotations
@@ -227,6 +233,7 @@ def main() -> None:
     )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per wrk run")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow models serve baseline")
     args = parser.parse_args()
     client = args.client
     if client == "auto":
@@ -251,90 +258,99 @@ def main() -> None:
         # `mlflow models serve` runs `uvicorn` from PATH: the venv's, like an activated environment.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    api_port, mlflow_port = free_port(), free_port()
+    api_port, mlflow_port, bare_port = free_port(), free_port(), free_port()
     bin_dir = Path(sys.executable).parent
-    api = start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "serving.api.app:create_app_from_env",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env,
-        root / "api.log",
-    )
-    served = start(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-            "--workers",
-            "1",
-        ],
-        env,
-        root / "mlflow-serve.log",
-    )
+
+    def uvicorn_args(factory: str, port: int) -> list[str]:
+        """One set of server flags for the API and the bare app: the comparison is the app, nothing else."""
+        return [
+            sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+
+    api = start(uvicorn_args("serving.api.app:create_app_from_env", api_port), env, root / "api.log")
+    servers = [api]
     try:
+        if not args.no_mlflow:
+            servers.append(
+                start(
+                    [
+                        str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+                        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                        "--workers", "1",
+                    ],
+                    env,
+                    root / "mlflow-serve.log",
+                )
+            )  # fmt: skip
         wait_http(api_port, "/ready", api, root / "api.log")
-        wait_http(mlflow_port, "/health", served, root / "mlflow-serve.log")
         ml_body = json.dumps({"symbol": "BTC/USDT"}).encode()
+        # The bare app serves what the API serves: one real answer, captured now.
+        conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=30)
+        conn.request("POST", "/v1/crypto/ml-signal", ml_body, {"content-type": "application/json"})
+        answer = conn.getresponse()
+        served = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"ml-signal answered {answer.status}: {served[:500]!r}")
+        bare_env = {**env, "BENCH_ML_SIGNAL_BODY": served.decode()}
+        bare_app = uvicorn_args("benchmarks.bare_litestar:create_app", bare_port)
+        bare = start(bare_app, bare_env, root / "bare.log")
+        servers.append(bare)
+        wait_http(bare_port, "/health", bare, root / "bare.log")
+        if not args.no_mlflow:
+            wait_http(mlflow_port, "/health", servers[1], root / "mlflow-serve.log")
         signal_body = json.dumps({"symbol": "BTC/USDT"}).encode()
         mlflow_body = json.dumps({"inputs": window.tolist()}).encode()
-        results: dict[str, dict] = {"api_ml_signal": {}, "api_signal": {}, "mlflow_serve": {}}
+        targets = [
+            ("api_ml_signal", api_port, "/v1/crypto/ml-signal", ml_body),
+            ("bare_litestar", bare_port, "/v1/crypto/ml-signal", ml_body),
+            ("api_signal", api_port, "/v1/crypto/signal", signal_body),
+        ]
+        if not args.no_mlflow:
+            targets.append(("mlflow_serve", mlflow_port, "/invocations", mlflow_body))
+        results: dict[str, dict] = {name: {} for name, *_ in targets}
         script = root / "post.lua"
         script.write_text(WRK_SCRIPT)
         for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
             key = f"c{clients}"
-            for name, port, path, body in (
-                ("api_ml_signal", api_port, "/v1/crypto/ml-signal", ml_body),
-                ("api_signal", api_port, "/v1/crypto/signal", signal_body),
-                ("mlflow_serve", mlflow_port, "/invocations", mlflow_body),
-            ):
+            for name, port, path, body in targets:
                 if client == "wrk":
                     results[name][key] = load_wrk(port, path, body, clients, args.seconds, script)
                 else:
                     results[name][key] = load(port, path, body, clients, per_client)
     finally:
-        stop(api)
-        stop(served)
+        for server in servers:
+            stop(server)
         shutil.rmtree(root, ignore_errors=True)
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 2) if b else float("nan")
 
-    ml, mf = results["api_ml_signal"], results["mlflow_serve"]
+    ml, bare = results["api_ml_signal"], results["bare_litestar"]
+    ratios = {
+        "ml_signal_vs_bare_c1": ratio(ml["c1"]["req_per_s"], bare["c1"]["req_per_s"]),
+        "ml_signal_vs_bare_c16": ratio(ml["c16"]["req_per_s"], bare["c16"]["req_per_s"]),
+    }
+    goals = {
+        "ml_signal_p50_le_2ms_c1": ml["c1"]["p50_ms"] <= 2.0,
+        "ml_signal_ge_50pct_of_bare_litestar_c16": ratios["ml_signal_vs_bare_c16"] >= 0.5,
+    }
+    if "mlflow_serve" in results:
+        mf = results["mlflow_serve"]
+        ratios |= {
+            "ml_signal_throughput_vs_mlflow_c1": ratio(ml["c1"]["req_per_s"], mf["c1"]["req_per_s"]),
+            "ml_signal_throughput_vs_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"]),
+            "ml_signal_p50_vs_mlflow_c1": ratio(ml["c1"]["p50_ms"], mf["c1"]["p50_ms"]),
+        }
+        goals["ml_signal_throughput_ge_10x_mlflow_c16"] = ratios["ml_signal_throughput_vs_mlflow_c16"] >= 10
     report = {
         "benchmark": "serving",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_generator": client,
         "model": {"name": MODEL, "version": version, "shape": "LSTM 2x32, 48 bars x 12 features"},
         **results,
-        "ratios": {
-            "ml_signal_throughput_vs_mlflow_c1": ratio(ml["c1"]["req_per_s"], mf["c1"]["req_per_s"]),
-            "ml_signal_throughput_vs_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"]),
-            "ml_signal_p50_vs_mlflow_c1": ratio(ml["c1"]["p50_ms"], mf["c1"]["p50_ms"]),
-        },
-        "goals": {
-            "ml_signal_p50_le_2ms_c1": ml["c1"]["p50_ms"] <= 2.0,
-            "ml_signal_throughput_ge_10x_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"])
-            >= 10,
-        },
+        "ratios": ratios,
+        "goals": goals,
     }
     print(json.dumps(report, indent=2))
 
