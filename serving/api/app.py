@@ -38,7 +38,7 @@ from serving.api.json_depth import JsonDepthMiddleware
 from serving.api.ratelimit import UNMETERED_PATHS, RateLimitMiddleware
 from serving.api.request_metrics import RequestMetricsMiddleware
 from serving.api.scoring import NotEnoughHistoryError
-from serving.api.security import reader_guard
+from serving.api.security import ReaderGateMiddleware
 from serving.api.security_headers import SecurityHeadersMiddleware
 from serving.api.services import (
     InvalidInputError,
@@ -162,7 +162,8 @@ def create_app(
             SummaryController,
             EvidenceController,
         ],
-        guards=[reader_guard],
+        # reader_guard's rule, as middleware (see ReaderGateMiddleware: a guard costs a handler copy)
+        middleware=[ReaderGateMiddleware(keyring)],
     )
     middleware: list[Any] = [
         SecurityHeadersMiddleware(),
