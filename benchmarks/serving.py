@@ -25,9 +25,13 @@ and share this machine's cores with the servers, so at 16 clients they measure t
 the server. Either way both servers get the same load, so the ratios compare like with like.
 
     .venv/bin/python benchmarks/serving.py [--client auto|wrk|python] [--seconds 8]
-        [--requests 400] [--concurrent-requests 60] [--no-mlflow]
+        [--requests 400] [--concurrent-requests 60] [--no-mlflow] [--server serve|plain] [--rounds 1]
 
 `--no-mlflow` leaves out `mlflow models serve` (its start-up is most of a short run's wall time).
+`--rounds N` measures every server N times, interleaved, and reports the median run (and the ratio to
+the bare app as the median of the per-round ratios): on a shared machine, use 3 or more.
+`--server serve` (default) runs both uvicorn apps with `crypto-platform serve`'s connection settings
+(benchmarks/run_app.py); `plain` with `python -m uvicorn`'s defaults, as the numbers of issue 17 were.
 """
 
 from __future__ import annotations
@@ -163,15 +167,39 @@ end
 """
 
 
-def load_wrk(port: int, path: str, body: bytes, clients: int, seconds: int, script: Path) -> dict:
-    """p50 / p99 latency (ms) and requests per second from wrk: one thread, `clients` connections."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_wrk(
+    port: int,
+    path: str,
+    body: bytes,
+    clients: int,
+    seconds: int,
+    script: Path,
+    warm_up: bool = True,
+    server_pid: int | None = None,
+) -> dict:
+    """p50 / p99 latency (ms) and requests per second from wrk: one thread, `clients` connections.
+    With `server_pid`, also the server's CPU time per request (µs): unlike req/s, it hardly moves
+    when other processes compete for the cores, so it is the steadier comparison on a shared machine."""
     url = f"http://127.0.0.1:{port}{path}"
     env = {**os.environ, "BENCH_BODY": body.decode()}
     base = ["wrk", "-t1", f"-c{clients}", "-s", str(script), "--timeout", "10s"]
-    subprocess.run([*base, "-d2s", url], env=env, capture_output=True, check=True)  # warm-up
+    if warm_up:
+        subprocess.run([*base, "-d2s", url], env=env, capture_output=True, check=True)
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     done = subprocess.run([*base, f"-d{seconds}s", url], env=env, capture_output=True, text=True, check=True)
+    cpu = cpu_seconds(server_pid) - cpu_before if server_pid else None
     stats = json.loads(done.stderr.strip().splitlines()[-1])
+    per_request = (
+        {"cpu_us_per_req": round(cpu / stats["requests"] * 1e6, 1)} if cpu and stats["requests"] else {}
+    )
     return {
+        **per_request,
         "clients": clients,
         "requests": stats["requests"],
         "errors": stats["errors"],
@@ -234,6 +262,13 @@ def main() -> None:
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per wrk run")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow models serve baseline")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per server, interleaved")
+    parser.add_argument(
+        "--server",
+        choices=("serve", "plain"),
+        default="serve",
+        help="serve: crypto-platform serve's uvicorn settings; plain: python -m uvicorn defaults",
+    )
     args = parser.parse_args()
     client = args.client
     if client == "auto":
@@ -262,7 +297,11 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
 
     def uvicorn_args(factory: str, port: int) -> list[str]:
-        """One set of server flags for the API and the bare app: the comparison is the app, nothing else."""
+        """One server set-up for the API and the bare app: the comparison is the app, nothing else.
+        `serve`: `crypto-platform serve`'s connection settings (h11 with the header deadline, no proxy
+        headers); `plain`: `python -m uvicorn`'s defaults (httptools, proxy headers from 127.0.0.1)."""
+        if args.server == "serve":
+            return [sys.executable, "-m", "benchmarks.run_app", factory, str(port)]
         return [
             sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", "--no-access-log",
@@ -308,16 +347,25 @@ def main() -> None:
         ]
         if not args.no_mlflow:
             targets.append(("mlflow_serve", mlflow_port, "/invocations", mlflow_body))
-        results: dict[str, dict] = {name: {} for name, *_ in targets}
         script = root / "post.lua"
         script.write_text(WRK_SCRIPT)
-        for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
-            key = f"c{clients}"
-            for name, port, path, body in targets:
-                if client == "wrk":
-                    results[name][key] = load_wrk(port, path, body, clients, args.seconds, script)
-                else:
-                    results[name][key] = load(port, path, body, clients, per_client)
+        pids = {api_port: api.pid, bare_port: bare.pid}  # uvicorn serves in the started process itself
+        # runs[name][key]: one measurement per round. Rounds interleave the servers (their order turns
+        # each round), so a neighbour's load on a shared machine falls on all of them alike.
+        runs: dict[str, dict[str, list[dict]]] = {name: {} for name, *_ in targets}
+        for round_no in range(args.rounds):
+            for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
+                key = f"c{clients}"
+                turn = round_no % len(targets)
+                for name, port, path, body in targets[turn:] + targets[:turn]:
+                    if client == "wrk":
+                        pid = pids.get(port)
+                        measured = load_wrk(
+                            port, path, body, clients, args.seconds, script, round_no == 0, pid
+                        )
+                    else:
+                        measured = load(port, path, body, clients, per_client)
+                    runs[name].setdefault(key, []).append(measured)
     finally:
         for server in servers:
             stop(server)
@@ -326,11 +374,35 @@ def main() -> None:
     def ratio(a: float, b: float) -> float:
         return round(a / b, 2) if b else float("nan")
 
+    def median_run(measured: list[dict]) -> dict:
+        ordered = sorted(measured, key=lambda m: m["req_per_s"])
+        return {**ordered[(len(ordered) - 1) // 2], "rounds_req_per_s": [m["req_per_s"] for m in measured]}
+
+    results = {name: {key: median_run(m) for key, m in by_key.items()} for name, by_key in runs.items()}
     ml, bare = results["api_ml_signal"], results["bare_litestar"]
-    ratios = {
-        "ml_signal_vs_bare_c1": ratio(ml["c1"]["req_per_s"], bare["c1"]["req_per_s"]),
-        "ml_signal_vs_bare_c16": ratio(ml["c16"]["req_per_s"], bare["c16"]["req_per_s"]),
+    # Per round (the two measured minutes apart at most), then the median of the rounds.
+    per_round = {
+        key: [
+            ratio(a["req_per_s"], b["req_per_s"])
+            for a, b in zip(runs["api_ml_signal"][key], runs["bare_litestar"][key], strict=True)
+        ]
+        for key in ("c1", "c16")
     }
+    ratios = {
+        "ml_signal_vs_bare_c1": statistics.median(per_round["c1"]),
+        "ml_signal_vs_bare_c16": statistics.median(per_round["c16"]),
+        "ml_signal_vs_bare_per_round": per_round,
+    }
+    if client == "wrk":
+        # Bare's CPU per request over the API's: the req/s ratio the two would reach on idle cores.
+        for key in ("c1", "c16"):
+            cpu_ratios = [
+                ratio(b["cpu_us_per_req"], a["cpu_us_per_req"])
+                for a, b in zip(runs["api_ml_signal"][key], runs["bare_litestar"][key], strict=True)
+                if "cpu_us_per_req" in a and "cpu_us_per_req" in b
+            ]
+            if cpu_ratios:
+                ratios[f"ml_signal_vs_bare_cpu_{key}"] = statistics.median(cpu_ratios)
     goals = {
         "ml_signal_p50_le_2ms_c1": ml["c1"]["p50_ms"] <= 2.0,
         "ml_signal_ge_50pct_of_bare_litestar_c16": ratios["ml_signal_vs_bare_c16"] >= 0.5,
@@ -347,6 +419,7 @@ def main() -> None:
         "benchmark": "serving",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_generator": client,
+        "server": args.server,
         "model": {"name": MODEL, "version": version, "shape": "LSTM 2x32, 48 bars x 12 features"},
         **results,
         "ratios": ratios,

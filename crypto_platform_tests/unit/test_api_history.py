@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 
 from serving.core.history import History, UnknownCursorError
 
@@ -153,3 +153,16 @@ def _prediction(created_at: float) -> dict:
         "model_version": "3", "predicted_volatility": 0.01, "current_volatility": 0.012,
         "volatility_regime": "calm",
     }  # fmt: skip
+
+
+def test_rows_of_a_burst_share_one_transaction_and_a_read_does_not_wait_for_the_linger(tmp_path):
+    history = History(f"sqlite:///{tmp_path / 'h.db'}", linger_s=5.0)
+    commits: list[int] = []
+    event.listen(history.engine, "commit", lambda _conn: commits.append(1))
+    for i in range(20):
+        history.record_signal(_row("BTC/USDT", float(i)), {"i": i})
+    started = time.monotonic()
+    assert history.counts()["signals"] == 20  # the read cuts the writer's 5 s linger short
+    assert time.monotonic() - started < 2.5
+    assert len(commits) == 1
+    history.close()
