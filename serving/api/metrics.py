@@ -64,6 +64,7 @@ class Counters:
     last_signal_at: float | None = None
     last_ml_prediction_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _predictions: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def request(self) -> None:
         with self._lock:
@@ -76,7 +77,12 @@ class Counters:
             self.last_signal_at = time.time()
 
     def prediction(self, symbol: str, version: str, seconds: float) -> None:
-        PREDICTIONS.labels(symbol=symbol, model_version=version).inc()
+        counter = self._predictions.get((symbol, version))
+        if counter is None:  # a label lookup takes the metric's lock: once per (symbol, version)
+            counter = self._predictions[(symbol, version)] = PREDICTIONS.labels(
+                symbol=symbol, model_version=version
+            )
+        counter.inc()
         PREDICTION_LATENCY.observe(seconds)
         with self._lock:
             self.ml_predictions_total += 1

@@ -142,7 +142,7 @@ class FeatureCache:
             bars.timeframe,
             bars.last_closed_ts,
             bars.last_ts,
-            bars.frame.height,
+            bars.height,
             bars.origin,
             bars.source,
         )
@@ -150,7 +150,7 @@ class FeatureCache:
     def cached(self, symbol: str, timeframe: str) -> FeatureSnapshot | None:
         """The snapshot for the newest bar if bars and features are both cached (no I/O, no compute)."""
         bars = self.market.cached_bars(symbol, timeframe, FEATURE_BARS)
-        return None if bars is None or bars.frame.height == 0 else self._entries.get(self.key(bars))
+        return None if bars is None or bars.height == 0 else self._entries.get(self.key(bars))
 
     def snapshot(self, symbol: str, timeframe: str) -> FeatureSnapshot:
         """Bars (possibly fetched) and their features (computed once per newest bar). Blocking."""
