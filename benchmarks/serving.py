@@ -26,6 +26,7 @@ the server. Either way both servers get the same load, so the ratios compare lik
 
     .venv/bin/python benchmarks/serving.py [--client auto|wrk|python] [--seconds 8]
         [--requests 400] [--concurrent-requests 60] [--no-mlflow] [--server serve|plain] [--rounds 1]
+        [--rate-limit 0]
 
 `--no-mlflow` leaves out `mlflow models serve` (its start-up is most of a short run's wall time).
 `--rounds N` measures every server N times, interleaved, and reports the median run (and the ratio to
@@ -263,6 +264,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per wrk run")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow models serve baseline")
     parser.add_argument("--rounds", type=int, default=1, help="measurements per server, interleaved")
+    parser.add_argument("--rate-limit", type=int, default=0, help="the API's CRYPTO_API_RATE_LIMIT (0: off)")
     parser.add_argument(
         "--server",
         choices=("serve", "plain"),
@@ -288,7 +290,9 @@ def main() -> None:
         "CRYPTO_MARKET_SOURCE": "simulated",
         "MLFLOW_TRACKING_URI": tracking_uri,
         "CRYPTO_API_HISTORY_URL": f"sqlite:///{root / 'history.db'}",
-        "CRYPTO_API_RATE_LIMIT": "0",
+        # Off by default (one wrk client would spend a per-minute budget in a blink); `--rate-limit N`
+        # turns it on with a budget no run exhausts, to measure what the limiter costs per request.
+        "CRYPTO_API_RATE_LIMIT": str(args.rate_limit),
         "CRYPTO_API_MODEL_POLL_S": "0",
         # `mlflow models serve` runs `uvicorn` from PATH: the venv's, like an activated environment.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -420,6 +424,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_generator": client,
         "server": args.server,
+        "api_rate_limit_per_minute": args.rate_limit,
         "model": {"name": MODEL, "version": version, "shape": "LSTM 2x32, 48 bars x 12 features"},
         **results,
         "ratios": ratios,
