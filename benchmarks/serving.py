@@ -1,16 +1,19 @@
-"""Serving latency and throughput: the Litestar API vs `mlflow models serve`, same model, same run.
+"""Serving latency and throughput: the Litestar API vs a bare Litestar app and `mlflow models serve`,
+same model, same run.
 
 Set-up (all local, nothing reaches the network): simulated BTC/USDT and ETH/USDT bars for 40 days up to
 the last closed hour, stored the way the pipeline stores them; an LSTM forecaster of the default
 production shape (2 LSTM layers × 32 units, 12 features, 48 bars; weights drawn at random: speed does
 not depend on them) logged with lib.model.packaging and registered as `crypto-volatility@champion` in a
-SQLite-backed MLflow registry. Two servers on loopback, one uvicorn worker each:
+SQLite-backed MLflow registry. Three servers on loopback, one uvicorn worker each:
 
   * the API (`serving.api.app:create_app_from_env` under uvicorn), which for every ml-signal request
-    validates the input, looks up cached features and the forecast (both memoised per last closed bar
-    and model version: the forward pass runs once per bar close or model swap, as in production where
-    clients poll between closes; benchmarks/inference.py times the pass itself), builds the answer and
-    queues it for the SQLite history;
+    runs its middleware (security headers, request metrics, JSON depth, the /v1 key rule; the rate
+    limit only with `--rate-limit`), validates the input, looks up cached features and the forecast
+    (both memoised per last closed bar and model version: the forward pass runs once per bar close or
+    model swap, as in production where clients poll between closes; benchmarks/inference.py times the
+    pass itself), takes the answer's pre-encoded body with the time spliced in, and queues it for the
+    SQLite history;
   * `mlflow models serve --env-manager local` on the same registered model, sent the ready-made 48×12
     window as JSON (it does less work per request: no features, no history);
   * the framework's ceiling: a bare Litestar app (`benchmarks/bare_litestar.py`) under the same uvicorn
@@ -22,7 +25,10 @@ Load comes from `wrk` (a C load generator, Debian package `wrk`) when it is inst
 keep-alive connections for a fixed time each after a warm-up. Without it (or with `--client python`),
 from Python threads on http.client, a bounded number of requests each; those threads hold the GIL
 and share this machine's cores with the servers, so at 16 clients they measure the client as much as
-the server. Either way both servers get the same load, so the ratios compare like with like.
+the server. Either way both servers get the same load, so the ratios compare like with like. With wrk,
+each measurement also reports the server's CPU time per request (`cpu_us_per_req`, from /proc), and
+`ratios.ml_signal_vs_bare_cpu_c16` is bare's CPU per request over the API's: on a machine other
+processes load, the steadier figure.
 
     .venv/bin/python benchmarks/serving.py [--client auto|wrk|python] [--seconds 8]
         [--requests 400] [--concurrent-requests 60] [--no-mlflow] [--server serve|plain] [--rounds 1]

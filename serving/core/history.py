@@ -174,7 +174,9 @@ class History:
     The queue is bounded (`queue_max` rows). When it is full, `record_*` waits up to `enqueue_wait_s`
     for the writer to make room, then drops the row: it is logged, counted in `dropped` and reported
     to `on_drop` (the API's `crypto_api_history_dropped_total`, which an alert watches). Serving never
-    blocks longer than that on a slow or stuck database, and memory stays bounded.
+    blocks longer than that on a slow or stuck database, and memory stays bounded. (The wait runs on
+    the caller's thread, for REST the event loop: while the queue is full the whole process slows to
+    the database's pace for up to `enqueue_wait_s` per row, which is the back-pressure intended.)
 
     Reads (`tail_*`, `counts`) first wait until everything queued before them is written, so a client
     always reads its own writes. `close()` drains the queue: every row queued before it is written
