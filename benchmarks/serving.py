@@ -1,27 +1,44 @@
-"""Serving latency and throughput: the Litestar API vs `mlflow models serve`, same model, same run.
+"""Serving latency and throughput: the Litestar API vs a bare Litestar app and `mlflow models serve`,
+same model, same run.
 
 Set-up (all local, nothing reaches the network): simulated BTC/USDT and ETH/USDT bars for 40 days up to
 the last closed hour, stored the way the pipeline stores them; an LSTM forecaster of the default
 production shape (2 LSTM layers × 32 units, 12 features, 48 bars; weights drawn at random: speed does
 not depend on them) logged with lib.model.packaging and registered as `crypto-volatility@champion` in a
-SQLite-backed MLflow registry. Two servers on loopback, one uvicorn worker each:
+SQLite-backed MLflow registry. Three servers on loopback, one uvicorn worker each:
 
   * the API (`serving.api.app:create_app_from_env` under uvicorn), which for every ml-signal request
-    validates the input, looks up cached features and the forecast (both memoised per last closed bar
-    and model version: the forward pass runs once per bar close or model swap, as in production where
-    clients poll between closes; benchmarks/inference.py times the pass itself), builds the answer and
-    queues it for the SQLite history;
+    runs its middleware (security headers, request metrics, JSON depth, the /v1 key rule; the rate
+    limit only with `--rate-limit`), validates the input, looks up cached features and the forecast
+    (both memoised per last closed bar and model version: the forward pass runs once per bar close or
+    model swap, as in production where clients poll between closes; benchmarks/inference.py times the
+    pass itself), takes the answer's pre-encoded body with the time spliced in, and queues it for the
+    SQLite history;
   * `mlflow models serve --env-manager local` on the same registered model, sent the ready-made 48×12
-    window as JSON (it does less work per request: no features, no history).
+    window as JSON (it does less work per request: no features, no history);
+  * the framework's ceiling: a bare Litestar app (`benchmarks/bare_litestar.py`) under the same uvicorn
+    flags, answering the same ml-signal request with the API's own response (captured from the API at
+    the start of the run) and doing nothing else. `ratios.ml_signal_vs_bare_c16` is the API's share of
+    what Litestar itself can serve on this machine in this run (goal: >= 0.5).
 
 Load comes from `wrk` (a C load generator, Debian package `wrk`) when it is installed: 1 and 16
 keep-alive connections for a fixed time each after a warm-up. Without it (or with `--client python`),
 from Python threads on http.client, a bounded number of requests each; those threads hold the GIL
 and share this machine's cores with the servers, so at 16 clients they measure the client as much as
-the server. Either way both servers get the same load, so the ratios compare like with like.
+the server. Either way both servers get the same load, so the ratios compare like with like. With wrk,
+each measurement also reports the server's CPU time per request (`cpu_us_per_req`, from /proc), and
+`ratios.ml_signal_vs_bare_cpu_c16` is bare's CPU per request over the API's: on a machine other
+processes load, the steadier figure.
 
     .venv/bin/python benchmarks/serving.py [--client auto|wrk|python] [--seconds 8]
-        [--requests 400] [--concurrent-requests 60]
+        [--requests 400] [--concurrent-requests 60] [--no-mlflow] [--server serve|plain] [--rounds 1]
+        [--rate-limit 0]
+
+`--no-mlflow` leaves out `mlflow models serve` (its start-up is most of a short run's wall time).
+`--rounds N` measures every server N times, interleaved, and reports the median run (and the ratio to
+the bare app as the median of the per-round ratios): on a shared machine, use 3 or more.
+`--server serve` (default) runs both uvicorn apps with `crypto-platform serve`'s connection settings
+(benchmarks/run_app.py); `plain` with `python -m uvicorn`'s defaults, as the numbers of issue 17 were.
 """
 
 from __future__ import annotations
@@ -157,15 +174,39 @@ end
 """
 
 
-def load_wrk(port: int, path: str, body: bytes, clients: int, seconds: int, script: Path) -> dict:
-    """p50 / p99 latency (ms) and requests per second from wrk: one thread, `clients` connections."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_wrk(
+    port: int,
+    path: str,
+    body: bytes,
+    clients: int,
+    seconds: int,
+    script: Path,
+    warm_up: bool = True,
+    server_pid: int | None = None,
+) -> dict:
+    """p50 / p99 latency (ms) and requests per second from wrk: one thread, `clients` connections.
+    With `server_pid`, also the server's CPU time per request (µs): unlike req/s, it hardly moves
+    when other processes compete for the cores, so it is the steadier comparison on a shared machine."""
     url = f"http://127.0.0.1:{port}{path}"
     env = {**os.environ, "BENCH_BODY": body.decode()}
     base = ["wrk", "-t1", f"-c{clients}", "-s", str(script), "--timeout", "10s"]
-    subprocess.run([*base, "-d2s", url], env=env, capture_output=True, check=True)  # warm-up
+    if warm_up:
+        subprocess.run([*base, "-d2s", url], env=env, capture_output=True, check=True)
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     done = subprocess.run([*base, f"-d{seconds}s", url], env=env, capture_output=True, text=True, check=True)
+    cpu = cpu_seconds(server_pid) - cpu_before if server_pid else None
     stats = json.loads(done.stderr.strip().splitlines()[-1])
+    per_request = (
+        {"cpu_us_per_req": round(cpu / stats["requests"] * 1e6, 1)} if cpu and stats["requests"] else {}
+    )
     return {
+        **per_request,
         "clients": clients,
         "requests": stats["requests"],
         "errors": stats["errors"],
@@ -227,6 +268,15 @@ def main() -> None:
     )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per wrk run")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow models serve baseline")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per server, interleaved")
+    parser.add_argument("--rate-limit", type=int, default=0, help="the API's CRYPTO_API_RATE_LIMIT (0: off)")
+    parser.add_argument(
+        "--server",
+        choices=("serve", "plain"),
+        default="serve",
+        help="serve: crypto-platform serve's uvicorn settings; plain: python -m uvicorn defaults",
+    )
     args = parser.parse_args()
     client = args.client
     if client == "auto":
@@ -246,95 +296,145 @@ def main() -> None:
         "CRYPTO_MARKET_SOURCE": "simulated",
         "MLFLOW_TRACKING_URI": tracking_uri,
         "CRYPTO_API_HISTORY_URL": f"sqlite:///{root / 'history.db'}",
-        "CRYPTO_API_RATE_LIMIT": "0",
+        # Off by default (one wrk client would spend a per-minute budget in a blink); `--rate-limit N`
+        # turns it on with a budget no run exhausts, to measure what the limiter costs per request.
+        "CRYPTO_API_RATE_LIMIT": str(args.rate_limit),
         "CRYPTO_API_MODEL_POLL_S": "0",
         # `mlflow models serve` runs `uvicorn` from PATH: the venv's, like an activated environment.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    api_port, mlflow_port = free_port(), free_port()
+    api_port, mlflow_port, bare_port = free_port(), free_port(), free_port()
     bin_dir = Path(sys.executable).parent
-    api = start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "serving.api.app:create_app_from_env",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env,
-        root / "api.log",
-    )
-    served = start(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-            "--workers",
-            "1",
-        ],
-        env,
-        root / "mlflow-serve.log",
-    )
+
+    def uvicorn_args(factory: str, port: int) -> list[str]:
+        """One server set-up for the API and the bare app: the comparison is the app, nothing else.
+        `serve`: `crypto-platform serve`'s connection settings (h11 with the header deadline, no proxy
+        headers); `plain`: `python -m uvicorn`'s defaults (httptools, proxy headers from 127.0.0.1)."""
+        if args.server == "serve":
+            return [sys.executable, "-m", "benchmarks.run_app", factory, str(port)]
+        return [
+            sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+
+    api = start(uvicorn_args("serving.api.app:create_app_from_env", api_port), env, root / "api.log")
+    servers = [api]
     try:
+        if not args.no_mlflow:
+            servers.append(
+                start(
+                    [
+                        str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+                        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                        "--workers", "1",
+                    ],
+                    env,
+                    root / "mlflow-serve.log",
+                )
+            )  # fmt: skip
         wait_http(api_port, "/ready", api, root / "api.log")
-        wait_http(mlflow_port, "/health", served, root / "mlflow-serve.log")
         ml_body = json.dumps({"symbol": "BTC/USDT"}).encode()
+        # The bare app serves what the API serves: one real answer, captured now.
+        conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=30)
+        conn.request("POST", "/v1/crypto/ml-signal", ml_body, {"content-type": "application/json"})
+        answer = conn.getresponse()
+        served = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"ml-signal answered {answer.status}: {served[:500]!r}")
+        bare_env = {**env, "BENCH_ML_SIGNAL_BODY": served.decode()}
+        bare_app = uvicorn_args("benchmarks.bare_litestar:create_app", bare_port)
+        bare = start(bare_app, bare_env, root / "bare.log")
+        servers.append(bare)
+        wait_http(bare_port, "/health", bare, root / "bare.log")
+        if not args.no_mlflow:
+            wait_http(mlflow_port, "/health", servers[1], root / "mlflow-serve.log")
         signal_body = json.dumps({"symbol": "BTC/USDT"}).encode()
         mlflow_body = json.dumps({"inputs": window.tolist()}).encode()
-        results: dict[str, dict] = {"api_ml_signal": {}, "api_signal": {}, "mlflow_serve": {}}
+        targets = [
+            ("api_ml_signal", api_port, "/v1/crypto/ml-signal", ml_body),
+            ("bare_litestar", bare_port, "/v1/crypto/ml-signal", ml_body),
+            ("api_signal", api_port, "/v1/crypto/signal", signal_body),
+        ]
+        if not args.no_mlflow:
+            targets.append(("mlflow_serve", mlflow_port, "/invocations", mlflow_body))
         script = root / "post.lua"
         script.write_text(WRK_SCRIPT)
-        for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
-            key = f"c{clients}"
-            for name, port, path, body in (
-                ("api_ml_signal", api_port, "/v1/crypto/ml-signal", ml_body),
-                ("api_signal", api_port, "/v1/crypto/signal", signal_body),
-                ("mlflow_serve", mlflow_port, "/invocations", mlflow_body),
-            ):
-                if client == "wrk":
-                    results[name][key] = load_wrk(port, path, body, clients, args.seconds, script)
-                else:
-                    results[name][key] = load(port, path, body, clients, per_client)
+        pids = {api_port: api.pid, bare_port: bare.pid}  # uvicorn serves in the started process itself
+        # runs[name][key]: one measurement per round. Rounds interleave the servers (their order turns
+        # each round), so a neighbour's load on a shared machine falls on all of them alike.
+        runs: dict[str, dict[str, list[dict]]] = {name: {} for name, *_ in targets}
+        for round_no in range(args.rounds):
+            for clients, per_client in ((1, args.requests), (16, args.concurrent_requests)):
+                key = f"c{clients}"
+                turn = round_no % len(targets)
+                for name, port, path, body in targets[turn:] + targets[:turn]:
+                    if client == "wrk":
+                        pid = pids.get(port)
+                        measured = load_wrk(
+                            port, path, body, clients, args.seconds, script, round_no == 0, pid
+                        )
+                    else:
+                        measured = load(port, path, body, clients, per_client)
+                    runs[name].setdefault(key, []).append(measured)
     finally:
-        stop(api)
-        stop(served)
+        for server in servers:
+            stop(server)
         shutil.rmtree(root, ignore_errors=True)
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 2) if b else float("nan")
 
-    ml, mf = results["api_ml_signal"], results["mlflow_serve"]
+    def median_run(measured: list[dict]) -> dict:
+        ordered = sorted(measured, key=lambda m: m["req_per_s"])
+        return {**ordered[(len(ordered) - 1) // 2], "rounds_req_per_s": [m["req_per_s"] for m in measured]}
+
+    results = {name: {key: median_run(m) for key, m in by_key.items()} for name, by_key in runs.items()}
+    ml, bare = results["api_ml_signal"], results["bare_litestar"]
+    # Per round (the two measured minutes apart at most), then the median of the rounds.
+    per_round = {
+        key: [
+            ratio(a["req_per_s"], b["req_per_s"])
+            for a, b in zip(runs["api_ml_signal"][key], runs["bare_litestar"][key], strict=True)
+        ]
+        for key in ("c1", "c16")
+    }
+    ratios = {
+        "ml_signal_vs_bare_c1": statistics.median(per_round["c1"]),
+        "ml_signal_vs_bare_c16": statistics.median(per_round["c16"]),
+        "ml_signal_vs_bare_per_round": per_round,
+    }
+    if client == "wrk":
+        # Bare's CPU per request over the API's: the req/s ratio the two would reach on idle cores.
+        for key in ("c1", "c16"):
+            cpu_ratios = [
+                ratio(b["cpu_us_per_req"], a["cpu_us_per_req"])
+                for a, b in zip(runs["api_ml_signal"][key], runs["bare_litestar"][key], strict=True)
+                if "cpu_us_per_req" in a and "cpu_us_per_req" in b
+            ]
+            if cpu_ratios:
+                ratios[f"ml_signal_vs_bare_cpu_{key}"] = statistics.median(cpu_ratios)
+    goals = {
+        "ml_signal_p50_le_2ms_c1": ml["c1"]["p50_ms"] <= 2.0,
+        "ml_signal_ge_50pct_of_bare_litestar_c16": ratios["ml_signal_vs_bare_c16"] >= 0.5,
+    }
+    if "mlflow_serve" in results:
+        mf = results["mlflow_serve"]
+        ratios |= {
+            "ml_signal_throughput_vs_mlflow_c1": ratio(ml["c1"]["req_per_s"], mf["c1"]["req_per_s"]),
+            "ml_signal_throughput_vs_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"]),
+            "ml_signal_p50_vs_mlflow_c1": ratio(ml["c1"]["p50_ms"], mf["c1"]["p50_ms"]),
+        }
+        goals["ml_signal_throughput_ge_10x_mlflow_c16"] = ratios["ml_signal_throughput_vs_mlflow_c16"] >= 10
     report = {
         "benchmark": "serving",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_generator": client,
+        "server": args.server,
+        "api_rate_limit_per_minute": args.rate_limit,
         "model": {"name": MODEL, "version": version, "shape": "LSTM 2x32, 48 bars x 12 features"},
         **results,
-        "ratios": {
-            "ml_signal_throughput_vs_mlflow_c1": ratio(ml["c1"]["req_per_s"], mf["c1"]["req_per_s"]),
-            "ml_signal_throughput_vs_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"]),
-            "ml_signal_p50_vs_mlflow_c1": ratio(ml["c1"]["p50_ms"], mf["c1"]["p50_ms"]),
-        },
-        "goals": {
-            "ml_signal_p50_le_2ms_c1": ml["c1"]["p50_ms"] <= 2.0,
-            "ml_signal_throughput_ge_10x_mlflow_c16": ratio(ml["c16"]["req_per_s"], mf["c16"]["req_per_s"])
-            >= 10,
-        },
+        "ratios": ratios,
+        "goals": goals,
     }
     print(json.dumps(report, indent=2))
 

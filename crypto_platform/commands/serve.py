@@ -12,6 +12,8 @@ the client address the rate limit counts under is the socket's unless a configur
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -42,12 +44,9 @@ def command(
     """Run the API: heuristic and ML volatility signals, OHLCV, history, metrics, and the web UI at /."""
     import uvicorn
 
-    from serving.api.http_protocol import MAX_HEADER_BYTES, HeaderTimeoutH11Protocol
     from serving.api.settings import load_serving_settings
 
     settings = load_serving_settings()  # fail here, with the variable's name, on a bad setting
-    HeaderTimeoutH11Protocol.header_timeout_s = header_timeout
-    trusted = ",".join(settings.trusted_proxies)
     uvicorn.run(
         "serving.api.app:create_app_from_env",
         factory=True,
@@ -56,12 +55,25 @@ def command(
         workers=workers,
         log_level=log_level,
         access_log=access_log,
-        http=HeaderTimeoutH11Protocol,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        timeout_keep_alive=keep_alive,
+        **server_options(settings.trusted_proxies, keep_alive, header_timeout),
+    )
+
+
+def server_options(
+    trusted_proxies: tuple[str, ...], keep_alive: int = 5, header_timeout: float = 10.0
+) -> dict[str, Any]:
+    """uvicorn's connection settings for the API (also what benchmarks/serving.py runs its apps with)."""
+    from serving.api.http_protocol import MAX_HEADER_BYTES, HeaderTimeoutH11Protocol
+
+    HeaderTimeoutH11Protocol.header_timeout_s = header_timeout
+    trusted = ",".join(trusted_proxies)
+    return {
+        "http": HeaderTimeoutH11Protocol,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "timeout_keep_alive": keep_alive,
         # uvicorn otherwise believes X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS): any local
         # process, or a sidecar forwarding raw traffic, could pick its own rate-limit address.
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted or "",
-        server_header=False,
-    )
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or "",
+        "server_header": False,
+    }

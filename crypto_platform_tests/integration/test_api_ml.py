@@ -267,3 +267,49 @@ def test_poller_follows_the_alias_without_a_reload_call(
         assert time.monotonic() < deadline, "the poller did not pick up the new champion in 30 s"
         time.sleep(0.2)
     assert client.get("/v1/ml/model/info").json()["model_version"] == api_champion.baseline_version
+
+
+def test_every_ml_signal_served_is_recorded_with_the_body_the_client_got(ml_client, api_champion):
+    """k requests (two symbols, with and without the heuristic, served from the pre-encoded answers) →
+    k history rows, each holding exactly the JSON its client received and the matching columns."""
+    from sqlalchemy import select
+
+    from serving.core.history import ml_predictions
+
+    requests_made = [
+        {"symbol": "BTC/USDT"},
+        {"symbol": "ETH/USDT"},
+        {"symbol": "BTCUSDT", "include_heuristic": False},
+        {"symbol": "ETH/USDT", "include_heuristic": False},
+    ] * 3
+    served = []
+    for body in requests_made:
+        response = ml_client.post("/v1/crypto/ml-signal", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        served.append(response.json())
+    assert {s["symbol"] for s in served} == {"BTC/USDT", "ETH/USDT"}
+    assert all(
+        ("heuristic_comparison" in s) == ("include_heuristic" not in r)
+        for s, r in zip(served, requests_made, strict=True)
+    )
+    # Each answer carries its own request time, in both "now" fields.
+    assert all(s["timestamp"] == s["ml_prediction"]["prediction_timestamp"] for s in served)
+    assert len({s["timestamp"] for s in served}) > 1
+
+    tail = ml_client.get("/v1/crypto/ml-predictions/tail", params={"n": 100}).json()  # newest last
+    assert len(tail) == len(requests_made)
+    assert [{k: v for k, v in row.items() if k not in ("id", "created_at")} for row in tail] == served
+    services = ml_client.app.state.services
+    with services.history.engine.connect() as conn:
+        rows = conn.execute(select(ml_predictions).order_by(ml_predictions.c.id)).all()
+    assert [(r.symbol, r.model_version, r.predicted_volatility, r.volatility_regime) for r in rows] == [
+        (
+            s["symbol"],
+            s["model_version"],
+            s["ml_prediction"]["predicted_volatility"],
+            s["ml_prediction"]["volatility_regime"],
+        )
+        for s in served
+    ]
+    assert services.counters.ml_predictions_total == len(requests_made)

@@ -1,9 +1,13 @@
-"""`crypto-platform serve` as a real process (env configuration, probes, shutdown); the store on S3 (moto)."""
+"""`crypto-platform serve` as a real process (env configuration, probes, shutdown that drains the history);
+the store on S3 (moto)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
+import time
 
 import pytest
 import requests
@@ -68,3 +72,56 @@ def test_api_reads_the_stored_asset_from_s3(make_api_client, api_settings, s3_lo
     assert (body["origin"], body["rows"], body["data"][-1]["ts"]) == ("store", 24, api_last_closed_ms)
     signal = client.post("/v1/crypto/signal", json={"symbol": "ETH/USDT"})
     assert signal.status_code == 200 and signal.json()["source"] == "simulated"
+
+
+def test_sigterm_writes_every_served_signal_to_the_history(api_data_dir, tmp_path, closed_port_url):
+    """N signals served while the history DB is locked (they wait in the write-behind queue), then
+    SIGTERM: the server's shutdown drains the queue, and the DB holds all N once the process is gone."""
+    port, db = free_port(), tmp_path / "history.db"
+    env = {
+        **os.environ,
+        "CRYPTO_DATA_LOCATION": str(api_data_dir),
+        "CRYPTO_SYMBOLS": "BTC/USDT,ETH/USDT",
+        "CRYPTO_MARKET_SOURCE": "simulated",
+        "CRYPTO_API_HISTORY_URL": f"sqlite:///{db}",
+        "CRYPTO_API_RATE_LIMIT": "0",
+        "MLFLOW_TRACKING_URI": closed_port_url,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "CRYPTO_API_MODEL_STARTUP_S": "1",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [venv_bin("crypto-platform"), "serve", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url, n = f"http://127.0.0.1:{port}", 40
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=2).ok, 90, "crypto-platform serve", proc, log
+        )
+        session = requests.Session()
+        # Warm: features computed, the first row written (a tail read waits for queued writes).
+        assert session.post(f"{url}/v1/crypto/signal", json={"symbol": "BTC/USDT"}, timeout=60).ok
+        assert len(session.get(f"{url}/v1/crypto/signals/tail", params={"n": 5}, timeout=30).json()) == 1
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer now blocks in its insert (busy_timeout 5 s)
+        try:
+            for _ in range(n):
+                response = session.post(f"{url}/v1/crypto/signal", json={"symbol": "BTC/USDT"}, timeout=10)
+                assert response.status_code == 200, response.text
+            metrics = session.get(f"{url}/metrics", timeout=10).text
+            assert f"crypto_api_history_queue_depth {float(n)}" in metrics
+            os.kill(proc.pid, signal.SIGTERM)
+            time.sleep(0.5)
+            assert proc.poll() is None  # still draining: its rows are not written yet
+        finally:
+            blocker.execute("COMMIT")
+            blocker.close()
+        # uvicorn re-raises the signal once its shutdown (lifespan included) is done
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        stop_process_group(proc)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM signals").fetchone()[0] == n + 1
+    assert "dropped" not in log.read_text()

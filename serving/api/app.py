@@ -23,7 +23,7 @@ from litestar.di import Provide
 from litestar.exceptions import ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar.static_files import create_static_files_router
 
 from crypto_platform.lib.market.client import ExchangeUnavailableError, UnknownSymbolError
@@ -36,8 +36,9 @@ from serving.api.controllers.system import UI_DIR, SummaryController, SystemCont
 from serving.api.freshness import freshness_lifetime
 from serving.api.json_depth import JsonDepthMiddleware
 from serving.api.ratelimit import UNMETERED_PATHS, RateLimitMiddleware
+from serving.api.request_metrics import RequestMetricsMiddleware
 from serving.api.scoring import NotEnoughHistoryError
-from serving.api.security import reader_guard
+from serving.api.security import ReaderGateMiddleware
 from serving.api.security_headers import SecurityHeadersMiddleware
 from serving.api.services import (
     InvalidInputError,
@@ -161,13 +162,12 @@ def create_app(
             SummaryController,
             EvidenceController,
         ],
-        guards=[reader_guard],
+        # reader_guard's rule, as middleware (see ReaderGateMiddleware: a guard costs a handler copy)
+        middleware=[ReaderGateMiddleware(keyring)],
     )
     middleware: list[Any] = [
         SecurityHeadersMiddleware(),
-        PrometheusConfig(
-            app_name="crypto_risk_api", prefix="crypto_api", group_path=True, exclude=["^/metrics$"]
-        ).middleware,
+        RequestMetricsMiddleware(app_name="crypto_risk_api", exclude="^/metrics$"),
     ]
     if services.limiter.enabled:
         middleware.append(RateLimitMiddleware(services.limiter, keyring, UNMETERED_PATHS))

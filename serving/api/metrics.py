@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -25,6 +27,24 @@ PREDICTIONS = Counter("crypto_api_ml_predictions", "ML predictions served", ["sy
 HISTORY_WRITE_ERRORS = Counter(
     "crypto_api_history_write_errors", "History rows the database refused (logged, not stored)"
 )
+HISTORY_DROPPED = Counter(
+    "crypto_api_history_dropped",
+    "History rows dropped because the write-behind queue stayed full past the enqueue wait (logged)",
+)
+HISTORY_QUEUE_DEPTH = Gauge(
+    "crypto_api_history_queue_depth", "History rows recorded and not yet written (queued or committing)"
+)
+HISTORY_QUEUE_CAPACITY = Gauge(
+    "crypto_api_history_queue_capacity", "History rows the write-behind queue holds at most"
+)
+
+
+def watch_history_queue(history: Any) -> None:
+    """Point the queue gauges at `history` (read at scrape time: nothing per request). Held weakly: an
+    app built and dropped in a test leaves no history alive through the default registry."""
+    ref = weakref.ref(history)
+    HISTORY_QUEUE_DEPTH.set_function(lambda: getattr(ref(), "queue_depth", 0))
+    HISTORY_QUEUE_CAPACITY.set(history.queue_max)
 
 
 def _iso(epoch_s: float | None) -> str | None:
@@ -44,6 +64,7 @@ class Counters:
     last_signal_at: float | None = None
     last_ml_prediction_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _predictions: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     def request(self) -> None:
         with self._lock:
@@ -56,7 +77,12 @@ class Counters:
             self.last_signal_at = time.time()
 
     def prediction(self, symbol: str, version: str, seconds: float) -> None:
-        PREDICTIONS.labels(symbol=symbol, model_version=version).inc()
+        counter = self._predictions.get((symbol, version))
+        if counter is None:  # a label lookup takes the metric's lock: once per (symbol, version)
+            counter = self._predictions[(symbol, version)] = PREDICTIONS.labels(
+                symbol=symbol, model_version=version
+            )
+        counter.inc()
         PREDICTION_LATENCY.observe(seconds)
         with self._lock:
             self.ml_predictions_total += 1

@@ -29,7 +29,9 @@ import msgspec
 
 from crypto_platform.lib.model.windows import FEATURE_BARS
 from serving.api import schemas
+from serving.api.encoded import NOW_PLACEHOLDER, EncodedAnswer
 from serving.api.scoring import (
+    FeatureCache,
     FeatureSnapshot,
     NotEnoughHistoryError,
     check_model_timeframe,
@@ -43,7 +45,7 @@ from serving.api.scoring import (
 )
 from serving.api.services import InvalidInputError, Services
 from serving.core.history import UnknownCursorError
-from serving.core.model_store import ModelUnavailableError
+from serving.core.model_store import LoadedModel, ModelUnavailableError
 from serving.core.redaction import redact, redact_optional
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -319,48 +321,101 @@ def compare(
 # --- ML -------------------------------------------------------------------------------------------
 
 
-async def ml_signal(svc: Services, request: schemas.MLSignalRequest) -> schemas.MLSignalResponse:
-    """Forecast of the next 24 bars' realized volatility at the newest closed bar, recorded and counted.
-    ModelUnavailableError while no model is loaded."""
+def ml_signal_response(
+    snap: FeatureSnapshot,
+    model: LoadedModel,
+    exchange: str,
+    include_heuristic: bool,
+    now: str,
+    cache: FeatureCache | None = None,
+) -> tuple[schemas.MLSignalResponse, float]:
+    """The ml-signal answer at the snapshot's newest bar, every "now" field set to `now`, and the
+    seconds the forecaster lookup took (~0 when this model already forecast this bar). A frame model
+    needs `cache` (its other symbols' snapshots)."""
+    started = time.perf_counter()
+    prediction = snap.forecast(model, cache)
+    seconds = time.perf_counter() - started
+    heuristic = None
+    if include_heuristic:
+        # Part of this prediction's record, not a separately served signal.
+        heuristic = signal_response(snap, exchange, 60, explain=False)
+    response = schemas.MLSignalResponse(
+        symbol=snap.bars.symbol,
+        method="ml",
+        timestamp=now,
+        model_version=model.version,
+        ml_prediction=msgspec.structs.replace(prediction, prediction_timestamp=now),
+        exchange=exchange,
+        timeframe=snap.bars.timeframe,
+        source=snap.bars.source,
+        heuristic_comparison=heuristic,
+    )
+    return response, seconds
+
+
+def prediction_row(response: schemas.MLSignalResponse, bar_ts: int) -> dict[str, Any]:
+    """The history columns of an ml-signal answer (the payload is the answer itself)."""
+    prediction = response.ml_prediction
+    return {
+        "symbol": response.symbol,
+        "exchange": response.exchange,
+        "timeframe": response.timeframe,
+        "model_version": response.model_version,
+        "predicted_volatility": prediction.predicted_volatility,
+        "current_volatility": prediction.current_volatility,
+        "volatility_regime": prediction.volatility_regime,
+        "bar_ts": bar_ts,
+        "source": response.source,
+    }
+
+
+async def _ml_inputs(
+    svc: Services, request: schemas.MLSignalRequest
+) -> tuple[FeatureSnapshot, LoadedModel, str]:
     symbol, exchange, timeframe = svc.validate_market(request.symbol, request.exchange, request.timeframe)
     model = svc.models.require()
     check_model_timeframe(model, timeframe)
     # The forecast is memoised per (model version, bar), and a fresh window forecast (~1-2 ms of numpy)
     # runs inline: a thread hop would cost about as much as it saves. A fresh frame forecast may fetch
-    # the other symbols' bars: it goes to a worker thread.
+    # the other symbols' bars: a worker thread computes it once, and the answer reads the memo.
     snap = await svc.features.snapshot_async(symbol, timeframe)
-    prediction, seconds = await ml_prediction_async(model, snap, svc.features)
-    heuristic = None
-    if request.include_heuristic:
-        # Part of this prediction's record, not a separately served signal.
-        heuristic = signal_response(snap, exchange, 60, explain=False)
-    response = schemas.MLSignalResponse(
-        symbol=symbol,
-        method="ml",
-        timestamp=iso_now(),
-        model_version=model.version,
-        ml_prediction=prediction,
-        exchange=exchange,
-        timeframe=timeframe,
-        source=snap.bars.source,
-        heuristic_comparison=heuristic,
+    if model.is_frame and snap.cached_forecast(model) is None:
+        await ml_prediction_async(model, snap, svc.features)
+    return snap, model, exchange
+
+
+async def ml_signal(svc: Services, request: schemas.MLSignalRequest) -> schemas.MLSignalResponse:
+    """Forecast of the next 24 bars' realized volatility at the newest closed bar, recorded and counted.
+    ModelUnavailableError while no model is loaded. (GraphQL and gRPC; REST serves `ml_signal_body`.)"""
+    snap, model, exchange = await _ml_inputs(svc, request)
+    response, seconds = ml_signal_response(
+        snap, model, exchange, request.include_heuristic, iso_now(), svc.features
     )
-    svc.history.record_prediction(
-        {
-            "symbol": symbol,
-            "exchange": exchange,
-            "timeframe": timeframe,
-            "model_version": model.version,
-            "predicted_volatility": prediction.predicted_volatility,
-            "current_volatility": prediction.current_volatility,
-            "volatility_regime": prediction.volatility_regime,
-            "bar_ts": snap.last_ts,
-            "source": response.source,
-        },
-        plain(response),
-    )
-    svc.counters.prediction(symbol, model.version, seconds)
+    svc.history.record_prediction(prediction_row(response, snap.last_ts), plain(response))
+    svc.counters.prediction(response.symbol, model.version, seconds)
     return response
+
+
+async def ml_signal_body(svc: Services, request: schemas.MLSignalRequest) -> bytes:
+    """`ml_signal` as the JSON body REST sends: the same answer, encoded once per (symbol, bar, model,
+    options) and only the time spliced in (serving.api.encoded); the history stores those bytes."""
+    snap, model, exchange = await _ml_inputs(svc, request)
+    include_heuristic = request.include_heuristic
+    key = (FeatureCache.key(snap.bars), model.name, model.version, model.run_id, exchange, include_heuristic)
+
+    def build() -> EncodedAnswer:
+        response, _ = ml_signal_response(
+            snap, model, exchange, include_heuristic, NOW_PLACEHOLDER, svc.features
+        )
+        return EncodedAnswer.of(response, prediction_row(response, snap.last_ts))
+
+    started = time.perf_counter()
+    answer = svc.answers.get(key, build)
+    seconds = time.perf_counter() - started
+    body = answer.render(iso_now())
+    svc.history.record_prediction(answer.history_row, body)
+    svc.counters.prediction(answer.symbol, answer.model_version, seconds)
+    return body
 
 
 def predictions_tail(svc: Services, n: int = 50, before: int | None = None) -> TailPage:

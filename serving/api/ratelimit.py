@@ -10,6 +10,7 @@ limiter, after this unit.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -29,12 +30,22 @@ UNMETERED_PATHS = ("^/health$", "^/ready$", "^/metrics$", "^/schema", "^/docs", 
 RATE_LIMIT_STATE_KEY = "rate_limit_identity"
 
 
+@functools.lru_cache(maxsize=8)
+def _policy_headers(limit: int, window_s: int) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers that depend only on the configured limit: encoded once, not per request."""
+    return (
+        (b"ratelimit-limit", str(limit).encode()),
+        (b"ratelimit-policy", f"{limit}; w={window_s}".encode()),
+    )
+
+
 def budget_headers(budget: Budget, window_s: int = 60) -> list[tuple[bytes, bytes]]:
+    limit, policy = _policy_headers(budget.limit, window_s)
     headers = [
-        (b"ratelimit-limit", str(budget.limit).encode()),
+        limit,
         (b"ratelimit-remaining", str(budget.remaining).encode()),
         (b"ratelimit-reset", str(budget.retry_after_s).encode()),
-        (b"ratelimit-policy", f"{budget.limit}; w={window_s}".encode()),
+        policy,
     ]
     if not budget.allowed:
         headers.append((b"retry-after", str(budget.retry_after_s).encode()))

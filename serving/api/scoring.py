@@ -152,13 +152,14 @@ class FeatureCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(bars: Bars) -> tuple[Any, ...]:
+    def key(bars: Bars) -> tuple[Any, ...]:
+        """What identifies a snapshot: the same key, the same features (and answers derived from them)."""
         return (
             bars.symbol,
             bars.timeframe,
             bars.last_closed_ts,
             bars.last_ts,
-            bars.frame.height,
+            bars.height,
             bars.origin,
             bars.source,
         )
@@ -166,14 +167,14 @@ class FeatureCache:
     def cached(self, symbol: str, timeframe: str) -> FeatureSnapshot | None:
         """The snapshot for the newest bar if bars and features are both cached (no I/O, no compute)."""
         bars = self.market.cached_bars(symbol, timeframe, FEATURE_BARS)
-        return None if bars is None or bars.frame.height == 0 else self._entries.get(self._key(bars))
+        return None if bars is None or bars.height == 0 else self._entries.get(self.key(bars))
 
     def snapshot(self, symbol: str, timeframe: str) -> FeatureSnapshot:
         """Bars (possibly fetched) and their features (computed once per newest bar). Blocking."""
         bars = self.market.bars(symbol, timeframe, FEATURE_BARS)
         if bars.frame.height == 0:
             raise NotEnoughHistoryError(f"{symbol} {timeframe}: no closed bars are available")
-        key = self._key(bars)
+        key = self.key(bars)
         snap = self._entries.get(key)
         if snap is not None:
             return snap

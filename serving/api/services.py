@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated
 
 from litestar.datastructures import State
@@ -22,7 +23,14 @@ from litestar.params import Dependency
 from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
 from crypto_platform.lib.market.timeframes import UnsupportedTimeframeError, validate_timeframe
 from crypto_platform.lib.storage import ObjectStore, open_store
-from serving.api.metrics import HISTORY_WRITE_ERRORS, Counters, model_changed
+from serving.api.encoded import EncodedAnswers
+from serving.api.metrics import (
+    HISTORY_DROPPED,
+    HISTORY_WRITE_ERRORS,
+    Counters,
+    model_changed,
+    watch_history_queue,
+)
 from serving.api.schemas import MAX_EXCHANGE_CHARS, MAX_SYMBOL_CHARS, MAX_TIMEFRAME_CHARS
 from serving.api.scoring import FeatureCache
 from serving.api.settings import ServingSettings
@@ -34,6 +42,7 @@ from serving.core.ratelimit import MinuteLimiter
 from serving.core.redaction import register_secret, register_url_secrets
 
 log = logging.getLogger(__name__)
+MAX_VALID_MARKETS = 1024
 
 
 class InvalidInputError(ValueError):
@@ -63,14 +72,28 @@ class Services:
     keyring: KeyRing
     limiter: MinuteLimiter  # the process's one request budget (REST, GraphQL and gRPC spend from it)
     started_at: float = field(default_factory=time.time)
+    answers: EncodedAnswers = field(default_factory=EncodedAnswers)  # REST's pre-encoded ml-signal bodies
+    # Inputs already found valid → their normalised form: clients repeat the same few, and normalising
+    # and checking them was a measurable share of a cached ml-signal request.
+    _valid_markets: dict[tuple[str, str, str], tuple[str, str, str]] = field(default_factory=dict, repr=False)
 
-    @property
+    @cached_property
     def symbols(self) -> tuple[str, ...]:
         return tuple(normalize_symbol(s) for s in self.settings.platform.symbols)
 
     def validate_market(self, symbol: str, exchange: str, timeframe: str) -> tuple[str, str, str]:
         """Whitelisted (symbol, exchange, timeframe), or InvalidInputError naming every bad field and why.
         Lengths are checked first, with REST's bounds, and an over-long value is never echoed back."""
+        key = (symbol, exchange, timeframe)
+        valid = self._valid_markets.get(key)
+        if valid is None:
+            valid = self._validate_market(symbol, exchange, timeframe)
+            if len(self._valid_markets) >= MAX_VALID_MARKETS:  # spellings of served markets: few
+                self._valid_markets.clear()
+            self._valid_markets[key] = valid
+        return valid
+
+    def _validate_market(self, symbol: str, exchange: str, timeframe: str) -> tuple[str, str, str]:
         errors = [
             {"key": key, "message": f"must be 1 to {most} characters, got {len(value)}"}
             for key, value, most in (
@@ -138,7 +161,14 @@ def build_services(
             now_ms=now_ms,
             live_loader=live_loader,
         )
-    history = history or History(settings.history_url, on_write_error=HISTORY_WRITE_ERRORS.inc)
+    history = history or History(
+        settings.history_url,
+        on_write_error=HISTORY_WRITE_ERRORS.inc,
+        queue_max=settings.history_queue_max,
+        enqueue_wait_s=settings.history_enqueue_wait_s,
+        on_drop=HISTORY_DROPPED.inc,
+    )
+    watch_history_queue(history)
     models = model_store or ModelStore(
         platform.mlflow_tracking_uri, settings.model_name, settings.model_alias, settings.model_poll_s
     )

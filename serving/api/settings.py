@@ -7,6 +7,9 @@ CRYPTO_API_MODEL_NAME (crypto-volatility), CRYPTO_API_MODEL_ALIAS (champion): th
 CRYPTO_API_MODEL_POLL_S (60): seconds between alias checks; 0 stops polling once a model is loaded.
 CRYPTO_API_MODEL_STARTUP_S (20): how long start-up waits for the first load attempt.
 CRYPTO_API_HISTORY_URL (sqlite file `serving_history.db` beside the local data): the history DB.
+CRYPTO_API_HISTORY_QUEUE_MAX (10000): history rows waiting for the writer at most. When the queue is
+    full a request waits up to CRYPTO_API_HISTORY_ENQUEUE_WAIT_S (0.05) seconds for room, then its row
+    is dropped, logged and counted (crypto_api_history_dropped_total; alert CryptoApiHistoryDropped).
 CRYPTO_API_MARKET_TTL_S (15): OHLCV cache lifetime (a new closed bar always refetches).
 CRYPTO_API_MAX_STALE_BARS (2): stored bars further behind go to the live source instead.
 CRYPTO_API_KEYS (`name:role:key,...`, role reader|admin), CRYPTO_API_KEYS_FILE (same, one per line).
@@ -38,7 +41,7 @@ from pathlib import Path
 from crypto_platform.lib.model.registry import CHAMPION, MODEL_NAME
 from crypto_platform.settings import Settings, load_settings
 from serving.core.auth import ROLES
-from serving.core.history import history_url
+from serving.core.history import DEFAULT_ENQUEUE_WAIT_S, DEFAULT_QUEUE_MAX, history_url
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class ServingSettings:
     model_poll_s: float = 60.0
     model_startup_wait_s: float = 20.0
     history_url: str = "sqlite:///data/serving_history.db"
+    history_queue_max: int = DEFAULT_QUEUE_MAX
+    history_enqueue_wait_s: float = DEFAULT_ENQUEUE_WAIT_S
     market_cache_ttl_s: float = 15.0
     max_stale_bars: int = 2
     api_keys: tuple[ApiKeySpec, ...] = ()
@@ -150,6 +155,8 @@ def load_serving_settings(env: dict[str, str] | None = None) -> ServingSettings:
         model_poll_s=_number(env, "CRYPTO_API_MODEL_POLL_S", 60.0),
         model_startup_wait_s=_number(env, "CRYPTO_API_MODEL_STARTUP_S", 20.0),
         history_url=history_url(platform, env),
+        history_queue_max=max(1, int(_number(env, "CRYPTO_API_HISTORY_QUEUE_MAX", DEFAULT_QUEUE_MAX))),
+        history_enqueue_wait_s=_number(env, "CRYPTO_API_HISTORY_ENQUEUE_WAIT_S", DEFAULT_ENQUEUE_WAIT_S),
         market_cache_ttl_s=_number(env, "CRYPTO_API_MARKET_TTL_S", 15.0),
         max_stale_bars=int(_number(env, "CRYPTO_API_MAX_STALE_BARS", 2)),
         api_keys=keys,

@@ -54,6 +54,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 metadata = MetaData()
 MAX_BATCH = 512  # rows per transaction of the writer thread
+# Rows waiting for the writer at most (CRYPTO_API_HISTORY_QUEUE_MAX): about 2 s of a saturated API on
+# this machine, a few MB of memory. A database slower than that for longer is an outage, not a burst.
+DEFAULT_QUEUE_MAX = 10_000
+# How long a request waits for room in a full queue before its row is dropped (and counted) instead
+# (CRYPTO_API_HISTORY_ENQUEUE_WAIT_S): long enough to ride out one slow commit, short enough that a
+# stuck database does not stall serving.
+DEFAULT_ENQUEUE_WAIT_S = 0.05
+# How long the writer lets rows gather after the first one before it commits: at a few hundred
+# requests a second a commit per row cost more CPU (SQLAlchemy's begin/insert/commit, with the GIL)
+# than the requests themselves; 10 ms turns them into a few commits. A read (`flush`) and `close`
+# cut the wait short.
+DEFAULT_LINGER_S = 0.01
 
 
 class UnknownCursorError(LookupError):
@@ -151,50 +163,118 @@ def make_engine(url: str) -> Engine:
 class History:
     """Append-only history of served signals and predictions, written behind the request.
 
-    `record_*` serialises the row (so a NaN fails the request that produced it) and queues it; one writer
-    thread inserts whatever has queued up in a single transaction. A request therefore never waits for
-    the database, concurrent requests never contend for SQLite's write lock, and a burst costs one
-    commit. Reads (`tail_*`, `counts`) first wait until everything queued before them is written, so a
-    client always reads its own writes. `close()` drains the queue.
+    `record_*` queues the row; one writer thread inserts whatever has queued up within `linger_s` of
+    the first row (at most MAX_BATCH rows) in a single transaction. A request therefore never waits
+    for the database, concurrent requests never contend for SQLite's write lock, and a burst costs
+    one commit. A payload is either a mapping
+    (serialised with `json.dumps` at once, so a NaN fails the request that produced it) or the JSON
+    bytes already sent to the client (the ml-signal hot path: no second serialisation, the writer
+    decodes them).
+
+    The queue is bounded (`queue_max` rows). When it is full, `record_*` waits up to `enqueue_wait_s`
+    for the writer to make room, then drops the row: it is logged, counted in `dropped` and reported
+    to `on_drop` (the API's `crypto_api_history_dropped_total`, which an alert watches). Serving never
+    blocks longer than that on a slow or stuck database, and memory stays bounded. (The wait runs on
+    the caller's thread, for REST the event loop: while the queue is full the whole process slows to
+    the database's pace for up to `enqueue_wait_s` per row, which is the back-pressure intended.)
+
+    Reads (`tail_*`, `counts`) first wait until everything queued before them is written, so a client
+    always reads its own writes. `close()` drains the queue: every row queued before it is written
+    (the API closes the history in its shutdown, after uvicorn has finished the requests in flight, so
+    a SIGTERM loses nothing); a row recorded after `close()` is dropped and counted.
     """
 
-    def __init__(self, url: str, on_write_error: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_write_error: Callable[[int], None] | None = None,
+        *,
+        queue_max: int = DEFAULT_QUEUE_MAX,
+        enqueue_wait_s: float = DEFAULT_ENQUEUE_WAIT_S,
+        on_drop: Callable[[int], None] | None = None,
+        linger_s: float = DEFAULT_LINGER_S,
+    ) -> None:
+        if queue_max < 1:
+            raise ValueError(f"history queue_max must be >= 1, got {queue_max}")
         self.url = url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        self.queue_max, self.enqueue_wait_s, self.linger_s = queue_max, enqueue_wait_s, linger_s
         self.write_errors = 0
-        # Called with the number of rows lost (the API counts them in a Prometheus counter).
+        self.dropped = 0
+        # Called with the number of rows lost (the API counts them in Prometheus counters).
         self.on_write_error = on_write_error
+        self.on_drop = on_drop
+        # The transport is unbounded (a C queue: the cheapest put); the bound is `_pending`, the rows
+        # queued or being written, checked under `_idle` as each row is queued.
         self._queue: queue.SimpleQueue[tuple[Table, dict[str, Any]] | None] = queue.SimpleQueue()
         self._pending = 0
+        self._closed = False
         self._idle = threading.Condition()
+        self._write_now = threading.Event()  # set by flush() and close(): no lingering
         self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
         self._writer.start()
 
+    @property
+    def queue_depth(self) -> int:
+        """Rows recorded and not yet written (queued, or in the transaction being committed)."""
+        return self._pending
+
     def close(self) -> None:
+        """Write everything queued so far, stop the writer, release the database."""
+        with self._idle:
+            self._closed = True
+        self._write_now.set()
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join(timeout=30)
+            if self._writer.is_alive():
+                log.error("history: writer still busy after 30 s; %d row(s) not written", self._pending)
         self.engine.dispose()
 
-    def record_signal(self, row: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
-        self._enqueue(signals, row, payload)
+    def record_signal(self, row: Mapping[str, Any], payload: Mapping[str, Any] | bytes) -> bool:
+        return self._enqueue(signals, row, payload)
 
-    def record_prediction(self, row: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
-        self._enqueue(ml_predictions, row, payload)
+    def record_prediction(self, row: Mapping[str, Any], payload: Mapping[str, Any] | bytes) -> bool:
+        return self._enqueue(ml_predictions, row, payload)
 
-    def _enqueue(self, table: Table, row: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
-        values = {**row, "payload": json.dumps(payload, separators=(",", ":"), allow_nan=False)}
+    def _enqueue(self, table: Table, row: Mapping[str, Any], payload: Mapping[str, Any] | bytes) -> bool:
+        """Queue one row; False when it was dropped (queue full past the wait, or history closed)."""
+        if isinstance(payload, bytes):
+            text: str | bytes = payload  # already JSON (what the client got); decoded by the writer
+        else:
+            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        values = {**row, "payload": text}
         values.setdefault("created_at", time.time())
         with self._idle:
+            if self._pending >= self.queue_max and not self._closed:
+                # Back-pressure first: the writer frees a whole batch per commit.
+                self._idle.wait_for(lambda: self._pending < self.queue_max, timeout=self.enqueue_wait_s)
+            if self._closed or self._pending >= self.queue_max:
+                self._drop(table, closed=self._closed)
+                return False
             self._pending += 1
         self._queue.put((table, values))
+        return True
+
+    def _drop(self, table: Table, closed: bool) -> None:
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop(1)
+        why = "the history is closed" if closed else f"the queue is full ({self.queue_max} rows)"
+        # One line per power of two: a long outage must not flood the log at request rate.
+        if self.dropped & (self.dropped - 1) == 0:
+            log.error("history: %s row dropped: %s (%d dropped so far)", table.name, why, self.dropped)
 
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
+            if item is not None and self.linger_s > 0:
+                self._write_now.wait(self.linger_s)  # let the rows of a burst join this transaction
+            if not self._closed:
+                self._write_now.clear()
             batch = [item]
             while len(batch) < MAX_BATCH:
                 try:
@@ -213,6 +293,9 @@ class History:
     def _write(self, rows: list[tuple[Table, dict[str, Any]]]) -> None:
         by_table: dict[str, tuple[Table, list[dict[str, Any]]]] = {}
         for table, values in rows:
+            payload = values["payload"]
+            if isinstance(payload, bytes):
+                values["payload"] = payload.decode()
             by_table.setdefault(table.name, (table, []))[1].append(values)
         try:
             with self.engine.begin() as conn:
@@ -226,6 +309,7 @@ class History:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every row queued so far is written (or failed); False on timeout."""
+        self._write_now.set()
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 

@@ -52,17 +52,22 @@ class Bars:
     last_closed_ts: int  # open time of the newest bar that has closed by now
     warnings: tuple[str, ...] = ()
 
-    # Cached: the frame never changes, and both are read on every cache hit (`_fresh`, the cache keys).
+    # Cached: the frame never changes, and these are read on every cache hit (`_fresh`, the cache keys),
+    # where each polars call was a visible share of a cached ml-signal request.
+    @cached_property
+    def height(self) -> int:
+        return self.frame.height
+
     @cached_property
     def first_ts(self) -> int | None:
-        return int(self.frame["ts"][0]) if self.frame.height else None
+        return int(self.frame["ts"][0]) if self.height else None
 
     @cached_property
     def last_ts(self) -> int | None:
-        return int(self.frame["ts"][-1]) if self.frame.height else None
+        return int(self.frame["ts"][-1]) if self.height else None
 
     def tail(self, n: int) -> Bars:
-        if self.frame.height <= n:
+        if self.height <= n:
             return (
                 self  # immutable: the common case (the feature path asks for what was fetched) copies nothing
             )
@@ -161,7 +166,7 @@ class MarketService:
         fetched_at, bars = cached
         first = bars.first_ts
         span = bars.last_closed_ts - (first if first is not None else bars.last_closed_ts)
-        covers = bars.frame.height >= n or span >= (n - 1) * bar_ms
+        covers = bars.height >= n or span >= (n - 1) * bar_ms
         return bars.last_closed_ts == last_closed and covers and time.monotonic() - fetched_at < self.ttl_s
 
     def _fetch(self, symbol: str, timeframe: str, n: int, last_closed: int, bar_ms: int) -> Bars:
