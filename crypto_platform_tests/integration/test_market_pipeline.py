@@ -49,36 +49,38 @@ def test_simulated_graph_two_symbols_three_days(tmp_path: Path) -> None:
     defs = build(settings)
     store = LocalStore(tmp_path / "data")
     with instance_for_test() as instance:
-        results = {
-            sym: run_range(defs, instance, DAYS_3[0], DAYS_3[-1], sym) for sym in ("BTCUSDT", "ETHUSDT")
-        }
-        assert all(r.success for r in results.values())
-        # one run per symbol, each covering the three days (the single-run backfill shape)
+        result = run_range(defs, instance, DAYS_3[0], DAYS_3[-1], "BTCUSDT", last_symbol_id="ETHUSDT")
+        assert result.success
+        # one run over the rectangle 3 days × 2 symbols (the shape a single-run backfill over both has)
         runs = instance.get_runs()
-        assert len(runs) == 2
-        assert {(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs} == {
-            ("2024-01-08|BTCUSDT", "2024-01-10|BTCUSDT"),
-            ("2024-01-08|ETHUSDT", "2024-01-10|ETHUSDT"),
+        assert len(runs) == 1
+        assert (runs[0].tags[RANGE_START_TAG], runs[0].tags[RANGE_END_TAG]) == (
+            "2024-01-08|BTCUSDT",
+            "2024-01-10|ETHUSDT",
+        )
+        mats = materializations(result)
+        expected_partitions = {f"{d}|{sym}" for d in DAYS_3 for sym in ("BTCUSDT", "ETHUSDT")}
+        for asset in ("ohlcv", "features", "quality_report"):
+            assert set(mats[asset]) == expected_partitions, asset
+        for meta in mats["ohlcv"].values():
+            assert meta["dagster/row_count"] == 24
+            assert meta["source"] == "simulated"
+            assert meta["run_rows"] == 144 and meta["run_partitions"] == 6
+            assert meta["run_first_bar"] == "2024-01-08T00:00:00Z"
+            assert meta["run_last_bar"] == "2024-01-10T23:00:00Z"
+            assert meta["run_requests"] == 0 and meta["run_gaps"] == 0
+        # each partition's own coverage: the end of its day (a past day, fetched complete)
+        for partition, meta in mats["ohlcv"].items():
+            day = partition.split("|")[0]
+            assert meta["covered_until_ms"] == day_start_ms(day) + 86_400_000, partition
+            assert meta["missing_bars"] == 0
+        assert check_results(result) == {
+            "schema": (True, "ERROR"),
+            "ohlc_consistency": (True, "ERROR"),
+            "uniqueness": (True, "ERROR"),
+            "continuity": (True, "WARN"),
+            "freshness": (True, "WARN"),
         }
-        for sym, result in results.items():
-            mats = materializations(result)
-            expected_partitions = {f"{d}|{sym}" for d in DAYS_3}
-            for asset in ("ohlcv", "features", "quality_report"):
-                assert set(mats[asset]) == expected_partitions, asset
-            for meta in mats["ohlcv"].values():
-                assert meta["dagster/row_count"] == 24
-                assert meta["source"] == "simulated"
-                assert meta["run_rows"] == 72 and meta["run_partitions"] == 3
-                assert meta["run_first_bar"] == "2024-01-08T00:00:00Z"
-                assert meta["run_last_bar"] == "2024-01-10T23:00:00Z"
-                assert meta["run_requests"] == 0 and meta["run_gaps"] == 0
-            assert check_results(result) == {
-                "schema": (True, "ERROR"),
-                "ohlc_consistency": (True, "ERROR"),
-                "uniqueness": (True, "ERROR"),
-                "continuity": (True, "WARN"),
-                "freshness": (True, "WARN"),
-            }
         materialized = instance.get_materialized_partitions(AssetKey("features"))
         assert len(materialized) == 6
 
