@@ -1,9 +1,13 @@
 """The `market` asset group: OHLCV bars → features, plus a daily data-quality report.
 
 All three assets share the (UTC day × symbol) partitions and a single-run backfill policy: a backfill
-of a year for a symbol is one run whose assets see all 365 partition keys at once. `ohlcv` turns each
+of a year for a symbol is one run whose assets see all 365 partition keys at once, and the hourly
+refresh is one run over the new day(s) of many symbols (defs.market.run_requests). `ohlcv` turns each
 symbol's contiguous range into ONE paginated fetch (⌈8760 / 1000⌉ = 9 klines requests for a year of
-hourly bars, not 365 runs × 1 request) and the IO manager splits the result back into daily files.
+hourly bars, not 365 runs × 1 request), fetches the symbols concurrently (bounded by the resource's
+`fetch_concurrency`, paced by the client's one rate limiter) and the IO manager splits the result
+back into daily files. A symbol that cannot be fetched fails the run, naming itself, after the others
+were fetched: the batch-split sensor then re-runs the others without it.
 
 Staleness in the UI: each asset has a `code_version` (bump it when its code changes what it writes),
 and `ohlcv` reports a `DataVersion` that is a fingerprint of the bars it wrote (`lib.market.coverage`),
@@ -196,9 +200,11 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             "run_gaps": len(gaps),
             "run_gap_list": MetadataValue.json(gaps[:_MAX_GAPS_LISTED]),
         }
-        # One data version per output: for the hourly refresh and a repair (one day per symbol) it is
-        # that partition's fingerprint; a multi-day run shares one, and each partition's own is in
-        # its `bars_sha256` metadata.
+        # One data version per output (Dagster has no per-partition data version for a materialisation):
+        # a one-partition run (a repair of one day) reports that partition's fingerprint; a run over
+        # several days or symbols shares the fingerprint of everything it wrote, so a change in one of
+        # its partitions marks all of them changed (stale downstream, never missed), and each
+        # partition's own fingerprint is in its `bars_sha256` metadata.
         with warnings.catch_warnings():
             # Output(data_version=) is marked beta; it is the documented way to report a data version.
             warnings.simplefilter("ignore", BetaWarning)
