@@ -15,6 +15,7 @@ from dagster import AssetKey, Definitions, instance_for_test
 from polars.testing import assert_frame_equal
 
 from crypto_platform.defs.market import build_market_definitions
+from crypto_platform.defs.market.run_requests import SymbolBatch, failed_symbols, split_failed_batch
 from crypto_platform.defs.resources import MarketDataResource, build_resources
 from crypto_platform.lib.features import FEATURE_COLUMNS
 from crypto_platform.lib.market.schema import OHLCV_COLUMNS
@@ -134,9 +135,12 @@ class CorruptingMarketData(MarketDataResource):
     """Real simulated bars with one defect injected: the subject is the checks, not the source."""
 
     defect: str = "high_below_low"
+    only_symbol: str | None = None  # e.g. "ETH/USDT": the other symbols' bars stay sound
 
     def load(self, symbol: str, since_ms: int, until_ms: int) -> MarketData:
         data = super().load(symbol, since_ms, until_ms)
+        if self.only_symbol is not None and symbol != self.only_symbol:
+            return data
         frame = data.frame.with_row_index("i")
         if self.defect == "high_below_low":
             frame = frame.with_columns(
@@ -169,6 +173,24 @@ def test_failing_blocking_check_stops_downstream_in_the_same_run(tmp_path: Path)
         assert instance.get_latest_materialization_event(AssetKey("features")) is None
     assert list_partitions(store, "features") == []
     assert list_partitions(store, "quality_report") == []
+
+
+def test_a_blocking_check_failing_for_one_symbol_names_it_for_the_split(tmp_path: Path) -> None:
+    settings = market_settings(tmp_path / "data")
+    corrupt_eth = CorruptingMarketData(source="simulated", defect="high_below_low", only_symbol="ETH/USDT")
+    defs = _defs_with_source(settings, corrupt_eth)
+    with instance_for_test() as instance:
+        result = run_range(defs, instance, "2024-01-01", "2024-01-02", "BTCUSDT", last_symbol_id="ETHUSDT")
+        assert not result.success
+        assert check_results(result)["ohlc_consistency"] == (False, "ERROR")
+        # the run names ETH, so the split runs BTC alone (it succeeds) and ETH alone
+        assert failed_symbols(result) == ["ETHUSDT"]
+        batch = SymbolBatch(("BTCUSDT", "ETHUSDT"), date(2024, 1, 1), date(2024, 1, 2))
+        assert [p.symbol_ids for p in split_failed_batch(batch, failed_symbols(result))] == [
+            ("BTCUSDT",),
+            ("ETHUSDT",),
+        ]
+        assert run_range(defs, instance, "2024-01-01", "2024-01-02", "BTCUSDT").success
 
 
 def test_failing_warning_check_does_not_block(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ status from the run's planned partitions.
 
 A failing symbol fails its whole run (Dagster marks every partition of a failed step failed, and an
 asset step yields one output for all its partitions). `split_failed_batch` says what to run instead:
-the symbols `ohlcv` reported as failing, each alone, and the healthy ones in the stretches between
-them; when the failure names no symbol, the batch is bisected.
+the symbols the run named as failing (`ohlcv` could not fetch them, or a blocking check failed on
+them), each alone, and the healthy ones in the stretches between them; when the failure names no
+symbol, the batch is bisected.
 """
 
 from __future__ import annotations
@@ -24,13 +25,22 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from dagster import DagsterEvent, ExecuteInProcessResult, MultiPartitionsDefinition, RunRequest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    DagsterEvent,
+    DagsterEventType,
+    ExecuteInProcessResult,
+    MultiPartitionsDefinition,
+    RunRequest,
+)
 
 from crypto_platform.defs.market.partitions import (
     SYMBOL_DIM,
     market_partition_key,
     split_partition_key,
 )
+from crypto_platform.lib.market.symbols import exchange_symbol_id
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -165,21 +175,32 @@ def batch_of_run(tags: Mapping[str, str], partitions_def: MultiPartitionsDefinit
 
 
 def failed_symbols(events: Iterable[DagsterEvent] | ExecuteInProcessResult) -> list[str]:
-    """The symbols a failed run's `ohlcv` step named as not fetched (empty: it failed elsewhere).
+    """The symbols a failed run named as the cause (empty: it failed elsewhere, or everywhere).
 
-    `events`: the run's step-failure events (a run-status sensor reads them from the instance), or
+    Two sources: the `ohlcv` step's Failure (symbols it could not fetch) and failed blocking checks
+    (each check names its `failed_symbols`: bars that are not OHLC, duplicated, …). `events`: the run's
+    step-failure and check-evaluation events (a run-status sensor reads them from the instance), or
     an in-process result.
     """
     if isinstance(events, ExecuteInProcessResult):
         events = events.all_events
     failed: list[str] = []
     for event in events:
-        if not event.is_step_failure:
-            continue
-        user_data = event.step_failure_data.user_failure_data
-        value = user_data.metadata.get(FAILED_SYMBOLS_META) if user_data is not None else None
+        value = None
+        if event.is_step_failure:
+            user_data = event.step_failure_data.user_failure_data
+            value = user_data.metadata.get(FAILED_SYMBOLS_META) if user_data is not None else None
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            blocking_failure = (
+                isinstance(evaluation, AssetCheckEvaluation)
+                and not evaluation.passed
+                and evaluation.severity == AssetCheckSeverity.ERROR
+            )
+            value = evaluation.metadata.get(FAILED_SYMBOLS_META) if blocking_failure else None
         if value is not None and isinstance(value.value, list):
-            failed += [str(s) for s in value.value]
+            # the check metadata names unified symbols (BTC/USDT), the step's Failure symbol ids
+            failed += [exchange_symbol_id(str(s)) for s in value.value]
     return list(dict.fromkeys(failed))
 
 

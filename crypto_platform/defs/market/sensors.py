@@ -205,9 +205,11 @@ def build_market_sensors(settings: Settings, job: Any) -> list[SensorDefinition]
         batch = batch_of_run(run.tags, valid_partitions)
         if batch is None or len(batch.symbol_ids) == 1:
             return SkipReason(f"run {run.run_id} covered one symbol (or none): nothing to split")
-        records = context.instance.get_records_for_run(
-            run_id=run.run_id, of_type=DagsterEventType.STEP_FAILURE
-        ).records
+        records = [
+            record
+            for event_type in (DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION)
+            for record in context.instance.get_records_for_run(run_id=run.run_id, of_type=event_type).records
+        ]
         failed = failed_symbols(
             r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event
         )

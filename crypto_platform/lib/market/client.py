@@ -222,6 +222,7 @@ class ExchangeClient:
         self._markets_loaded = False
         self._markets: dict[str, Any] = {}
         self._currencies: dict[str, Any] = {}
+        self._clock_lock = threading.Lock()
         self._clock_offset_ms: int | None = None
         self._clock_measured_at = 0.0
 
@@ -385,14 +386,17 @@ class ExchangeClient:
         server frozen in the past this is what makes "now" the replayed instant.
         """
         retries = 0
-        stale = time.monotonic() - self._clock_measured_at > CLOCK_OFFSET_TTL_S
-        if self._clock_offset_ms is None or stale:
-            before = time.time() * 1000
-            server_ms, retries = self._call("fetch_time", lambda exchange: exchange.fetch_time())
-            after = time.time() * 1000
-            self._clock_offset_ms = int(server_ms - (before + after) / 2)
-            self._clock_measured_at = time.monotonic()
-        return int(time.time() * 1000) + self._clock_offset_ms, retries
+        # Held through the measurement: threads fetching symbols at once share one /time request.
+        with self._clock_lock:
+            stale = time.monotonic() - self._clock_measured_at > CLOCK_OFFSET_TTL_S
+            if self._clock_offset_ms is None or stale:
+                before = time.time() * 1000
+                server_ms, retries = self._call("fetch_time", lambda exchange: exchange.fetch_time())
+                after = time.time() * 1000
+                self._clock_offset_ms = int(server_ms - (before + after) / 2)
+                self._clock_measured_at = time.monotonic()
+            offset_ms = self._clock_offset_ms
+        return int(time.time() * 1000) + offset_ms, retries
 
     # --- data ------------------------------------------------------------------------------------
     def fetch_ohlcv(
