@@ -33,6 +33,13 @@ def _env_int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_positive_int(env: dict[str, str], name: str, default: int) -> int:
+    value = _env_int(env, name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be ≥ 1, got {value}")
+    return value
+
+
 def _env_flag(env: dict[str, str], name: str) -> bool:
     """`1`, `true`, `yes` (any case) → True; unset, empty or anything else → False."""
     return env.get(name, "").strip().lower() in ("1", "true", "yes")
@@ -76,6 +83,12 @@ class Settings:
     # CRYPTO_EXCHANGE_RETRY_BUDGET_S: total time one fetch may spend retrying before it gives up.
     exchange_retry_budget_s: float = 60.0
     simulator_seed: int = 7  # CRYPTO_SIMULATOR_SEED: seed of the simulated market
+    # CRYPTO_REFRESH_BATCH_SYMBOLS: symbols one market run covers (`materialize`, the hourly refresh, gap
+    # repair). 64: 256 pairs are 4 runs; 1 is the old run-per-symbol shape (kept to measure against).
+    refresh_batch_symbols: int = 64
+    # CRYPTO_FETCH_CONCURRENCY: symbols one run fetches at the same time; the exchange's rate limit is
+    # shared by all of them (one limiter per process), so this bounds waiting on latency, not request rate.
+    fetch_concurrency: int = 8
     dagster_home: str = ".dagster_home"  # DAGSTER_HOME: the Dagster instance directory
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI: tracking server and registry
     # CRYPTO_ML_FAST (1/true/yes): retrains the sensor and the schedule request, and `materialize` without
@@ -119,6 +132,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         exchange_timeout_ms=_env_int(env, "CRYPTO_EXCHANGE_TIMEOUT_MS", 10_000),
         exchange_retry_budget_s=_env_float(env, "CRYPTO_EXCHANGE_RETRY_BUDGET_S", 60.0),
         simulator_seed=_env_int(env, "CRYPTO_SIMULATOR_SEED", 7),
+        refresh_batch_symbols=_env_positive_int(env, "CRYPTO_REFRESH_BATCH_SYMBOLS", 64),
+        fetch_concurrency=_env_positive_int(env, "CRYPTO_FETCH_CONCURRENCY", 8),
         dagster_home=env.get("DAGSTER_HOME", ".dagster_home"),
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
         ml_fast_training=_env_flag(env, "CRYPTO_ML_FAST"),

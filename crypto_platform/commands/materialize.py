@@ -1,9 +1,12 @@
 """`crypto-platform materialize`: build the asset graph once, for today and N days of history.
 
 Runs on the current Dagster instance (DAGSTER_HOME, created if missing), so the runs, materialisations
-and check results appear in the UI afterwards. Each symbol is one run over the whole date range — the
-same shape a single-run backfill from the UI has — launched with the partition-range tags, so `ohlcv`
-fetches each symbol's history with one paginated request sequence.
+and check results appear in the UI afterwards. Each run covers the whole date range of up to
+CRYPTO_REFRESH_BATCH_SYMBOLS consecutive symbols — the rectangle a single-run backfill from the UI
+has, launched with the partition-range tags — and `ohlcv` fetches those symbols concurrently, each
+with one paginated request sequence. A run that fails for some of its symbols is followed at once by
+runs of the healthy symbols without them and of each failing symbol alone (as the batch-split sensor
+does for scheduled runs), so one bad pair costs the others a re-run, not their data.
 
 Exit status: 0 when every run succeeded; 1 when a run failed (a failing blocking check fails its run,
 so downstream assets were not built); 2 for bad arguments.
@@ -29,15 +32,14 @@ from crypto_platform.settings import MARKET_SOURCES, Settings, get_settings
 
 # The repository's instance config, present in a source checkout (editable install).
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass
 class RunSummary:
-    symbol_id: str  # the symbol of a day-range run, "unpartitioned" for the run of whole-history assets
+    label: str  # the symbols and days of a market run, "unpartitioned" for the whole-history assets
     run_id: str
     success: bool
+    split: bool = False  # failed, and its symbols were run again in smaller runs
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     partitions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     sources: set[str] = field(default_factory=set)
@@ -110,8 +112,8 @@ def _root_cause(error: Any) -> str:
     return " ".join(lines[:3]) if lines else error.cls_name or "failed"
 
 
-def _summarise(symbol_id: str, result: Any) -> RunSummary:
-    summary = RunSummary(symbol_id=symbol_id, run_id=result.run_id, success=result.success)
+def _summarise(label: str, result: Any) -> RunSummary:
+    summary = RunSummary(label=label, run_id=result.run_id, success=result.success)
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             mat = event.event_specific_data.materialization
@@ -144,7 +146,7 @@ def _summarise(symbol_id: str, result: Any) -> RunSummary:
 
 
 def _print_summary(summary: RunSummary) -> None:
-    status = "OK" if summary.success else "FAILED"
+    status = "OK" if summary.success else ("FAILED: split into smaller runs" if summary.split else "FAILED")
     click.echo(f"  run {summary.run_id}: {status}")
     for asset in sorted(summary.partitions):
         if asset in summary.rows:
@@ -203,7 +205,7 @@ def command(
     model_config: str | None,
     verbose: bool,
 ) -> None:
-    """Materialize the asset graph for today plus N days, one run per symbol."""
+    """Materialize the asset graph for today plus N days, many symbols per run."""
     settings = get_settings()
     if source:
         settings = dataclasses.replace(settings, market_source=source)
@@ -214,7 +216,8 @@ def command(
     from dagster import AssetSelection, BetaWarning, DagsterInstance
 
     from crypto_platform.definitions import build_definitions
-    from crypto_platform.defs.market.partitions import market_partitions_def
+    from crypto_platform.defs.market.partitions import market_partitions_def, market_symbol_order
+    from crypto_platform.defs.market.run_requests import batch_symbols, failed_symbols, split_failed_batch
 
     warnings.simplefilter("ignore", BetaWarning)
     defs = build_definitions(settings)
@@ -260,18 +263,30 @@ def command(
     with DagsterInstance.get() as instance:
         if by_day:
             job = defs.resolve_implicit_job_def_def_for_assets(by_day)
-            for symbol_id in symbol_ids:
-                click.echo(f"▶ {symbol_id}: {first_day} … {today}")
+            pending = batch_symbols(
+                {symbol_id: (first_day, today) for symbol_id in symbol_ids},
+                market_symbol_order(settings),
+                settings.refresh_batch_symbols,
+                n_days,
+                include_unwanted=False,
+            )
+            while pending:
+                batch = pending.pop(0)
+                click.echo(f"▶ {batch.label}")
                 result = job.execute_in_process(
                     instance=instance,
                     run_config=run_config,
                     asset_selection=by_day,
-                    tags={RANGE_START_TAG: f"{first_day}|{symbol_id}", RANGE_END_TAG: f"{today}|{symbol_id}"},
+                    tags=batch.range_tags(),
                     raise_on_error=False,
                 )
-                summaries.append(_summarise(symbol_id, result))
+                summaries.append(_summarise(batch.label, result))
+                if not result.success:
+                    parts = split_failed_batch(batch, failed_symbols(result))
+                    summaries[-1].split = bool(parts)
+                    pending = parts + pending
                 _print_summary(summaries[-1])
-        if whole and all(s.success for s in summaries):
+        if whole and all(s.success or s.split for s in summaries):
             # Unpartitioned assets (whole-history ones, e.g. a model) come after the day partitions
             # they read, in one run.
             click.echo(f"▶ {', '.join(k.to_user_string() for k in whole)}")
@@ -296,8 +311,13 @@ def command(
         elif whole:
             click.echo(f"  skipped {', '.join(k.to_user_string() for k in whole)}: a partitioned run failed")
 
-    failed = [s.symbol_id for s in summaries if not s.success]
+    failed = [s.label for s in summaries if not s.success and not s.split]
     if failed:
         click.echo(f"FAILED: {len(failed)} of {len(summaries)} run(s) failed ({', '.join(failed)})", err=True)
         sys.exit(1)
-    click.echo(f"OK: {len(summaries)} run(s) succeeded. Open the UI with `make ui`.")
+    retried = sum(s.split for s in summaries)
+    click.echo(
+        f"OK: {len(summaries) - retried} run(s) succeeded"
+        + (f" ({retried} failed run(s) split and re-run)" if retried else "")
+        + ". Open the UI with `make ui`."
+    )

@@ -41,6 +41,8 @@ class MarketDataResource(ConfigurableResource):
     seed: int = 7
     timeout_ms: int = 10_000
     retry_budget_s: float = 60.0
+    # Symbols one `ohlcv` run fetches at a time (the process's one rate limiter paces them together).
+    fetch_concurrency: int = 8
 
     def settings(self) -> Settings:
         """The process settings with this resource's configuration applied on top."""
@@ -143,6 +145,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             seed=settings.simulator_seed,
             timeout_ms=settings.exchange_timeout_ms,
             retry_budget_s=settings.exchange_retry_budget_s,
+            fetch_concurrency=settings.fetch_concurrency,
         ),
         "data_store": DataStoreResource(location=location, endpoint_url=settings.s3_endpoint_url),
         "parquet_io_manager": ParquetIOManager(location=location, endpoint_url=settings.s3_endpoint_url),

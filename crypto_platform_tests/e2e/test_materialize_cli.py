@@ -43,10 +43,13 @@ def test_materialize_simulated_two_days(tmp_path: Path) -> None:
     done = _cli(tmp_path, "--source", "simulated", "--days", "2", "--select", "group:market")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "OK: 2 run(s) succeeded" in out
+    # both symbols in one run (the batch holds up to CRYPTO_REFRESH_BATCH_SYMBOLS = 64)
+    assert "OK: 1 run(s) succeeded" in out
     for asset in ("ohlcv", "features", "quality_report"):
-        assert sum(line.strip().startswith(asset) for line in out.splitlines()) == 2, out
-    assert out.count("check ohlcv:ohlc_consistency     passed") == 2
+        assert sum(line.strip().startswith(asset) for line in out.splitlines()) == 1, out
+    (ohlcv_line,) = [line for line in out.splitlines() if line.strip().startswith("ohlcv ")]
+    assert ohlcv_line.endswith("rows in 6 partition(s)"), out  # 3 days × 2 symbols
+    assert out.count("check ohlcv:ohlc_consistency     passed") == 1
     assert "source: simulated" in out
 
     today = datetime.now(UTC).date()
@@ -57,12 +60,45 @@ def test_materialize_simulated_two_days(tmp_path: Path) -> None:
     assert {s for s, _ in stored} == {"BTCUSDT", "ETHUSDT"}
     assert list_partitions(store, "features") == stored
 
-    # one run per symbol over the whole range, recorded on the instance the UI reads
+    # one run over the rectangle of days × both symbols, recorded on the instance the UI reads
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 2 and all(r.is_success for r in runs)
-        ranges = {(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs}
-        assert ranges == {(f"{days[0]}|{s}", f"{days[-1]}|{s}") for s in ("BTCUSDT", "ETHUSDT")}
+        assert len(runs) == 1 and runs[0].is_success
+        assert (runs[0].tags[RANGE_START_TAG], runs[0].tags[RANGE_END_TAG]) == (
+            f"{days[0]}|BTCUSDT",
+            f"{days[-1]}|ETHUSDT",
+        )
+
+
+def test_materialize_runs_the_healthy_symbol_again_when_one_fails(tmp_path: Path) -> None:
+    from crypto_platform.devtools.replay.faults import FaultRule
+    from crypto_platform.devtools.replay.server import ReplayServer
+
+    broken = FaultRule("500", count=10_000, endpoint="klines", symbol="ETHUSDT")
+    server = ReplayServer(simulate=("BTCUSDT", "ETHUSDT"), faults=[broken]).start()
+    try:
+        done = _cli(
+            tmp_path,
+            "--source",
+            "exchange",
+            "--days",
+            "1",
+            "--select",
+            "group:market",
+            CRYPTO_EXCHANGE_API_URL=server.url,
+            CRYPTO_EXCHANGE_RETRY_BUDGET_S="1",
+        )
+    finally:
+        server.stop()
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    # the batch fails naming ETH, then BTC runs alone and succeeds, ETH runs alone and fails
+    assert out.count("FAILED: split into smaller runs") == 1, out
+    assert "1 of 2 symbol(s) could not be fetched: ETHUSDT" in out
+    assert "FAILED: 1 of 3 run(s) failed (ETHUSDT " in done.stderr
+    store = LocalStore(tmp_path / "data")
+    assert {s for s, _ in list_partitions(store, "ohlcv")} == {"BTCUSDT"}
+    assert {s for s, _ in list_partitions(store, "features")} == {"BTCUSDT"}
 
 
 def _bad_replay_dir(root: Path, first_day: date) -> Path:
@@ -101,7 +137,7 @@ def test_materialize_exits_nonzero_when_a_blocking_check_fails(tmp_path: Path) -
         server.stop()
     assert done.returncode == 1, done.stdout + done.stderr
     assert "check ohlcv:ohlc_consistency     FAILED (ERROR)" in done.stdout
-    assert "FAILED: 1 of 1 run(s) failed (BTCUSDT)" in done.stderr
+    assert "FAILED: 1 of 1 run(s) failed (BTCUSDT " in done.stderr
     store = LocalStore(tmp_path / "data")
     assert len(list_partitions(store, "ohlcv")) == 2  # stored, and its check failed …
     assert list_partitions(store, "features") == []  # … so nothing downstream was built

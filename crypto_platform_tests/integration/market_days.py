@@ -1,8 +1,9 @@
-"""The market schedule and sensor driven by hand, hour by hour, against a replay exchange with a moving clock.
+"""The market schedule and sensors driven by hand, hour by hour, against a replay exchange whose clock moves.
 
 What a dagster-daemon does each hour, without the daemon: move the exchange's clock, evaluate the
-`market_hourly_refresh` tick and the `market_gap_repair` sensor on a real Dagster instance, and execute
-every run request they return in-process, the way the daemon's run would execute them.
+`market_hourly_refresh` tick and the `market_gap_repair` sensor on a real Dagster instance, execute
+every run request they return in-process, the way the daemon's run would execute them, and show each
+failed run to the `market_batch_split` run-status sensor, executing what it asks for.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from dagster import (
     Definitions,
     RunRequest,
     SensorResult,
+    build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
 )
 
 from crypto_platform.defs.market.partitions import split_partition_key
-from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG
-from crypto_platform.defs.market.sensors import GAP_REPAIR_SENSOR
+from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG, batch_of_run
+from crypto_platform.defs.market.sensors import BATCH_SPLIT_SENSOR, GAP_REPAIR_SENSOR
 from crypto_platform.lib.market.client import clear_exchange_clients
 from crypto_platform.lib.market.timeframes import HOUR_MS
 from crypto_platform.lib.storage import OHLCV_ASSET, ObjectStore, read_partitioned
@@ -41,6 +43,16 @@ def set_exchange_clock(url: str, when: datetime) -> None:
     """Moves the replay exchange's clock; the next run measures it anew (as a fresh run process would)."""
     requests.post(f"{url}/__replay__/clock", json={"now_ms": ms(when)}, timeout=10).raise_for_status()
     clear_exchange_clients()
+
+
+def request_symbols(request: RunRequest, defs: Definitions) -> tuple[str, ...]:
+    """The symbols a market run request covers (the rectangle's symbol side)."""
+    tags = dict(request.tags)
+    if request.partition_key is not None:
+        tags["dagster/partition"] = str(request.partition_key)
+    batch = batch_of_run(tags, defs.resolve_assets_def("ohlcv").partitions_def)
+    assert batch is not None, request
+    return batch.symbol_ids
 
 
 def request_days(request: RunRequest) -> tuple[str, str]:
@@ -105,7 +117,11 @@ class Daemonless:
     failed_runs: list[str] = field(default_factory=list)
     runs: int = 0
 
+    split_requests: list[RunRequest] = field(default_factory=list)
+
     def execute(self, request: RunRequest) -> None:
+        """Runs the request; a failed run is shown to the batch-split sensor (as the daemon would on
+        its next evaluation) and the runs it asks for are executed in turn."""
         result = self.defs.resolve_job_def(request.job_name or "market_job").execute_in_process(
             instance=self.instance,
             partition_key=request.partition_key,
@@ -113,8 +129,21 @@ class Daemonless:
             raise_on_error=False,
         )
         self.runs += 1
-        if not result.success:
-            self.failed_runs.append(request.run_key or "")
+        if result.success:
+            return
+        self.failed_runs.append(request.run_key or "")
+        sensor = self.defs.resolve_sensor_def(BATCH_SPLIT_SENSOR)
+        answer = sensor(
+            build_run_status_sensor_context(
+                sensor_name=BATCH_SPLIT_SENSOR,
+                dagster_event=result.get_run_failure_event(),
+                dagster_instance=self.instance,
+                dagster_run=result.dagster_run,
+            )
+        )
+        for split in answer if isinstance(answer, list) else []:
+            self.split_requests.append(split)
+            self.execute(split)
 
     def tick(self, at: datetime) -> Tick:
         set_exchange_clock(self.exchange_url, at)

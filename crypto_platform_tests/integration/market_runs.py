@@ -26,9 +26,15 @@ def market_settings(data_location: str | Path, **env: str) -> Settings:
     return load_settings({**base, **env})
 
 
-def range_tags(first_day: str, last_day: str, symbol_id: str) -> dict[str, str]:
-    """The tags a single-run backfill puts on the run of one symbol's date range."""
-    return {RANGE_START_TAG: f"{first_day}|{symbol_id}", RANGE_END_TAG: f"{last_day}|{symbol_id}"}
+def range_tags(
+    first_day: str, last_day: str, symbol_id: str, last_symbol_id: str | None = None
+) -> dict[str, str]:
+    """The tags a single-run backfill puts on the run of a date range of one symbol, or of the symbols
+    from `symbol_id` to `last_symbol_id` in the configured order (the rectangle between the two keys)."""
+    return {
+        RANGE_START_TAG: f"{first_day}|{symbol_id}",
+        RANGE_END_TAG: f"{last_day}|{last_symbol_id or symbol_id}",
+    }
 
 
 def run_range(
@@ -38,10 +44,11 @@ def run_range(
     last_day: str,
     symbol_id: str,
     resources: dict[str, Any] | None = None,
+    last_symbol_id: str | None = None,
 ) -> ExecuteInProcessResult:
     return defs.resolve_job_def("market_job").execute_in_process(
         instance=instance,
-        tags=range_tags(first_day, last_day, symbol_id),
+        tags=range_tags(first_day, last_day, symbol_id, last_symbol_id),
         resources=resources,
         raise_on_error=False,
     )

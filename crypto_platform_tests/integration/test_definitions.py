@@ -25,7 +25,7 @@ from crypto_platform.defs.market.partitions import (
     market_partition_key,
     split_partition_key,
 )
-from crypto_platform.defs.market.run_requests import RANGE_START_TAG
+from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG, batch_of_run
 from crypto_platform.lib.features import LOOKBACK_BARS
 from crypto_platform_tests.integration.market_days import request_days
 from crypto_platform_tests.integration.market_runs import build, market_settings
@@ -58,6 +58,7 @@ EXPECTED_GRAPH = {
     },
     "jobs": ["daily_report_job", "market_job", "ml_drift_job", "ml_retrain_job"],
     "sensors": {
+        "market_batch_split": ["market_job"],
         "market_gap_repair": ["market_job"],
         "ml_automation_sensor": [],
         "ml_model_reload_sensor": [],
@@ -204,17 +205,34 @@ def _stored(instance: DagsterInstance, partition: str, covered_until: datetime) 
     )
 
 
+def _rectangles(defs: Definitions, requests: list[RunRequest]) -> list[tuple[tuple[str, ...], str, str]]:
+    """(symbols, first day, last day) of each market run request."""
+    pdef = defs.resolve_assets_def("ohlcv").partitions_def
+    found = []
+    for request in requests:
+        tags = dict(request.tags)
+        if request.partition_key is not None:
+            tags["dagster/partition"] = str(request.partition_key)
+        batch = batch_of_run(tags, pdef)
+        assert batch is not None, request
+        found.append((batch.symbol_ids, batch.first_day.isoformat(), batch.last_day.isoformat()))
+    return found
+
+
 def test_hourly_schedule_without_history_requests_the_last_closed_bars_day(tmp_path: Path) -> None:
     defs = build(market_settings(tmp_path, CRYPTO_SYMBOLS="BTC/USDT,ETH/USDT,SOL/USDT"))
     with instance_for_test() as instance:
         tick = datetime(2024, 3, 10, 7, 5, tzinfo=UTC)
         requests = _refresh_requests(defs, instance, tick)
         assert all(r.job_name in (None, "market_job") for r in requests)
-        assert [r.partition_key for r in requests] == [
-            "2024-03-10|BTCUSDT",
-            "2024-03-10|ETHUSDT",
-            "2024-03-10|SOLUSDT",
+        # one run for the three symbols: the rectangle 2024-03-10 × BTCUSDT..SOLUSDT
+        assert _rectangles(defs, requests) == [
+            (("BTCUSDT", "ETHUSDT", "SOLUSDT"), "2024-03-10", "2024-03-10")
         ]
+        assert (requests[0].tags[RANGE_START_TAG], requests[0].tags[RANGE_END_TAG]) == (
+            "2024-03-10|BTCUSDT",
+            "2024-03-10|SOLUSDT",
+        )
         # distinct run keys per tick, so the next hour's refresh is not deduplicated away
         later = _refresh_requests(defs, instance, tick.replace(hour=8))
         assert {r.run_key for r in requests}.isdisjoint({r.run_key for r in later})
@@ -223,30 +241,53 @@ def test_hourly_schedule_without_history_requests_the_last_closed_bars_day(tmp_p
         assert {request_days(r) for r in midnight} == {("2024-03-10", "2024-03-11")}
 
 
+def test_hourly_schedule_batch_size_bounds_the_symbols_per_run(tmp_path: Path) -> None:
+    symbols = "BTC/USDT,ETH/USDT,SOL/USDT,BNB/USDT,XRP/USDT"
+    tick = datetime(2024, 3, 10, 7, 5, tzinfo=UTC)
+    with instance_for_test() as instance:
+        two = build(market_settings(tmp_path, CRYPTO_SYMBOLS=symbols, CRYPTO_REFRESH_BATCH_SYMBOLS="2"))
+        assert [r[0] for r in _rectangles(two, _refresh_requests(two, instance, tick))] == [
+            ("BTCUSDT", "ETHUSDT"),
+            ("SOLUSDT", "BNBUSDT"),
+            ("XRPUSDT",),
+        ]
+        # batch size 1 is the run-per-symbol design: one plain partition run per symbol
+        one = build(market_settings(tmp_path, CRYPTO_SYMBOLS=symbols, CRYPTO_REFRESH_BATCH_SYMBOLS="1"))
+        assert [str(r.partition_key) for r in _refresh_requests(one, instance, tick)] == [
+            f"2024-03-10|{s}" for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT")
+        ]
+
+
 def test_hourly_schedule_asks_for_every_day_since_the_last_fetch(tmp_path: Path) -> None:
-    defs = build(market_settings(tmp_path))
+    per_symbol = build(market_settings(tmp_path, CRYPTO_REFRESH_BATCH_SYMBOLS="1"))
+    batched = build(market_settings(tmp_path))
     with instance_for_test() as instance:
         # BTC was last fetched at 23:05 (bars through 22:00 closed), ETH's day was complete.
         _stored(instance, "2024-03-10|BTCUSDT", datetime(2024, 3, 10, 23, 0, tzinfo=UTC))
         _stored(instance, "2024-03-10|ETHUSDT", datetime(2024, 3, 11, 0, 0, tzinfo=UTC))
-        at_midnight = {
-            r.partition_key or r.tags[RANGE_START_TAG]: request_days(r)
-            for r in _refresh_requests(defs, instance, datetime(2024, 3, 11, 0, 5, tzinfo=UTC))
-        }
+        midnight = datetime(2024, 3, 11, 0, 5, tzinfo=UTC)
         # the 23:00 bar closed at 00:00 lives in yesterday's partition: that day is asked for again
-        assert at_midnight == {
-            "2024-03-10|BTCUSDT": ("2024-03-10", "2024-03-11"),
-            "2024-03-11|ETHUSDT": ("2024-03-11", "2024-03-11"),
-        }
-        # the daemon was down from 00:05 on the 11th to 03:05 on the 13th: one run per symbol catches up
-        after_downtime = _refresh_requests(defs, instance, datetime(2024, 3, 13, 3, 5, tzinfo=UTC))
-        assert sorted(request_days(r) for r in after_downtime) == [
-            ("2024-03-10", "2024-03-13"),
-            ("2024-03-11", "2024-03-13"),
+        assert _rectangles(per_symbol, _refresh_requests(per_symbol, instance, midnight)) == [
+            (("BTCUSDT",), "2024-03-10", "2024-03-11"),
+            (("ETHUSDT",), "2024-03-11", "2024-03-11"),
+        ]
+        # batched, ETH joins BTC's range: one run, ETH's complete day re-fetched in the same request
+        assert _rectangles(batched, _refresh_requests(batched, instance, midnight)) == [
+            (("BTCUSDT", "ETHUSDT"), "2024-03-10", "2024-03-11")
+        ]
+        # the daemon was down from 00:05 on the 11th to 03:05 on the 13th: the runs catch up
+        after_downtime = datetime(2024, 3, 13, 3, 5, tzinfo=UTC)
+        assert _rectangles(per_symbol, _refresh_requests(per_symbol, instance, after_downtime)) == [
+            (("BTCUSDT",), "2024-03-10", "2024-03-13"),
+            (("ETHUSDT",), "2024-03-11", "2024-03-13"),
+        ]
+        assert _rectangles(batched, _refresh_requests(batched, instance, after_downtime)) == [
+            (("BTCUSDT", "ETHUSDT"), "2024-03-10", "2024-03-13")
         ]
         # a refresh that stored today up to 03:00 moves the next tick's start to today
         _stored(instance, "2024-03-13|BTCUSDT", datetime(2024, 3, 13, 3, 0, tzinfo=UTC))
-        next_hour = _refresh_requests(defs, instance, datetime(2024, 3, 13, 4, 5, tzinfo=UTC))
-        assert [r.partition_key for r in next_hour if "BTCUSDT" in (r.partition_key or "")] == [
-            "2024-03-13|BTCUSDT"
+        _stored(instance, "2024-03-13|ETHUSDT", datetime(2024, 3, 13, 3, 0, tzinfo=UTC))
+        next_hour = datetime(2024, 3, 13, 4, 5, tzinfo=UTC)
+        assert _rectangles(batched, _refresh_requests(batched, instance, next_hour)) == [
+            (("BTCUSDT", "ETHUSDT"), "2024-03-13", "2024-03-13")
         ]

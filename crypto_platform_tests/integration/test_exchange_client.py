@@ -241,7 +241,7 @@ def test_unknown_symbol_is_not_retried(replay_server: ReplayServer) -> None:
     # Refused by the server (Binance -1121 → ccxt BadSymbol): one request, raised at once.
     with pytest.raises(UnknownSymbolError):
         client._call(
-            "klines", lambda: client._exchange.publicGetKlines({"symbol": "NOPEUSDT", "interval": "1h"})
+            "klines", lambda exchange: exchange.publicGetKlines({"symbol": "NOPEUSDT", "interval": "1h"})
         )
     assert sleeps == []
     assert stats(replay_server)["klines_by_symbol"] == {"NOPEUSDT": 1}

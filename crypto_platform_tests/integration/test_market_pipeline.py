@@ -15,6 +15,7 @@ from dagster import AssetKey, Definitions, instance_for_test
 from polars.testing import assert_frame_equal
 
 from crypto_platform.defs.market import build_market_definitions
+from crypto_platform.defs.market.run_requests import SymbolBatch, failed_symbols, split_failed_batch
 from crypto_platform.defs.resources import MarketDataResource, build_resources
 from crypto_platform.lib.features import FEATURE_COLUMNS
 from crypto_platform.lib.market.schema import OHLCV_COLUMNS
@@ -49,36 +50,38 @@ def test_simulated_graph_two_symbols_three_days(tmp_path: Path) -> None:
     defs = build(settings)
     store = LocalStore(tmp_path / "data")
     with instance_for_test() as instance:
-        results = {
-            sym: run_range(defs, instance, DAYS_3[0], DAYS_3[-1], sym) for sym in ("BTCUSDT", "ETHUSDT")
-        }
-        assert all(r.success for r in results.values())
-        # one run per symbol, each covering the three days (the single-run backfill shape)
+        result = run_range(defs, instance, DAYS_3[0], DAYS_3[-1], "BTCUSDT", last_symbol_id="ETHUSDT")
+        assert result.success
+        # one run over the rectangle 3 days × 2 symbols (the shape a single-run backfill over both has)
         runs = instance.get_runs()
-        assert len(runs) == 2
-        assert {(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs} == {
-            ("2024-01-08|BTCUSDT", "2024-01-10|BTCUSDT"),
-            ("2024-01-08|ETHUSDT", "2024-01-10|ETHUSDT"),
+        assert len(runs) == 1
+        assert (runs[0].tags[RANGE_START_TAG], runs[0].tags[RANGE_END_TAG]) == (
+            "2024-01-08|BTCUSDT",
+            "2024-01-10|ETHUSDT",
+        )
+        mats = materializations(result)
+        expected_partitions = {f"{d}|{sym}" for d in DAYS_3 for sym in ("BTCUSDT", "ETHUSDT")}
+        for asset in ("ohlcv", "features", "quality_report"):
+            assert set(mats[asset]) == expected_partitions, asset
+        for meta in mats["ohlcv"].values():
+            assert meta["dagster/row_count"] == 24
+            assert meta["source"] == "simulated"
+            assert meta["run_rows"] == 144 and meta["run_partitions"] == 6
+            assert meta["run_first_bar"] == "2024-01-08T00:00:00Z"
+            assert meta["run_last_bar"] == "2024-01-10T23:00:00Z"
+            assert meta["run_requests"] == 0 and meta["run_gaps"] == 0
+        # each partition's own coverage: the end of its day (a past day, fetched complete)
+        for partition, meta in mats["ohlcv"].items():
+            day = partition.split("|")[0]
+            assert meta["covered_until_ms"] == day_start_ms(day) + 86_400_000, partition
+            assert meta["missing_bars"] == 0
+        assert check_results(result) == {
+            "schema": (True, "ERROR"),
+            "ohlc_consistency": (True, "ERROR"),
+            "uniqueness": (True, "ERROR"),
+            "continuity": (True, "WARN"),
+            "freshness": (True, "WARN"),
         }
-        for sym, result in results.items():
-            mats = materializations(result)
-            expected_partitions = {f"{d}|{sym}" for d in DAYS_3}
-            for asset in ("ohlcv", "features", "quality_report"):
-                assert set(mats[asset]) == expected_partitions, asset
-            for meta in mats["ohlcv"].values():
-                assert meta["dagster/row_count"] == 24
-                assert meta["source"] == "simulated"
-                assert meta["run_rows"] == 72 and meta["run_partitions"] == 3
-                assert meta["run_first_bar"] == "2024-01-08T00:00:00Z"
-                assert meta["run_last_bar"] == "2024-01-10T23:00:00Z"
-                assert meta["run_requests"] == 0 and meta["run_gaps"] == 0
-            assert check_results(result) == {
-                "schema": (True, "ERROR"),
-                "ohlc_consistency": (True, "ERROR"),
-                "uniqueness": (True, "ERROR"),
-                "continuity": (True, "WARN"),
-                "freshness": (True, "WARN"),
-            }
         materialized = instance.get_materialized_partitions(AssetKey("features"))
         assert len(materialized) == 6
 
@@ -132,9 +135,12 @@ class CorruptingMarketData(MarketDataResource):
     """Real simulated bars with one defect injected: the subject is the checks, not the source."""
 
     defect: str = "high_below_low"
+    only_symbol: str | None = None  # e.g. "ETH/USDT": the other symbols' bars stay sound
 
     def load(self, symbol: str, since_ms: int, until_ms: int) -> MarketData:
         data = super().load(symbol, since_ms, until_ms)
+        if self.only_symbol is not None and symbol != self.only_symbol:
+            return data
         frame = data.frame.with_row_index("i")
         if self.defect == "high_below_low":
             frame = frame.with_columns(
@@ -167,6 +173,24 @@ def test_failing_blocking_check_stops_downstream_in_the_same_run(tmp_path: Path)
         assert instance.get_latest_materialization_event(AssetKey("features")) is None
     assert list_partitions(store, "features") == []
     assert list_partitions(store, "quality_report") == []
+
+
+def test_a_blocking_check_failing_for_one_symbol_names_it_for_the_split(tmp_path: Path) -> None:
+    settings = market_settings(tmp_path / "data")
+    corrupt_eth = CorruptingMarketData(source="simulated", defect="high_below_low", only_symbol="ETH/USDT")
+    defs = _defs_with_source(settings, corrupt_eth)
+    with instance_for_test() as instance:
+        result = run_range(defs, instance, "2024-01-01", "2024-01-02", "BTCUSDT", last_symbol_id="ETHUSDT")
+        assert not result.success
+        assert check_results(result)["ohlc_consistency"] == (False, "ERROR")
+        # the run names ETH, so the split runs BTC alone (it succeeds) and ETH alone
+        assert failed_symbols(result) == ["ETHUSDT"]
+        batch = SymbolBatch(("BTCUSDT", "ETHUSDT"), date(2024, 1, 1), date(2024, 1, 2))
+        assert [p.symbol_ids for p in split_failed_batch(batch, failed_symbols(result))] == [
+            ("BTCUSDT",),
+            ("ETHUSDT",),
+        ]
+        assert run_range(defs, instance, "2024-01-01", "2024-01-02", "BTCUSDT").success
 
 
 def test_failing_warning_check_does_not_block(tmp_path: Path) -> None:

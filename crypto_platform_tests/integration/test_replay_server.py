@@ -203,7 +203,19 @@ def test_bad_fault_requests_are_refused(replay_server: ReplayServer) -> None:
         parse_fault_spec("429:many")
     assert parse_fault_spec("timeout:2:klines", delay_s=3).to_dict() == {
         "kind": "timeout", "count": 2, "endpoint": "klines", "retry_after_s": 1, "delay_s": 3.0,
+        "symbol": None,
     }  # fmt: skip
+
+
+def test_a_fault_for_one_symbol_leaves_the_others_answering(replay_server: ReplayServer) -> None:
+    body = {"faults": [{"kind": "500", "count": 2, "endpoint": "klines", "symbol": "ETHUSDT"}]}
+    assert requests.post(f"{replay_server.url}/__replay__/faults", json=body, timeout=5).status_code == 200
+    params = {"interval": "1h", "limit": 3}
+    assert get(replay_server, "/api/v3/klines", symbol="BTCUSDT", **params).status_code == 200
+    assert get(replay_server, "/api/v3/klines", symbol="ETHUSDT", **params).status_code == 500
+    assert get(replay_server, "/api/v3/klines", symbol="BTCUSDT", **params).status_code == 200
+    assert get(replay_server, "/api/v3/klines", symbol="ETHUSDT", **params).status_code == 500
+    assert get(replay_server, "/api/v3/klines", symbol="ETHUSDT", **params).status_code == 200
 
 
 def test_clock_can_move(replay_server: ReplayServer) -> None:

@@ -40,5 +40,5 @@ def build_market_definitions(settings: Settings) -> Definitions:
         assets=assets,
         jobs=[job],
         schedules=build_market_schedules(settings, MARKET_JOB),
-        sensors=build_market_sensors(settings, MARKET_JOB),
+        sensors=build_market_sensors(settings, job),
     )

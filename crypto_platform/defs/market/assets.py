@@ -1,9 +1,13 @@
 """The `market` asset group: OHLCV bars → features, plus a daily data-quality report.
 
 All three assets share the (UTC day × symbol) partitions and a single-run backfill policy: a backfill
-of a year for a symbol is one run whose assets see all 365 partition keys at once. `ohlcv` turns each
+of a year for a symbol is one run whose assets see all 365 partition keys at once, and the hourly
+refresh is one run over the new day(s) of many symbols (defs.market.run_requests). `ohlcv` turns each
 symbol's contiguous range into ONE paginated fetch (⌈8760 / 1000⌉ = 9 klines requests for a year of
-hourly bars, not 365 runs × 1 request) and the IO manager splits the result back into daily files.
+hourly bars, not 365 runs × 1 request), fetches the symbols concurrently (bounded by the resource's
+`fetch_concurrency`, paced by the client's one rate limiter) and the IO manager splits the result
+back into daily files. A symbol that cannot be fetched fails the run, naming itself, after the others
+were fetched: the batch-split sensor then re-runs the others without it.
 
 Staleness in the UI: each asset has a `code_version` (bump it when its code changes what it writes),
 and `ohlcv` reports a `DataVersion` that is a fingerprint of the bars it wrote (`lib.market.coverage`),
@@ -18,6 +22,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -39,6 +44,7 @@ from dagster import (
 
 from crypto_platform.defs.market.checks import CheckUnit, evaluate_ohlcv_checks, ohlcv_check_specs
 from crypto_platform.defs.market.partitions import (
+    DayRange,
     contiguous_ranges,
     lookback_days,
     market_partition_key,
@@ -47,10 +53,12 @@ from crypto_platform.defs.market.partitions import (
     split_partition_key,
     symbol_for_id,
 )
+from crypto_platform.defs.market.run_requests import FAILED_SYMBOLS_META
 from crypto_platform.defs.resources import DataStoreResource, MarketDataResource
 from crypto_platform.lib.features import FEATURE_COLUMNS, LOOKBACK_BARS, READY_COLUMN, compute_features
 from crypto_platform.lib.market.coverage import bars_fingerprint, day_coverage
 from crypto_platform.lib.market.schema import OHLCV_COLUMNS, empty_ohlcv, find_gaps, normalize_ohlcv
+from crypto_platform.lib.market.source import MarketData
 from crypto_platform.lib.market.symbols import exchange_symbol_id
 from crypto_platform.lib.market.timeframes import timeframe_ms, validate_timeframe
 from crypto_platform.lib.quality.checks import iso_utc
@@ -121,23 +129,31 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
         units: list[CheckUnit] = []
         sources: set[str] = set()
         gaps: list[dict[str, Any]] = []
+        failures: dict[str, str] = {}
         requests = 0
-        for day_range in contiguous_ranges(list(context.partition_keys)):
+        for day_range, data in _fetch_concurrently(
+            market_data, contiguous_ranges(list(context.partition_keys))
+        ):
             symbol = symbol_for_id(day_range.symbol_id)
             start_ms = day_start_ms(day_range.first_day)
             end_ms = day_start_ms(day_range.last_day) + DAY_MS
-            data = market_data.load(symbol, start_ms, end_ms)
+            if isinstance(data, BaseException):
+                failures[day_range.symbol_id] = f"{type(data).__name__}: {data}"
+                context.log.error(f"{symbol} {day_range.first_day}..{day_range.last_day}: {data}")
+                continue
             for warning in data.warnings:
                 context.log.warning(warning)
             # Judged against the clock the bars were cut at (the exchange's), not the host's.
             fetched_at_ms = data.now_ms if data.now_ms is not None else market_data.now_ms()
-            units.append(CheckUnit(symbol, data.frame, start_ms, end_ms, fetched_at_ms))
             try:
                 bars = normalize_ohlcv(
                     data.frame.select([c for c in OHLCV_COLUMNS if c in data.frame.columns])
                 )
             except (ValueError, pl.exceptions.PolarsError) as exc:
-                raise Failure(f"{symbol}: {data.source} bars cannot be read as OHLCV: {exc}") from exc
+                failures[day_range.symbol_id] = f"{data.source} bars cannot be read as OHLCV: {exc}"
+                context.log.error(f"{symbol}: {failures[day_range.symbol_id]}")
+                continue
+            units.append(CheckUnit(symbol, data.frame, start_ms, end_ms, fetched_at_ms))
             range_gaps = find_gaps(bars, bar_ms)
             gaps += [
                 {"symbol": symbol, "after": iso_utc(g.after_ts), "missing_bars": g.missing_bars}
@@ -156,6 +172,20 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
                     "symbol", *OHLCV_COLUMNS, "source"
                 )
             )
+        if failures:
+            # One output covers every partition of the run, so a symbol without bars fails them all;
+            # the symbols are named so the batch-split sensor (and `materialize`) can run the healthy
+            # ones again without it and the failing one alone (its partitions then show as failed).
+            raise Failure(
+                description=(
+                    f"{len(failures)} of {len(failures) + len(frames)} symbol(s) could not be fetched: "
+                    + "; ".join(f"{s}: {why}" for s, why in sorted(failures.items()))[:2000]
+                ),
+                metadata={
+                    FAILED_SYMBOLS_META: MetadataValue.json(sorted(failures)),
+                    "fetched_symbols": len(frames),
+                },
+            )
 
         frame = pl.concat(frames) if frames else empty_ohlcv(with_symbol=True)
         # Run-level figures: with a single-run backfill every partition's event carries them, hence
@@ -170,9 +200,11 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             "run_gaps": len(gaps),
             "run_gap_list": MetadataValue.json(gaps[:_MAX_GAPS_LISTED]),
         }
-        # One data version per output: for the hourly refresh and a repair (one day per symbol) it is
-        # that partition's fingerprint; a multi-day run shares one, and each partition's own is in
-        # its `bars_sha256` metadata.
+        # One data version per output (Dagster has no per-partition data version for a materialisation):
+        # a one-partition run (a repair of one day) reports that partition's fingerprint; a run over
+        # several days or symbols shares the fingerprint of everything it wrote, so a change in one of
+        # its partitions marks all of them changed (stale downstream, never missed), and each
+        # partition's own fingerprint is in its `bars_sha256` metadata.
         with warnings.catch_warnings():
             # Output(data_version=) is marked beta; it is the documented way to report a data version.
             warnings.simplefilter("ignore", BetaWarning)
@@ -329,6 +361,30 @@ def _record_coverage(
         },
         partition_key=market_partition_key(day, symbol_id),
     )
+
+
+def _fetch_concurrently(
+    market_data: MarketDataResource, day_ranges: list[DayRange]
+) -> Iterator[tuple[DayRange, MarketData | BaseException]]:
+    """Each range's bars, or the error that stopped them, fetched `market_data.fetch_concurrency` at a
+    time (the client's shared limiter keeps the exchange's rate limit), yielded in the ranges' order.
+
+    A failing symbol costs its own retry budget in its own thread; the others are fetched meanwhile.
+    """
+    if not day_ranges:
+        return
+    workers = max(1, min(market_data.fetch_concurrency, len(day_ranges)))
+
+    def load(day_range: DayRange) -> MarketData:
+        start_ms = day_start_ms(day_range.first_day)
+        end_ms = day_start_ms(day_range.last_day) + DAY_MS
+        return market_data.load(symbol_for_id(day_range.symbol_id), start_ms, end_ms)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ohlcv-fetch") as pool:
+        futures = [pool.submit(load, day_range) for day_range in day_ranges]
+        for day_range, future in zip(day_ranges, futures, strict=True):
+            error = future.exception()
+            yield day_range, (future.result() if error is None else error)
 
 
 def _now_ms() -> int:

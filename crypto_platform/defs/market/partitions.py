@@ -49,6 +49,14 @@ def market_partitions_def(settings: Settings) -> MultiPartitionsDefinition:
     return _build(settings.partitions_start, symbol_ids)
 
 
+def market_symbol_order(settings: Settings) -> list[str]:
+    """Symbol ids in the symbol dimension's order (that of `settings.symbols`): a partition-key range
+    over several symbols covers the ones between its ends in this order."""
+    return list(
+        market_partitions_def(settings).get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys()
+    )
+
+
 def market_partition_key(day: str | date, symbol: str) -> MultiPartitionKey:
     """(2024-01-01, "BTC/USDT" or "BTCUSDT") → the key whose string form is `2024-01-01|BTCUSDT`."""
     day_str = day.isoformat() if isinstance(day, date) else day

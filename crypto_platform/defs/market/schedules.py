@@ -10,9 +10,12 @@ newest `ohlcv` partition's latest materialisation, read from the Dagster instanc
 - a symbol with no stored history gets the day of the last closed bar and today (history itself is
   `crypto-platform materialize`'s or a backfill's job, not an hourly refresh's).
 
-One run per symbol covers its days (a single-run range), through the whole `market` group, so a slow
-or failing pair does not hold the others back. The instance, not process memory, knows the last
-refresh: a restarted daemon, or a run that failed (nothing materialised), is caught up on the next tick.
+One run covers up to `Settings.refresh_batch_symbols` consecutive symbols and their days (a rectangle
+of partitions, see defs.market.run_requests), through the whole `market` group; `ohlcv` fetches the
+symbols concurrently. A failing pair fails its batch's run, and the batch-split sensor re-runs the
+healthy symbols without it at once (defs.market.sensors), so it holds the others back by one sensor
+tick, not an hour. The instance, not process memory, knows the last refresh: a restarted daemon, or a
+run that failed (nothing materialised), is caught up on the next tick.
 
 default_status RUNNING: the embedded setup (`make run` = materialize + `dagster dev`) is meant to keep
 today's data fresh without a click in the UI. The schedule only fires where a dagster-daemon runs
@@ -41,7 +44,7 @@ from crypto_platform.defs.market.partitions import (
     market_partitions_def,
     split_partition_key,
 )
-from crypto_platform.defs.market.run_requests import market_run_request
+from crypto_platform.defs.market.run_requests import batch_symbols, market_run_request
 from crypto_platform.lib.market.timeframes import timeframe_ms, validate_timeframe
 from crypto_platform.settings import Settings
 
@@ -111,6 +114,7 @@ def build_market_schedules(settings: Settings, job_name: str) -> list[ScheduleDe
         partitions_def.get_partitions_def_for_dimension(DATE_DIM).get_first_partition_key()
     )
     bar_ms = timeframe_ms(validate_timeframe(settings.timeframe))
+    batch_size = settings.refresh_batch_symbols
 
     @schedule(
         name="market_hourly_refresh",
@@ -120,13 +124,15 @@ def build_market_schedules(settings: Settings, job_name: str) -> list[ScheduleDe
         default_status=DefaultScheduleStatus.RUNNING,
         description=(
             "Minute 5 of every hour (UTC): per symbol, the days holding the bars closed since the last "
-            "refresh (yesterday too just after midnight, every missed day after downtime), one run each."
+            "refresh (yesterday too just after midnight, every missed day after downtime); "
+            f"{batch_size} symbols per run."
         ),
     )
     def market_hourly_refresh(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
         tick = context.scheduled_execution_time
         tick_ms = int(tick.timestamp() * 1000)
         newest = newest_stored_days(context.instance, symbol_ids)
+        wanted: dict[str, tuple[date, date]] = {}
         for symbol_id in symbol_ids:
             covered = None
             if symbol_id in newest:
@@ -137,11 +143,13 @@ def build_market_schedules(settings: Settings, job_name: str) -> list[ScheduleDe
                     f"{symbol_id}: history was last fetched up to {_utc_day(covered)}; the refresh catches "
                     f"up from {first} only: backfill the days before it"
                 )
+            wanted[symbol_id] = (first, last)
+        # Symbols a little behind share a run with the others (their range is the batch's union):
+        # re-fetching a covered day is the same one klines request and overwrites it with the same bars.
+        for batch in batch_symbols(wanted, symbol_ids, batch_size, MAX_CATCH_UP_DAYS):
             yield market_run_request(
-                symbol_id,
-                first,
-                last,
-                run_key=f"{symbol_id}:{first}..{last}@{tick.isoformat()}",
+                batch,
+                run_key=f"{batch.label}@{tick.isoformat()}",
                 tags={TRIGGER_TAG: "hourly_refresh"},
             )
 

@@ -5,31 +5,56 @@ are not in it (`missing_bars`, see defs.market.assets). The sensor reads the mat
 its last tick (storage id in its cursor: cheap however long the history), keeps a ledger of the
 partitions with missing bars (lib.market.gap_repair) and asks for them again:
 
-- at most MAX_REPAIR_RUNS_PER_TICK runs per tick (adjacent days of a symbol share one run);
+- at most MAX_REPAIR_RUNS_PER_TICK runs per tick, each over up to `Settings.refresh_batch_symbols`
+  symbols and their due days (defs.market.run_requests);
 - each partition at most MAX_REPAIR_ATTEMPTS times, backing off 1 h, 2 h, 4 h by the market's clock;
 - then it gives up: the exchange does not have the bars (real Binance history has such outages), the
   partition stays a gap reported by the `continuity` check, and an AssetObservation on the partition
   says that repair gave up and why, so nobody wonders whether it is still being tried.
 
 The ledger lives in the cursor, so attempts and back-offs survive daemon restarts.
+
+`market_batch_split` (a run-status sensor on failed market runs) is what keeps a failing symbol from
+holding back the others of its batch: `ohlcv` fetches every symbol, then fails the run naming the ones
+it could not fetch; the sensor asks for the healthy symbols again without them, and for each failing
+symbol alone, whose own failed run marks its partitions failed in the UI.
 """
 
 # No `from __future__ import annotations`: Dagster inspects the context and resource annotations.
 
+from datetime import date
+from typing import Any
+
 from dagster import (
     AssetObservation,
     AssetRecordsFilter,
+    DagsterEventType,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
+    SkipReason,
+    run_status_sensor,
     sensor,
 )
 
 from crypto_platform.defs.market.assets import MISSING_BARS_META, OHLCV_KEY
-from crypto_platform.defs.market.partitions import contiguous_ranges, market_partitions_def
-from crypto_platform.defs.market.run_requests import market_run_request
+from crypto_platform.defs.market.partitions import (
+    SYMBOL_DIM,
+    contiguous_ranges,
+    market_partitions_def,
+    split_partition_key,
+)
+from crypto_platform.defs.market.run_requests import (
+    batch_of_run,
+    batch_symbols,
+    failed_symbols,
+    market_run_request,
+    split_failed_batch,
+)
 from crypto_platform.defs.market.schedules import TRIGGER_TAG
 from crypto_platform.defs.resources import MarketDataResource
 from crypto_platform.lib.market.client import ExchangeUnavailableError
@@ -41,6 +66,12 @@ from crypto_platform.settings import Settings
 GAP_REPAIR_SENSOR = "market_gap_repair"
 GAP_REPAIR_INTERVAL_S = 15 * 60
 MAX_REPAIR_RUNS_PER_TICK = 4
+# A repair run merges a symbol's due days (and other symbols') into one range up to this long.
+REPAIR_MAX_SPAN_DAYS = 31
+BATCH_SPLIT_SENSOR = "market_batch_split"
+# How soon the healthy symbols of a failed batch run again: the delay a failing pair costs the others.
+BATCH_SPLIT_INTERVAL_S = 30
+SPLIT_OF_TAG = "crypto_platform/split_of"
 MAX_REPAIR_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
 REPAIR_BACKOFF_S = DEFAULT_BACKOFF_S
 # A back-off that ends within this of a tick has ended (ticks are never exactly on time).
@@ -73,9 +104,27 @@ def _read_new_materialisations(context: SensorEvaluationContext, ledger: GapLedg
     return read
 
 
-def build_market_sensors(settings: Settings, job_name: str) -> list[SensorDefinition]:
-    """The sensors of the market group; `job_name` is the market job defined beside them."""
+def _repair_ranges(due: list[str]) -> dict[str, tuple[date, date]]:
+    """Symbol id → the days to repair this tick: its first stretch of due days, merged with later
+    stretches while the whole stays within REPAIR_MAX_SPAN_DAYS (the rest waits for the next tick)."""
+    wanted: dict[str, tuple[date, date]] = {}
+    for day_range in contiguous_ranges(due):  # sorted by symbol, then day
+        known = wanted.get(day_range.symbol_id)
+        if known is None:
+            wanted[day_range.symbol_id] = (day_range.first_day, day_range.last_day)
+        elif (day_range.last_day - known[0]).days + 1 <= REPAIR_MAX_SPAN_DAYS:
+            # The days between the stretches get fetched too: they hold the same closed bars either way.
+            wanted[day_range.symbol_id] = (known[0], day_range.last_day)
+    return wanted
+
+
+def build_market_sensors(settings: Settings, job: Any) -> list[SensorDefinition]:
+    """The sensors of the market group; `job` is the market job defined beside them (what
+    `define_asset_job` returns; its class is not public API, hence `Any`)."""
+    job_name = job.name
     valid_partitions = market_partitions_def(settings)
+    symbol_order = list(valid_partitions.get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys())
+    batch_size = settings.refresh_batch_symbols
 
     @sensor(
         name=GAP_REPAIR_SENSOR,
@@ -120,19 +169,16 @@ def build_market_sensors(settings: Settings, job_name: str) -> list[SensorDefini
         # Partitions that no longer exist (symbols dropped, start moved) are not asked for.
         due = [p for p in due if valid_partitions.has_partition_key(p)]
         requests: list[RunRequest] = []
-        for day_range in contiguous_ranges(due):
-            if len(requests) >= MAX_REPAIR_RUNS_PER_TICK:
-                break
-            for day in day_range.days:
-                ledger.requested(f"{day}|{day_range.symbol_id}", now_ms)
+        batches = batch_symbols(_repair_ranges(due), symbol_order, batch_size, REPAIR_MAX_SPAN_DAYS)
+        for batch in batches[:MAX_REPAIR_RUNS_PER_TICK]:
+            members = set(batch.symbol_ids)
+            for partition in due:
+                symbol_id, day = split_partition_key(partition)
+                if symbol_id in members and batch.first_day <= date.fromisoformat(day) <= batch.last_day:
+                    ledger.requested(partition, now_ms)
             requests.append(
                 market_run_request(
-                    day_range.symbol_id,
-                    day_range.first_day,
-                    day_range.last_day,
-                    run_key=f"gap_repair:{day_range.symbol_id}:{day_range.first_day}..{day_range.last_day}"
-                    f"@{now_ms}",
-                    tags={TRIGGER_TAG: "gap_repair"},
+                    batch, run_key=f"gap_repair:{batch.label}@{now_ms}", tags={TRIGGER_TAG: "gap_repair"}
                 )
             )
         context.log.info(
@@ -142,4 +188,50 @@ def build_market_sensors(settings: Settings, job_name: str) -> list[SensorDefini
         )
         return SensorResult(run_requests=requests, asset_events=observations, cursor=ledger.to_cursor())
 
-    return [market_gap_repair]
+    @run_status_sensor(
+        name=BATCH_SPLIT_SENSOR,
+        run_status=DagsterRunStatus.FAILURE,
+        monitored_jobs=[job],
+        request_job=job,
+        minimum_interval_seconds=BATCH_SPLIT_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "When a market run over several symbols fails, runs its failing symbols alone and the healthy "
+            "ones together again (bisects it when the failure names no symbol)."
+        ),
+    )
+    def market_batch_split(context: RunStatusSensorContext) -> list[RunRequest] | SkipReason:
+        run = context.dagster_run
+        batch = batch_of_run(run.tags, valid_partitions)
+        if batch is None or len(batch.symbol_ids) == 1:
+            return SkipReason(f"run {run.run_id} covered one symbol (or none): nothing to split")
+        records = [
+            record
+            for event_type in (DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION)
+            for record in context.instance.get_records_for_run(run_id=run.run_id, of_type=event_type).records
+        ]
+        failed = failed_symbols(
+            r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event
+        )
+        parts = split_failed_batch(batch, failed)
+        if not parts:
+            return SkipReason(
+                f"run {run.run_id}: all {len(batch.symbol_ids)} symbols failed (the exchange, not a symbol): "
+                "the next refresh retries them"
+            )
+        context.log.info(
+            f"run {run.run_id} over {batch.label} failed"
+            + (f" for {', '.join(failed)}" if failed else " (no symbol named: bisecting)")
+            + f"; requesting {len(parts)} run(s): {'; '.join(p.label for p in parts)}"
+        )
+        trigger = run.tags.get(TRIGGER_TAG, "materialize")
+        return [
+            market_run_request(
+                part,
+                run_key=f"split:{run.run_id}:{part.label}",
+                tags={TRIGGER_TAG: trigger, SPLIT_OF_TAG: run.run_id},
+            )
+            for part in parts
+        ]
+
+    return [market_gap_repair, market_batch_split]

@@ -31,6 +31,9 @@ class FaultRule:
     endpoint: str | None = None
     retry_after_s: int = 1
     delay_s: float = DEFAULT_DELAY_S
+    # "BTCUSDT": only requests for this symbol (the `symbol` parameter) fail; None = any request.
+    # One pair failing while the others answer is how a delisted or broken market looks.
+    symbol: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -40,7 +43,9 @@ class FaultRule:
         if self.retry_after_s < 0 or self.delay_s < 0:
             raise FaultSpecError("retry_after_s and delay_s must be ≥ 0")
 
-    def matches(self, path: str) -> bool:
+    def matches(self, path: str, symbol: str | None = None) -> bool:
+        if self.symbol is not None and (symbol or "").upper() != self.symbol.upper():
+            return False
         if self.endpoint is None:
             return True
         endpoint = self.endpoint.strip("/")
@@ -51,7 +56,7 @@ class FaultRule:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
-        unknown = set(data) - {"kind", "count", "endpoint", "retry_after_s", "delay_s"}
+        unknown = set(data) - {"kind", "count", "endpoint", "retry_after_s", "delay_s", "symbol"}
         if unknown:
             raise FaultSpecError(f"unknown fault fields: {sorted(unknown)}")
         try:
@@ -61,6 +66,7 @@ class FaultRule:
                 endpoint=(str(data["endpoint"]) if data.get("endpoint") else None),
                 retry_after_s=int(data.get("retry_after_s", 1)),
                 delay_s=float(data.get("delay_s", DEFAULT_DELAY_S)),
+                symbol=(str(data["symbol"]) if data.get("symbol") else None),
             )
         except KeyError as exc:
             raise FaultSpecError("a fault needs a 'kind'") from exc
@@ -99,11 +105,11 @@ class FaultPlan:
         with self._lock:
             self._pending.clear()
 
-    def take(self, path: str) -> FaultRule | None:
+    def take(self, path: str, symbol: str | None = None) -> FaultRule | None:
         with self._lock:
             for entry in self._pending:
                 rule, remaining = entry
-                if rule.matches(path):
+                if rule.matches(path, symbol):
                     if remaining <= 1:
                         self._pending.remove(entry)
                     else:

@@ -8,7 +8,8 @@ klines per answer, `startTime`/`endTime` inclusive, bars after "now" never serve
 codes for bad symbols and intervals.
 
 Test hooks live under `/__replay__/`: `GET stats` (requests per endpoint), `POST reset`,
-`GET|POST faults` (inject 429/418/5xx/slow answers, toggle the open candle), `GET|POST clock`,
+`GET|POST faults` (inject 429/418/5xx/slow answers, to one endpoint or one symbol; toggle the open
+candle), `GET|POST clock`,
 `GET|POST outages` (bars of a symbol and time range the exchange does not have, as in a real outage:
 klines skip them the way Binance does, and lifting the outage is the exchange back-filling them late).
 
@@ -501,7 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer_api(self, replay: ReplayServer, method: str, path: str, params: dict[str, str]) -> None:
         replay._record(path, params)
-        rule = replay.faults.take(path)
+        rule = replay.faults.take(path, params.get("symbol"))
         if rule is not None:
             replay._record_fault(path, rule.kind)
             if rule.kind == "timeout":

@@ -22,7 +22,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -145,11 +146,35 @@ def _point_api_at(exchange: ccxt.Exchange, api_url: str) -> None:
     exchange.urls["api"] = rewritten
 
 
+class SharedThrottle:
+    """Spaces requests from any number of threads: each waits until `spacing_ms` after the previous
+    request's slot (ccxt's own limiter does the same per instance, which threads would multiply)."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ):
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_free_s = 0.0
+
+    def wait(self, spacing_ms: float) -> None:
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_free_s)
+            self._next_free_s = slot + spacing_ms / 1000.0
+        if slot > now:
+            self._sleep(slot - now)
+
+
 class ExchangeClient:
     """One ccxt exchange with the platform's paging and retry policy. Thread-safe; markets load once.
 
-    Calls into ccxt are serialised by a lock: ccxt's rate limiter and its last-response state are
-    per instance, and one client per process is what `get_exchange_client` hands out.
+    Threads call concurrently (a run fetching many symbols): ccxt keeps per-request state (last
+    response headers, its session) on the instance, so each call checks an instance out of a small
+    pool, and one `SharedThrottle` paces every instance by the exchange's `rateLimit` × the
+    request's cost, so N threads send no more than one thread would be allowed to. One client per
+    process is what `get_exchange_client` hands out, so the limit is per process.
     """
 
     def __init__(
@@ -183,16 +208,55 @@ class ExchangeClient:
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._exchange = exchange_class({"enableRateLimit": enable_rate_limit, "timeout": timeout_ms})
-        # Spot only: the platform trades spot pairs, and without this Binance's load_markets also
-        # calls the USD-M and COIN-M futures exchangeInfo endpoints (two extra hosts to reach).
-        self._exchange.options["fetchMarkets"] = {**self._exchange.options["fetchMarkets"], "types": ["spot"]}
-        if self.api_url:
-            _point_api_at(self._exchange, self.api_url)
+        self._exchange_class = exchange_class
+        self._enable_rate_limit = enable_rate_limit
+        # One limiter for every ccxt instance of this client: the exchange counts the process's
+        # requests together, however many threads send them.
+        self._throttle = SharedThrottle()
         self._lock = threading.RLock()
+        self._exchange = self._new_exchange()
+        # ccxt instances not in use by a thread (ccxt's request state is per instance, so two threads
+        # never share one); they keep their HTTP connections between calls and runs.
+        self._idle: list[ccxt.Exchange] = [self._exchange]
+        self._markets_lock = threading.Lock()
         self._markets_loaded = False
+        self._markets: dict[str, Any] = {}
+        self._currencies: dict[str, Any] = {}
+        self._clock_lock = threading.Lock()
         self._clock_offset_ms: int | None = None
         self._clock_measured_at = 0.0
+
+    def _new_exchange(self) -> ccxt.Exchange:
+        exchange = self._exchange_class(
+            {"enableRateLimit": self._enable_rate_limit, "timeout": self.timeout_ms}
+        )
+        # Spot only: the platform trades spot pairs, and without this Binance's load_markets also
+        # calls the USD-M and COIN-M futures exchangeInfo endpoints (two extra hosts to reach).
+        exchange.options["fetchMarkets"] = {**exchange.options["fetchMarkets"], "types": ["spot"]}
+        if self.api_url:
+            _point_api_at(exchange, self.api_url)
+        # ccxt computes each request's cost (Binance weights klines by `limit`) and calls `throttle`;
+        # the shared limiter spaces the requests of all instances by `rateLimit` × cost.
+        exchange.throttle = lambda cost=None, rate_limit_ms=exchange.rateLimit: self._throttle.wait(
+            rate_limit_ms * (1 if cost is None else cost)
+        )
+        return exchange
+
+    @contextmanager
+    def _checked_out(self) -> Iterator[ccxt.Exchange]:
+        """A ccxt instance for this thread alone while the call runs (a new one if all are busy)."""
+        with self._lock:
+            exchange = self._idle.pop() if self._idle else None
+            markets, currencies = self._markets, self._currencies
+        if exchange is None:
+            exchange = self._new_exchange()
+        if markets and not exchange.markets:
+            exchange.set_markets(markets, currencies)
+        try:
+            yield exchange
+        finally:
+            with self._lock:
+                self._idle.append(exchange)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> ExchangeClient:
@@ -215,67 +279,85 @@ class ExchangeClient:
         return (self.exchange_id, self.url)
 
     # --- retry policy --------------------------------------------------------------------------
-    def _backoff_s(self, attempt: int, exc: BaseException) -> float:
+    def _backoff_s(self, attempt: int, exc: BaseException, exchange: ccxt.Exchange) -> float:
         """Full jitter (uniform in [0, base·2^(n−1)] capped), but never shorter than a Retry-After."""
-        jittered = self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+        with self._lock:  # random.Random is shared by the client's threads
+            jittered = self._rng.uniform(
+                0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+            )
         response = _http_response(exc)
-        headers = response.headers if response is not None else self._exchange.last_response_headers
+        headers = response.headers if response is not None else exchange.last_response_headers
         retry_after = _retry_after_s(headers.get("Retry-After")) if headers else None
         return jittered if retry_after is None else max(retry_after, jittered)
 
-    def _call(self, what: str, fn: Callable[[], T], budget_s: float | None = None) -> tuple[T, int]:
-        """Run one ccxt call under the retry policy; returns (result, retries used)."""
+    def _call(
+        self, what: str, fn: Callable[[ccxt.Exchange], T], budget_s: float | None = None
+    ) -> tuple[T, int]:
+        """Run one ccxt call (`fn` gets the instance to call) under the retry policy.
+
+        Returns (result, retries used). Calls from several threads run at the same time, each on its
+        own ccxt instance, paced together by the shared rate limiter.
+        """
         budget = self.retry_budget_s if budget_s is None else budget_s
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            try:
-                with self._lock:
+            with self._checked_out() as exchange:
+                try:
                     # Cleared so a failure without an answer (refused connection) cannot pick up
                     # the Retry-After of an earlier response.
-                    self._exchange.last_response_headers = None
-                    return fn(), attempt - 1
-            except ccxt.BadSymbol as exc:
-                raise UnknownSymbolError(
-                    f"{what}: {self.exchange_id} at {self.url} rejected the symbol: {exc}"
-                ) from exc
-            except ccxt.BaseError as exc:
-                if not is_retryable(exc):
-                    raise
-                delay = self._backoff_s(attempt, exc)
-                elapsed = time.monotonic() - started
-                if attempt >= self.max_attempts or elapsed + delay > budget:
-                    reason = (
-                        f"{attempt} attempt(s), the maximum"
-                        if attempt >= self.max_attempts
-                        else f"{attempt} attempt(s) in {elapsed:.1f}s; the next wait ({delay:.1f}s) "
-                        f"would pass the {budget:g}s retry budget"
-                    )
-                    raise ExchangeUnavailableError(
-                        f"{self.exchange_id} at {self.url} is unavailable: {what} failed after {reason}. "
-                        f"Last error: {_describe(exc)}",
-                        url=self.url,
-                        attempts=attempt,
-                        last_error=exc,
+                    exchange.last_response_headers = None
+                    return fn(exchange), attempt - 1
+                except ccxt.BadSymbol as exc:
+                    raise UnknownSymbolError(
+                        f"{what}: {self.exchange_id} at {self.url} rejected the symbol: {exc}"
                     ) from exc
-                log.warning(
-                    "%s at %s: %s failed (%s: %s); retry %d of at most %d in %.2fs",
-                    self.exchange_id, self.url, what, type(exc).__name__, exc, attempt,
-                    self.max_attempts - 1, delay,
-                )  # fmt: skip
-                self._sleep(delay)
+                except ccxt.BaseError as exc:
+                    if not is_retryable(exc):
+                        raise
+                    delay = self._backoff_s(attempt, exc, exchange)
+                    # `exc` is unbound after the except clause; the wait happens outside it so the
+                    # ccxt instance goes back to the pool instead of sleeping checked out.
+                    failure: ccxt.BaseError = exc
+            elapsed = time.monotonic() - started
+            if attempt >= self.max_attempts or elapsed + delay > budget:
+                reason = (
+                    f"{attempt} attempt(s), the maximum"
+                    if attempt >= self.max_attempts
+                    else f"{attempt} attempt(s) in {elapsed:.1f}s; the next wait ({delay:.1f}s) "
+                    f"would pass the {budget:g}s retry budget"
+                )
+                raise ExchangeUnavailableError(
+                    f"{self.exchange_id} at {self.url} is unavailable: {what} failed after {reason}. "
+                    f"Last error: {_describe(failure)}",
+                    url=self.url,
+                    attempts=attempt,
+                    last_error=failure,
+                ) from failure
+            log.warning(
+                "%s at %s: %s failed (%s: %s); retry %d of at most %d in %.2fs",
+                self.exchange_id, self.url, what, type(failure).__name__, failure, attempt,
+                self.max_attempts - 1, delay,
+            )  # fmt: skip
+            self._sleep(delay)
 
     # --- markets and clock ---------------------------------------------------------------------
     def load_markets(self, budget_s: float | None = None) -> int:
         """Load the exchange's markets once per client; returns the retries it took (0 if cached)."""
-        with self._lock:
+        # Held through the load: threads arriving meanwhile wait for the one load instead of repeating it.
+        with self._markets_lock:
             if self._markets_loaded:
                 return 0
-        _, retries = self._call("load_markets", self._exchange.load_markets, budget_s)
+            _, retries = self._call("load_markets", self._load_markets_into, budget_s)
+            return retries
+
+    def _load_markets_into(self, exchange: ccxt.Exchange) -> None:
+        exchange.load_markets()
         with self._lock:
+            # Kept on the client: every other instance is given them instead of loading them itself.
+            self._markets, self._currencies = exchange.markets, exchange.currencies
             self._markets_loaded = True
-        return retries
 
     def probe(self, budget_s: float) -> None:
         """Check the exchange answers, spending at most about `budget_s` (auto mode's one try)."""
@@ -283,11 +365,11 @@ class ExchangeClient:
 
     def symbols(self) -> list[str]:
         self.load_markets()
-        return sorted(self._exchange.symbols or [])
+        return sorted(self._markets)
 
     def _market_symbol(self, symbol: str) -> str:
         unified = normalize_symbol(symbol)
-        if unified not in (self._exchange.markets or {}):
+        if unified not in self._markets:
             raise UnknownSymbolError(f"{unified} is not listed on {self.exchange_id} ({self.url})")
         return unified
 
@@ -304,14 +386,17 @@ class ExchangeClient:
         server frozen in the past this is what makes "now" the replayed instant.
         """
         retries = 0
-        stale = time.monotonic() - self._clock_measured_at > CLOCK_OFFSET_TTL_S
-        if self._clock_offset_ms is None or stale:
-            before = time.time() * 1000
-            server_ms, retries = self._call("fetch_time", self._exchange.fetch_time)
-            after = time.time() * 1000
-            self._clock_offset_ms = int(server_ms - (before + after) / 2)
-            self._clock_measured_at = time.monotonic()
-        return int(time.time() * 1000) + self._clock_offset_ms, retries
+        # Held through the measurement: threads fetching symbols at once share one /time request.
+        with self._clock_lock:
+            stale = time.monotonic() - self._clock_measured_at > CLOCK_OFFSET_TTL_S
+            if self._clock_offset_ms is None or stale:
+                before = time.time() * 1000
+                server_ms, retries = self._call("fetch_time", lambda exchange: exchange.fetch_time())
+                after = time.time() * 1000
+                self._clock_offset_ms = int(server_ms - (before + after) / 2)
+                self._clock_measured_at = time.monotonic()
+            offset_ms = self._clock_offset_ms
+        return int(time.time() * 1000) + offset_ms, retries
 
     # --- data ------------------------------------------------------------------------------------
     def fetch_ohlcv(
@@ -350,7 +435,7 @@ class ExchangeClient:
             limit = min(KLINES_PAGE_LIMIT, -(-(stop_ms - cursor) // bar_ms))
             page, page_retries = self._call(
                 f"fetch_ohlcv({unified}, {tf}, since={cursor})",
-                lambda since=cursor, limit=limit: self._exchange.fetch_ohlcv(
+                lambda exchange, since=cursor, limit=limit: exchange.fetch_ohlcv(
                     unified, tf, since=since, limit=limit, params={"until": end_ms - 1}
                 ),
             )
@@ -395,7 +480,7 @@ class ExchangeClient:
         unified = normalize_symbol(symbol)
         retries = self.load_markets()
         unified = self._market_symbol(unified)
-        ticker, more = self._call(f"fetch_ticker({unified})", lambda: self._exchange.fetch_ticker(unified))
+        ticker, more = self._call(f"fetch_ticker({unified})", lambda exchange: exchange.fetch_ticker(unified))
         if retries + more:
             log.info("fetch_ticker(%s) needed %d retries", unified, retries + more)
         return {k: v for k, v in ticker.items() if k != "info"}

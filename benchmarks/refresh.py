@@ -1,0 +1,241 @@
+"""Refresh cost per symbol: many symbols per run (today's design) against one run per symbol, in one process.
+
+For each symbol count N, both designs refresh the same N replayed symbols (the simulator behind the
+replay server: real HTTP, unmodified ccxt, the client's rate limiter ON as against Binance) from a
+fresh Dagster instance and data directory:
+
+- `batched`: the hourly schedule's tick with CRYPTO_REFRESH_BATCH_SYMBOLS (default 64), executed
+  request by request in-process, as `crypto-platform materialize` and the daemon's runs would;
+- `per_symbol` (baseline): the same tick with a batch size of 1: one run per symbol, the design
+  before issue 17.
+
+The tick is the schedule's own (`market_hourly_refresh` evaluated at `--tick`): with no stored history
+it asks for the day of the last closed bar, so each symbol's run covers one partition (12 closed
+bars at 12:05) through `ohlcv` → `features` → `quality_report` and the five checks. Every run must
+succeed and every partition must be stored (checked). Wall time covers the runs only (definitions are
+built before the clock starts; the exchange client, its markets and clock, are fresh per design and
+inside the time; the replay server is warmed first, so no design pays for simulating history). Runs
+execute in-process; a daemon launching each run in a new process adds its
+start-up cost per run, which only widens the ratio.
+
+Prints one JSON document: per design and N, runs, wall seconds, seconds per symbol; per N the ratio
+per_symbol / batched; and the goals (≤ 0.3 s per symbol at 64 symbols, ≥ 10× at 256).
+
+    .venv/bin/python benchmarks/refresh.py [--sizes 4,16,64,256] [--baseline-sizes 4,16,64,256]
+        [--batch 64] [--concurrency 8] [--tick 2025-06-01T12:05:00] [--storage sqlite|postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from dagster import BetaWarning, RunRequest, build_schedule_context, instance_for_test
+
+# The repository first: run as a script, this folder leads sys.path and its serving.py would shadow
+# the `serving` package (which the resources import).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+from crypto_platform.definitions import build_definitions
+from crypto_platform.devtools.replay.server import ReplayServer
+from crypto_platform.lib.market.client import clear_exchange_clients
+from crypto_platform.lib.market.source import reset_exchange_probe
+from crypto_platform.lib.storage import LocalStore, list_partitions
+from crypto_platform.settings import load_settings
+from crypto_platform_tests.fixtures.servers import PostgresServer, postgres_binaries_missing, postgres_cluster
+
+PARTITIONS_START = "2025-05-01"
+GOAL_PER_SYMBOL_S_AT_64 = 0.3
+GOAL_RATIO_AT_256 = 10.0
+
+
+def synthetic_symbols(count: int) -> list[str]:
+    """`S0001/USDT` … : simulated pairs the replay server serves like listed markets."""
+    return [f"S{i:04d}/USDT" for i in range(1, count + 1)]
+
+
+def _warm(server: ReplayServer, symbols: list[str], tick: datetime) -> None:
+    """One klines request per symbol before any clock starts: the replay server simulates a symbol's
+    history on its first request (~0.15 s) and caches it, which neither design should pay for."""
+    day_start = int(tick.replace(hour=0, minute=0).timestamp() * 1000)
+    for symbol in symbols:
+        answer = requests.get(
+            f"{server.url}/api/v3/klines",
+            params={"symbol": symbol.replace("/", ""), "interval": "1h", "startTime": day_start, "limit": 24},
+            timeout=30,
+        )
+        answer.raise_for_status()
+
+
+def _instance_overrides(postgres: PostgresServer | None) -> dict[str, Any] | None:
+    """Instance storage: Dagster's default SQLite files (None), or a fresh database on the cluster."""
+    if postgres is None:
+        return None
+    database = postgres.create_database(f"refresh_{uuid.uuid4().hex[:10]}")
+    return {"storage": {"postgres": {"postgres_url": database.url}}}
+
+
+def _refresh(
+    server: ReplayServer,
+    symbols: list[str],
+    batch: int,
+    concurrency: int,
+    tick: datetime,
+    workdir: Path,
+    postgres: PostgresServer | None,
+) -> dict[str, Any]:
+    data = workdir / "data"
+    settings = load_settings(
+        {
+            "CRYPTO_SYMBOLS": ",".join(symbols),
+            "CRYPTO_MARKET_SOURCE": "exchange",
+            "CRYPTO_EXCHANGE_API_URL": server.url,
+            "CRYPTO_DATA_LOCATION": str(data),
+            "CRYPTO_PARTITIONS_START": PARTITIONS_START,
+            "CRYPTO_REFRESH_BATCH_SYMBOLS": str(batch),
+            "CRYPTO_FETCH_CONCURRENCY": str(concurrency),
+        }
+    )
+    # Console logging at WARNING, as `crypto-platform materialize` runs (INFO lines cost time per run).
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    with instance_for_test(overrides=_instance_overrides(postgres)) as instance:
+        # Built inside: resolving the repository reads the current instance (instance_for_test's).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BetaWarning)
+            defs = build_definitions(settings)
+        job = defs.resolve_job_def("market_job")
+        schedule = defs.resolve_schedule_def("market_hourly_refresh")
+        repository = defs.get_repository_def()
+        clear_exchange_clients()
+        reset_exchange_probe()
+        server.reset()
+        started = time.perf_counter()
+        context = build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=repository
+        )
+        requests: list[RunRequest] = list(schedule.evaluate_tick(context).run_requests or [])
+        failed = 0
+        for request in requests:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=request.partition_key,
+                tags=dict(request.tags),
+                run_config=run_config,
+                raise_on_error=False,
+            )
+            failed += not result.success
+        wall_s = time.perf_counter() - started
+    stored = list_partitions(LocalStore(data), "ohlcv")
+    if failed or len(stored) != len(symbols):
+        raise SystemExit(f"{failed} failed run(s), {len(stored)} of {len(symbols)} partitions stored")
+    stats = server.stats()
+    return {
+        "symbols": len(symbols),
+        "runs": len(requests),
+        "wall_s": round(wall_s, 3),
+        "per_symbol_s": round(wall_s / len(symbols), 4),
+        "klines_requests": stats["requests"].get("/api/v3/klines", 0),
+    }
+
+
+def _sizes(text: str) -> list[int]:
+    return sorted({int(part) for part in text.split(",") if part.strip()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="4,16,64,256", help="symbol counts for the batched design")
+    parser.add_argument(
+        "--baseline-sizes", default="4,16,64,256", help="symbol counts for one run per symbol"
+    )
+    parser.add_argument("--batch", type=int, default=64, help="symbols per run of the batched design")
+    parser.add_argument("--concurrency", type=int, default=8, help="symbols one run fetches at a time")
+    parser.add_argument("--tick", default="2025-06-01T12:05:00", help="the schedule tick (UTC)")
+    parser.add_argument(
+        "--storage",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="Dagster instance storage: SQLite files (the embedded setup) or a throwaway PostgreSQL 15 "
+        "cluster (deploy/dagster.postgres.yaml's storage; fsync off)",
+    )
+    args = parser.parse_args()
+    tick = datetime.fromisoformat(args.tick).replace(tzinfo=UTC)
+    sizes, baseline_sizes = _sizes(args.sizes), _sizes(args.baseline_sizes)
+    largest = max(sizes + baseline_sizes)
+    server = ReplayServer(simulate=synthetic_symbols(largest), now_ms=int(tick.timestamp() * 1000) + 60_000)
+    server.start()
+    _warm(server, synthetic_symbols(largest), tick)
+    results: dict[str, list[dict[str, Any]]] = {"batched": [], "per_symbol": []}
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.stop)
+        postgres = None
+        if args.storage == "postgres":
+            missing = postgres_binaries_missing()
+            if missing:
+                raise SystemExit(missing)
+            postgres = stack.enter_context(postgres_cluster())
+        for n in sorted(set(sizes) | set(baseline_sizes)):
+            symbols = synthetic_symbols(n)
+            for design, batch, wanted in (
+                ("batched", args.batch, sizes),
+                ("per_symbol", 1, baseline_sizes),
+            ):
+                if n not in wanted:
+                    continue
+                with tempfile.TemporaryDirectory(prefix="refresh-bench-") as tmp:
+                    row = _refresh(server, symbols, batch, args.concurrency, tick, Path(tmp), postgres)
+                results[design].append(row)
+                print(f"{design} {n}: {row}", file=sys.stderr, flush=True)
+
+    by_n = {design: {r["symbols"]: r for r in rows} for design, rows in results.items()}
+    ratios = {
+        n: round(by_n["per_symbol"][n]["wall_s"] / by_n["batched"][n]["wall_s"], 2)
+        for n in sorted(set(by_n["batched"]) & set(by_n["per_symbol"]))
+    }
+    goals: dict[str, Any] = {}
+    if 64 in by_n["batched"]:
+        per_symbol_64 = by_n["batched"][64]["per_symbol_s"]
+        goals["per_symbol_s_at_64"] = {"measured": per_symbol_64, "goal": f"≤ {GOAL_PER_SYMBOL_S_AT_64}"}
+        goals["per_symbol_s_at_64"]["met"] = per_symbol_64 <= GOAL_PER_SYMBOL_S_AT_64
+    if 256 in ratios:
+        goals["ratio_at_256"] = {
+            "measured": ratios[256],
+            "goal": f"≥ {GOAL_RATIO_AT_256}",
+            "met": ratios[256] >= GOAL_RATIO_AT_256,
+        }
+    print(
+        json.dumps(
+            {
+                "benchmark": "refresh",
+                "tick": tick.isoformat(),
+                "storage": args.storage,
+                "batch_symbols": args.batch,
+                "fetch_concurrency": args.concurrency,
+                "data": "simulated bars through the replay server (real HTTP, ccxt, rate limiter on)",
+                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+                "results": results,
+                "ratio_per_symbol_over_batched": ratios,
+                "goals": goals,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
