@@ -15,6 +15,8 @@ def _answer(now: str, heuristic: bool = True) -> schemas.MLSignalResponse:
         predicted_volatility=0.0123, horizon_hours=24.0, volatility_regime="normal", risk_level="medium",
         current_volatility=None, confidence=0.7, prediction_timestamp=now,
         bar_timestamp="2026-12-03T09:00:00Z",
+        intervals=[schemas.PredictionInterval(level=0.8, lower=0.009, upper=0.016)],
+        value_at_risk=0.028, expected_shortfall=0.032, var_level=0.99,
     )  # fmt: skip
     comparison = schemas.SignalResponse(
         symbol="BTC/USDT", horizon_min=60, risk_score=0.4, nowcast_ret=0.001, vol_regime="normal",
