@@ -324,6 +324,18 @@ def _hourly_arrays(symbol: str, seed: int, hours: int) -> dict[str, np.ndarray]:
         return path.arrays
 
 
+def set_simulator_cache_size(paths: int) -> None:
+    """How many symbol paths the cache keeps (default 32, ~4 MB each at 2025's length). A replay of more
+    symbols than that re-simulates evicted ones on every request; a benchmark over N symbols sets N."""
+    global _CACHE_SIZE
+    if paths < 1:
+        raise ValueError(f"the simulator cache must hold at least one path, got {paths}")
+    with _cache_lock:
+        _CACHE_SIZE = paths
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
 def clear_simulator_cache() -> None:
     with _cache_lock:
         _cache.clear()
