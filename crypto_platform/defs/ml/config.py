@@ -55,6 +55,12 @@ class TrainingConfig(Config):
     tuning_timeout_s: float | None = Field(
         default=None, gt=0, description="Wall-time bound of the HAR+ study (trials finished by then count)."
     )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="Challengers the gate may choose (naive, ewma, har, garch, expanding_mean, har_plus, "
+        "har_plus_residual, combination); what they build on and plain HAR, the reference, are walked "
+        "forward too. Empty: every candidate.",
+    )
 
     def selection_spec(self, timeframe: str = "1h") -> SelectionSpec:
         preset = SelectionSpec.fast() if self.fast else SelectionSpec.default()
@@ -65,6 +71,8 @@ class TrainingConfig(Config):
             overrides["n_trials"] = self.trials
         if self.tuning_timeout_s is not None:
             overrides["tuning_timeout_s"] = self.tuning_timeout_s
+        if self.candidates:
+            overrides["candidates"] = tuple(self.candidates)
         return dataclasses.replace(preset, **overrides)
 
 

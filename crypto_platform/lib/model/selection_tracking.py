@@ -323,6 +323,9 @@ def _card_configuration(selection: SelectionResult) -> dict[str, Any]:
         "residual": json.dumps(config["residual"]),
         "folds": config["folds"],
         "gate margin vs har": config["gate_margin"],
+        "challengers considered": ", ".join(config["candidates"])
+        if isinstance(config["candidates"], list)
+        else config["candidates"],
     }
 
 
