@@ -122,7 +122,7 @@ def test_har_plus_refit_on_all_windows_packages_behind_the_frame_contract(select
     )
     assert joined.height == len(selection.windows)
     np.testing.assert_allclose(joined["predicted_volatility"], joined["expected"], rtol=1e-9)
-    with pytest.raises(ValueError, match="no feature-frame packaging"):
+    with pytest.raises(ValueError, match="not servable under the frame contract"):
         FrameForecaster.from_fitted("ewma", object(), selection.windows.feature_columns)
 
 
