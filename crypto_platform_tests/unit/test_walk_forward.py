@@ -10,6 +10,7 @@ import pytest
 
 from crypto_platform.lib.model.evaluation import evaluate_forecasts
 from crypto_platform.lib.model.metrics import qlike
+from crypto_platform.lib.model.model_card import model_card_markdown
 from crypto_platform.lib.model.walk_forward import (
     Candidate,
     baseline_candidate,
@@ -149,6 +150,8 @@ def test_a_candidate_that_cannot_finish_in_the_time_budget_is_skipped_with_the_r
         assert "skipped from fold 1 on" in fold.skipped["slow"]
     assert "slow" not in res.names and res.decide().champion in res.names
     assert set(res.names) == {c.name for c in _cheap()}  # the cheap ones fit in the budget
+    card = model_card_markdown(res, res.decide())
+    assert "slow: time budget: 100 s of the walk-forward's 150 s" in card  # never a silent absence
     # a budget that leaves room for every fold fits it on every fold
     now[0] = 0.0
     roomy = walk_forward(windows, candidates, n_folds=3, time_budget_s=1000.0, clock=lambda: now[0])
