@@ -144,7 +144,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prep_s = time.perf_counter() - started
 
     preset = LSTMConfig.fast() if args.preset == "fast" else LSTMConfig.default()
-    residual_cfg = ResidualConfig.fast() if args.preset == "fast" else ResidualConfig.default()
+    residual_cfg = {
+        "fast": ResidualConfig.fast,
+        "pipeline": ResidualConfig.pipeline,
+        "default": ResidualConfig.default,
+    }[args.preset]()
     if args.seeds is not None:
         residual_cfg = dataclasses.replace(residual_cfg, seeds=tuple(range(11, 11 + args.seeds)))
     overrides = {
@@ -362,7 +366,12 @@ def main() -> None:
     parser.add_argument("--years", type=float, default=3.0, help="most recent years of data (0: all)")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--min-train-frac", type=float, default=0.5)
-    parser.add_argument("--preset", choices=("default", "fast"), default="default")
+    parser.add_argument(
+        "--preset",
+        choices=("default", "pipeline", "fast"),
+        default="default",
+        help="residual preset: ResidualConfig.default / .pipeline (the pipeline's default) / .fast",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="max LSTM epochs per fold")
     parser.add_argument("--units", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)

@@ -25,7 +25,7 @@ from crypto_platform.lib.model import registry
 from crypto_platform.lib.model.baselines import BASELINES
 from crypto_platform.lib.model.frame_serving import FRAME_CONTRACT, INPUT_CONTRACT_TAG, WINDOW_CONTRACT
 from crypto_platform.lib.model.har_features import har_plus_features
-from crypto_platform.lib.model.model_card import CARD_ARTIFACT, MZ_PLOT_ARTIFACT
+from crypto_platform.lib.model.model_card import CARD_ARTIFACT, MZ_PLOT_ARTIFACT, version_description
 from crypto_platform.lib.model.packaging import OUTPUT_COLUMN
 from crypto_platform.lib.model.promotion import load_evidence, promote
 from crypto_platform.lib.model.selection_tracking import CHAMPION_FORECASTS, TRIAL_RUN_TAG, family_of
@@ -183,7 +183,7 @@ def test_retrain_registers_the_gate_winner_and_makes_it_the_first_champion(lifec
 
     # the model card: an artifact, the version's description and Dagster metadata; it names the winner
     card = _artifact_text(client, run_id, CARD_ARTIFACT)
-    assert version.description == card
+    assert version.description == version_description(card)  # the card, cut to fit PostgreSQL's column
     assert f"v{version.version}" in card and "## Gate decision" in card and "## Walk-forward folds" in card
     if winner == "har":
         assert "**No challenger passed: har stays.**" in card

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crypto_platform.lib.model.model_card import mincer_zarnowitz_png, model_card_markdown
+from crypto_platform.lib.model.model_card import (
+    CARD_ARTIFACT,
+    DESCRIPTION_LIMIT,
+    mincer_zarnowitz_png,
+    model_card_markdown,
+    version_description,
+)
 from crypto_platform.lib.model.walk_forward import (
     Candidate,
     baseline_candidate,
@@ -75,3 +81,22 @@ def test_mincer_zarnowitz_plot_is_a_png(result):
     assert mincer_zarnowitz_png(result)[:4] == b"\x89PNG"
     with pytest.raises(KeyError):
         mincer_zarnowitz_png(result, ["no_such"])
+
+
+def test_the_version_description_is_the_card_cut_to_fit_the_registry_column(result):
+    decision = result.decide()
+    card = model_card_markdown(result, decision, "crypto-volatility", "7", {"har_plus.ridge": 1000.0})
+    assert len(version_description(card)) <= DESCRIPTION_LIMIT
+    assert version_description(card, limit=len(card)) == card  # fits: unchanged
+    # a column too small for the whole card: its longest sections go (never the gate's decision), and
+    # a line names what was left out and where the full card is
+    limit = len(card) - 200
+    cut = version_description(card, limit=limit)
+    assert len(cut) <= limit and cut.startswith("# Model card: crypto-volatility v7")
+    assert "## Gate decision" in cut and cut.endswith(
+        f"The full card is the run's `{CARD_ARTIFACT}` artifact.)*"
+    )
+    left_out = cut.rsplit("Left out to fit the registry: ", 1)[1].split(". The full card")[0].split(" · ")
+    assert left_out and all(f"## {title}" in card and f"## {title}" not in cut for title in left_out)
+    kept = [line for line in cut.splitlines() if line.startswith("## ")]
+    assert kept == [line for line in card.splitlines() if line.startswith("## ") and line[3:] not in left_out]

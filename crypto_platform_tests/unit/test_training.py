@@ -3,16 +3,20 @@ test fold, every candidate walked forward, the gate's winner refitted on every w
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
 
+from crypto_platform.defs.ml.config import TrainingConfig
 from crypto_platform.lib.features import MODEL_FEATURES, compute_features
 from crypto_platform.lib.market.simulator import simulate_ohlcv
 from crypto_platform.lib.model.baselines import BASELINES
 from crypto_platform.lib.model.frame_serving import FrameForecaster
 from crypto_platform.lib.model.har_plus import HARPlusBaseline
 from crypto_platform.lib.model.lstm import limit_tf_threads
+from crypto_platform.lib.model.residual import ResidualConfig
 from crypto_platform.lib.model.selection import SelectionSpec, fit_on_all, select_and_fit
 from crypto_platform.lib.model.training import InsufficientDataError, reference_features
 from crypto_platform.lib.model.tuning import tune_har_plus, tuning_block
@@ -147,3 +151,26 @@ def test_too_little_history_is_a_clear_error():
     short = _features("2024-01-01", "2024-02-05")  # the warm-up leaves a handful of complete windows
     with pytest.raises(InsufficientDataError, match="materialize more history"):
         select_and_fit(short, SPEC)
+
+
+def test_candidates_narrow_what_is_walked_forward_and_what_the_gate_may_choose(features):
+    spec = dataclasses.replace(SPEC, candidates=("har_plus_residual",))
+    chosen = select_and_fit(features, spec)
+    # the named challenger, the HAR+ it builds on, and plain HAR, the reference; nothing else
+    assert set(chosen.walk_forward.names) == {"har", "har_plus", "har_plus_residual"}
+    assert [v.name for v in chosen.decision.verdicts] == ["har_plus_residual"]
+    assert chosen.champion in ("har", "har_plus_residual")
+    assert chosen.configuration()["candidates"] == ["har_plus_residual"]
+    assert spec.to_params()["selection_candidates"] == "har_plus_residual"
+
+
+def test_unknown_candidates_are_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"candidates: \['lstm'\] are not candidates"):
+        SelectionSpec(candidates=("lstm",))
+    with pytest.raises(ValueError, match="candidates"):
+        TrainingConfig(candidates=["har", "garch2"]).selection_spec()
+    config = TrainingConfig(fast=True, candidates=["combination"], walk_forward_budget_s=60)
+    narrowed = config.selection_spec()
+    assert narrowed.candidates == ("combination",) and narrowed.walk_forward_budget_s == 60
+    assert narrowed.residual == SelectionSpec.fast().residual
+    assert SelectionSpec.default().residual == ResidualConfig.pipeline()

@@ -10,6 +10,7 @@ import pytest
 
 from crypto_platform.lib.model.evaluation import evaluate_forecasts
 from crypto_platform.lib.model.metrics import qlike
+from crypto_platform.lib.model.model_card import model_card_markdown
 from crypto_platform.lib.model.walk_forward import (
     Candidate,
     baseline_candidate,
@@ -129,6 +130,32 @@ def test_a_candidate_that_fails_on_one_fold_is_reported_and_left_out_of_the_pool
 
     with pytest.raises(ValueError, match="reference 'har' could not be fitted"):
         walk_forward(windows, [Candidate("har", broken)], n_folds=2)
+
+
+def test_a_candidate_that_cannot_finish_in_the_time_budget_is_skipped_with_the_reason(windows):
+    """A fake clock: the slow candidate's fit costs 100 "seconds", everything else nothing."""
+    now = [0.0]
+
+    def slow(train: WindowSet, ctx):
+        now[0] += 100.0
+        return _Spy(train)
+
+    candidates = [*_cheap(), Candidate("slow", slow)]
+    res = walk_forward(windows, candidates, n_folds=3, time_budget_s=150.0, clock=lambda: now[0])
+    # fold 0 always runs; before fold 1, 100 s are spent and its next fit is projected past 150 s
+    assert "slow" in res.folds[0].forecasts and res.folds[0].seconds["slow"] == 100.0
+    for fold in res.folds[1:]:
+        assert "slow" not in fold.forecasts
+        assert fold.skipped["slow"].startswith("time budget: 100 s of the walk-forward's 150 s")
+        assert "skipped from fold 1 on" in fold.skipped["slow"]
+    assert "slow" not in res.names and res.decide().champion in res.names
+    assert set(res.names) == {c.name for c in _cheap()}  # the cheap ones fit in the budget
+    card = model_card_markdown(res, res.decide())
+    assert "slow: time budget: 100 s of the walk-forward's 150 s" in card  # never a silent absence
+    # a budget that leaves room for every fold fits it on every fold
+    now[0] = 0.0
+    roomy = walk_forward(windows, candidates, n_folds=3, time_budget_s=1000.0, clock=lambda: now[0])
+    assert "slow" in roomy.names and not any(f.skipped for f in roomy.folds)
 
 
 def test_candidate_list_errors(windows):

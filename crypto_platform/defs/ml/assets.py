@@ -175,7 +175,10 @@ def _train(context: AssetExecutionContext, config: TrainingConfig, ml: Any) -> M
     parent_run = mlflow.active_run()
     assert parent_run is not None
     log_training_request("trained_model", config.margin, config.fast, config.training_days)
-    spec = config.selection_spec(ml.timeframe)
+    try:
+        spec = config.selection_spec(ml.timeframe)
+    except ValueError as exc:  # an unknown candidate name: say which field, train nothing
+        raise Failure(f"trained_model config: {exc}") from exc
 
     def on_fold(fold: FoldResult) -> None:
         context.log.info(

@@ -55,6 +55,18 @@ class TrainingConfig(Config):
     tuning_timeout_s: float | None = Field(
         default=None, gt=0, description="Wall-time bound of the HAR+ study (trials finished by then count)."
     )
+    walk_forward_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall-time bound of the walk-forward (default 420 s): a candidate whose next fold "
+        "would end past it is skipped, with the reason in the model card.",
+    )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="Challengers the gate may choose (naive, ewma, har, garch, expanding_mean, har_plus, "
+        "har_plus_residual, combination); what they build on and plain HAR, the reference, are walked "
+        "forward too. Empty: every candidate.",
+    )
 
     def selection_spec(self, timeframe: str = "1h") -> SelectionSpec:
         preset = SelectionSpec.fast() if self.fast else SelectionSpec.default()
@@ -65,6 +77,10 @@ class TrainingConfig(Config):
             overrides["n_trials"] = self.trials
         if self.tuning_timeout_s is not None:
             overrides["tuning_timeout_s"] = self.tuning_timeout_s
+        if self.walk_forward_budget_s is not None:
+            overrides["walk_forward_budget_s"] = self.walk_forward_budget_s
+        if self.candidates:
+            overrides["candidates"] = tuple(self.candidates)
         return dataclasses.replace(preset, **overrides)
 
 

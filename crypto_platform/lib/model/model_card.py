@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,9 @@ from crypto_platform.lib.model.walk_forward import WalkForwardResult
 
 CARD_ARTIFACT = "model_card.md"
 MZ_PLOT_ARTIFACT = "mincer_zarnowitz.png"
+# MLflow's SQL registry stores a version's description in a String(5000) column: PostgreSQL refuses
+# anything longer (SQLite does not check), so the description is the card cut to fit.
+DESCRIPTION_LIMIT = 5000
 
 
 def _iso(ts_ms: int) -> str:
@@ -164,6 +168,32 @@ def model_card_markdown(
         lines += [f"- `{k}`: {v}" for k, v in configuration.items()]
     lines += ["", f"Mincer–Zarnowitz plot: `{MZ_PLOT_ARTIFACT}`."]
     return "\n".join(lines) + "\n"
+
+
+def version_description(card: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """The card as a registry version's description: whole, when it fits the registry's column;
+    otherwise without its longest sections (never the title or the gate's decision) until it fits, in
+    the card's order, then a line naming what was left out and the artifact that holds all of it."""
+    if len(card) <= limit:
+        return card
+    room = limit - 400  # what the closing line may need (section titles are short)
+    sections = re.split(r"(?=\n## )", card)
+    protected = {0} | {i for i, sec in enumerate(sections) if sec.startswith("\n## Gate decision")}
+    by_length = sorted(
+        (i for i in range(len(sections)) if i not in protected), key=lambda i: -len(sections[i])
+    )
+    left_out: set[int] = set()
+    for i in by_length:
+        if sum(len(sec) for j, sec in enumerate(sections) if j not in left_out) <= room:
+            break
+        left_out.add(i)
+    kept = "".join(sec for i, sec in enumerate(sections) if i not in left_out)
+    titles = " · ".join(sections[i].strip().splitlines()[0].lstrip("# ") for i in sorted(left_out))
+    closing = (
+        f"\n\n*(Left out to fit the registry: {titles or 'the end'}. The full card is the run's "
+        f"`{CARD_ARTIFACT}` artifact.)*"
+    )
+    return kept[: limit - len(closing)] + closing
 
 
 def mincer_zarnowitz_png(

@@ -10,6 +10,9 @@ choose, refit the winner on every window.
    is handed to `on_trial` (the asset logs it as a nested MLflow run).
 3. `walk_forward.walk_forward(windows, default_candidates(tuned HAR+, residual config), n_folds)` with
    plain HAR as the reference; `WalkForwardResult.decide()` is the gate (margin, DM p < 0.05, fold wins).
+   `spec.candidates` narrows which challengers the gate may choose: those are walked forward with what
+   they build on (the residual's HAR+, the combination's members) and plain HAR, the reference, which
+   stays the champion when none of them passes.
 4. The gate's champion (plain HAR when no challenger passes) is refitted on all windows — each
    candidate makes its own validation cut inside its training block, as on every fold — with the
    candidates it builds on, and a `LogResidualDispersion` is fitted on its validation residuals when it
@@ -65,7 +68,13 @@ class SelectionSpec:
     tuning_folds: int = 3
     tuning_timeout_s: float | None = None
     tuning_seed: int = 0
-    residual: ResidualConfig = field(default_factory=ResidualConfig.default)
+    residual: ResidualConfig = field(default_factory=ResidualConfig.pipeline)
+    # The challengers the gate may choose (`candidate_names()`); empty: every one.
+    candidates: tuple[str, ...] = ()
+    # Wall-time bound of the walk-forward (`walk_forward(time_budget_s=)`): a candidate whose next fold
+    # would end past it is skipped with the reason. 7 minutes leave the default run's HAR+ study, refit
+    # and logging inside the 10 the pipeline is given on 2 cores (measured: README, "Training cost").
+    walk_forward_budget_s: float | None = 420.0
     margin: float = 0.01  # the gate's margin vs plain HAR (promotion has its own)
     levels: tuple[float, ...] = tuple(DEFAULT_LEVELS)
 
@@ -78,6 +87,12 @@ class SelectionSpec:
         """The same code path, small: 3 folds, 6 HAR+ trials, the residual's fast preset."""
         return cls(n_folds=3, n_trials=6, tuning_folds=2, residual=ResidualConfig.fast())
 
+    def __post_init__(self) -> None:
+        known = candidate_names()
+        unknown = [c for c in self.candidates if c not in known]
+        if unknown:
+            raise ValueError(f"candidates: {unknown} are not candidates; choose from {list(known)}")
+
     def to_params(self) -> dict[str, Any]:
         return {
             "selection_timeframe": self.timeframe,
@@ -87,6 +102,8 @@ class SelectionSpec:
             "tuning_folds": self.tuning_folds,
             "tuning_seed": self.tuning_seed,
             "gate_margin": self.margin,
+            "selection_candidates": ",".join(self.candidates) or "all",
+            "walk_forward_budget_s": self.walk_forward_budget_s or "none",
         }
 
 
@@ -117,7 +134,32 @@ class SelectionResult:
             "tuning": self.tuning.to_dict(),
             "folds": self.spec.n_folds,
             "gate_margin": self.spec.margin,
+            "candidates": list(self.spec.candidates) or "all",
         }
+
+
+def candidate_names() -> tuple[str, ...]:
+    """Every candidate `select_and_fit` can walk forward, in fitting order."""
+    return tuple(c.name for c in default_candidates())
+
+
+def restrict_candidates(candidates: Sequence[Candidate], allowed: Sequence[str]) -> list[Candidate]:
+    """`candidates` narrowed to `allowed`, what they build on and the reference, in the given order
+    (empty `allowed`: all of them)."""
+    if not allowed:
+        return list(candidates)
+    specs = {c.name: c for c in candidates}
+    needed = {REFERENCE}
+    frontier = list(allowed)
+    while frontier:
+        current = frontier.pop()
+        if current in needed:
+            continue
+        needed.add(current)
+        frontier += list(specs[current].requires)
+        if current == "combination":
+            frontier += [m for m in COMBINATION_MEMBERS if m in specs]
+    return [c for c in candidates if c.name in needed]
 
 
 def _check_size(windows: WindowSet, spec: SelectionSpec) -> None:
@@ -205,7 +247,10 @@ def select_and_fit(
     seconds["tuning"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    candidates = default_candidates(residual_config=spec.residual, har_plus_config=tuning.best_config)
+    candidates = restrict_candidates(
+        default_candidates(residual_config=spec.residual, har_plus_config=tuning.best_config),
+        spec.candidates,
+    )
     result = walk_forward(
         windows,
         candidates,
@@ -215,8 +260,9 @@ def select_and_fit(
         forward_log_return=forward,
         levels=spec.levels,
         on_fold=on_fold,
+        time_budget_s=spec.walk_forward_budget_s,
     )
-    decision = result.decide(margin=spec.margin)
+    decision = result.decide(margin=spec.margin, candidates=spec.candidates or None)
     seconds["walk_forward"] = time.perf_counter() - started
 
     started = time.perf_counter()

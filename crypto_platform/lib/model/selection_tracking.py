@@ -48,7 +48,12 @@ from crypto_platform.lib.model.frame_serving import (
     WINDOW_CONTRACT,
     FrameForecaster,
 )
-from crypto_platform.lib.model.model_card import CARD_ARTIFACT, MZ_PLOT_ARTIFACT, mincer_zarnowitz_png
+from crypto_platform.lib.model.model_card import (
+    CARD_ARTIFACT,
+    MZ_PLOT_ARTIFACT,
+    mincer_zarnowitz_png,
+    version_description,
+)
 from crypto_platform.lib.model.model_card import model_card_markdown as card_markdown
 from crypto_platform.lib.model.packaging import log_forecaster, log_frame_forecaster
 from crypto_platform.lib.model.selection import SelectionResult
@@ -300,7 +305,7 @@ def log_selection(
         result, decision, model_name, str(version.version), _card_configuration(selection), source
     )
     mlflow.log_text(card, CARD_ARTIFACT)
-    client.update_model_version(model_name, str(version.version), description=card)
+    client.update_model_version(model_name, str(version.version), description=version_description(card))
     registry.move_alias(client, registry.CHALLENGER, version.version, model_name)
     return LoggedSelection(
         run_id=run_id,
@@ -323,6 +328,9 @@ def _card_configuration(selection: SelectionResult) -> dict[str, Any]:
         "residual": json.dumps(config["residual"]),
         "folds": config["folds"],
         "gate margin vs har": config["gate_margin"],
+        "challengers considered": ", ".join(config["candidates"])
+        if isinstance(config["candidates"], list)
+        else config["candidates"],
     }
 
 

@@ -457,12 +457,18 @@ def walk_forward(
     levels: Sequence[float] = DEFAULT_LEVELS,
     on_fold: Callable[[FoldResult], None] | None = None,
     keep_models: bool = False,
+    time_budget_s: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> WalkForwardResult:
     """Fit and score every candidate on `n_folds` purged expanding folds (see the module docstring).
 
     `windows`: all symbols pooled, with every column any candidate reads. `forward_log_return`
     (optional, one per window: ln(c_{t+24}/c_t), NaN where unknown) enables the VaR breach rate.
     `on_fold` is called after each fold (progress, logging a nested run).
+    `time_budget_s` bounds the wall time: from the second fold on, a candidate whose fit — projected
+    from its previous fold's seconds, scaled by the training block's growth — would end past the
+    budget is skipped on that fold and every later one, with the reason (so it is out of the pooled
+    evaluation and the gate, and the model card says why). The reference is never skipped.
     """
     specs = {c.name: c for c in candidates}
     if len(specs) != len(candidates):
@@ -487,6 +493,9 @@ def walk_forward(
         raise ValueError("walk_forward: no folds (no windows)")
 
     results: list[FoldResult] = []
+    began = clock()
+    over_budget: dict[str, str] = {}  # candidate → why it is no longer fitted
+    last_cost: dict[str, tuple[float, int]] = {}  # candidate → (seconds, training windows) of its last fit
     for k, fold in enumerate(folds):
         train, test = windows.take(fold.train), windows.take(fold.test)
         fitted: dict[str, Any] = {}
@@ -494,11 +503,25 @@ def walk_forward(
         skipped: dict[str, str] = {}
         forecasts: dict[str, np.ndarray] = {}
         for spec in candidates:
+            if spec.name in over_budget:
+                skipped[spec.name] = over_budget[spec.name]
+                continue
             absent = [r for r in spec.requires if r not in fitted]
             if absent:
                 skipped[spec.name] = f"needs {absent}, not fitted on this fold"
                 continue
-            started = time.perf_counter()
+            if time_budget_s is not None and spec.name != reference and spec.name in last_cost:
+                cost, trained_on = last_cost[spec.name]
+                projected = cost * len(train) / max(trained_on, 1)
+                elapsed = clock() - began
+                if elapsed + projected > time_budget_s:
+                    over_budget[spec.name] = skipped[spec.name] = (
+                        f"time budget: {elapsed:.0f} s of the walk-forward's {time_budget_s:.0f} s were "
+                        f"spent before fold {k}, and its fit there was projected at {projected:.0f} s "
+                        f"(fold {k - 1}: {cost:.0f} s); skipped from fold {k} on"
+                    )
+                    continue
+            started = clock()
             try:
                 model = spec.fit(train, FoldContext(k, fitted, specs))
             except (ValueError, RuntimeError) as exc:
@@ -510,7 +533,8 @@ def walk_forward(
                 continue
             fitted[spec.name] = model
             forecasts[spec.name] = np.asarray(model.predict(test), dtype=np.float64)
-            seconds[spec.name] = time.perf_counter() - started
+            seconds[spec.name] = clock() - started
+            last_cost[spec.name] = (seconds[spec.name], len(train))
         dispersions = {}
         for name, model in fitted.items():
             residuals = _validation_residuals(model)
