@@ -2,8 +2,9 @@
 
 On Kubernetes every run is its own pod; the launcher reads the run's `dagster-k8s/config` tag (a JSON
 object, merged over the chart's `runLauncher.config.k8sRunLauncher.runK8sConfig`) for the container's
-resources. Training an LSTM needs several times the memory of pulling OHLCV and computing features,
-so each job carries the run tags of its resource class:
+resources. Walking every candidate forward (TensorFlow residual ensembles, GARCH fits, the HAR+ study)
+needs several times the memory of pulling OHLCV and computing features, so each job carries the run
+tags of its resource class:
 
     define_asset_job(MARKET_JOB, ..., run_tags=INGESTION_RUN_TAGS)
 
@@ -26,7 +27,7 @@ RESOURCE_CLASS_TAG = "crypto_platform/resource-class"
 RESOURCES_BY_CLASS: dict[str, dict[str, dict[str, str]]] = {
     # market_job: ccxt OHLCV for a range of days, polars features, the quality report.
     "ingestion": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
-    # ml_retrain_job: TensorFlow trains the LSTM on every symbol's window, then promotion and drift.
+    # ml_retrain_job: every candidate walked forward on the pooled windows, then promotion and drift.
     "training": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
     # daily_report_job: reads stored results and writes one Markdown file.
     "report": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
