@@ -50,5 +50,6 @@ REPORT_RUN_TAGS = k8s_run_tags("report")
 RUN_TAGS_BY_JOB: dict[str, dict[str, str]] = {
     "market_job": INGESTION_RUN_TAGS,
     "ml_retrain_job": TRAINING_RUN_TAGS,
+    "ml_drift_job": INGESTION_RUN_TAGS,
     "daily_report_job": REPORT_RUN_TAGS,
 }

@@ -15,7 +15,7 @@ from dagster import (
     schedule,
 )
 
-from crypto_platform.defs.k8s_tags import TRAINING_RUN_TAGS
+from crypto_platform.defs.k8s_tags import INGESTION_RUN_TAGS, TRAINING_RUN_TAGS
 from crypto_platform.defs.ml.config import DAILY_DRIFT_CRON, DRIFT_JOB, RETRAIN_JOB, WEEKLY_RETRAIN_CRON
 from crypto_platform.defs.ml.sensors import DRIFT_KEY, TRIGGER_TAG
 from crypto_platform.defs.resources import MLPlatformResource
@@ -34,6 +34,9 @@ ml_drift_job = define_asset_job(
     DRIFT_JOB,
     selection=AssetSelection.assets(DRIFT_KEY),
     description="Judge the last days of features against the champion's reference (no training).",
+    # A polars pass over a week of features and the reference: the ingestion class's pod, and not
+    # the training class, whose run queue admits one at a time (a retrain must not hold the verdict).
+    run_tags=INGESTION_RUN_TAGS,
 )
 
 
