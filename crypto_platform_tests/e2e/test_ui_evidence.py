@@ -108,6 +108,18 @@ def ui_data_dir(tmp_path_factory) -> Path:
     return root
 
 
+class _FixedWindowModel:
+    """A registered window model walked forward as it is (it is not refitted per fold)."""
+
+    def __init__(self, loaded) -> None:
+        self.loaded = loaded
+
+    def predict(self, windows):
+        import numpy as np
+
+        return np.asarray(self.loaded.predict(windows.X.astype(np.float32)), dtype=float)
+
+
 @pytest.fixture(scope="module")
 def ui_registry(api_champion) -> Registry:
     """The api_champion LSTM and baseline registered under UI_MODEL: a training run with the holdout
@@ -122,8 +134,8 @@ def ui_registry(api_champion) -> Registry:
     from crypto_platform.lib.model import registry
     from crypto_platform.lib.model.baselines import ExpandingMeanBaseline, NaiveBaseline
     from crypto_platform.lib.model.evaluation import evaluate_forecasts
-    from crypto_platform.lib.model.metrics import qlike
-    from crypto_platform.lib.model.promotion import decide_promotion, sanity_probes
+    from crypto_platform.lib.model.promotion import judge_challenger, sanity_probes
+    from crypto_platform.lib.model.walk_forward import Candidate, baseline_candidate, walk_forward
     from crypto_platform.lib.model.windows import build_windows
     from serving.core.model_store import load_version
 
@@ -161,15 +173,24 @@ def ui_registry(api_champion) -> Registry:
              "rows": table.to_records()},
             "evaluation/holdout.json",
         )  # fmt: skip
+
+    # The promotion rule on real evidence: the served LSTM (a fixed model) and the naive baseline
+    # walked forward on the same folds of the simulated windows, then lib.model.promotion's judgement.
+    def served_lstm(_train, _ctx):
+        return _FixedWindowModel(model)
+
+    evidence = walk_forward(
+        windows,
+        [baseline_candidate("naive"), Candidate("lstm", served_lstm)],
+        n_folds=2,
+        reference="naive",
+    )
     recent = hold.last("realized_vol_24")
-    champion_q = qlike(hold.y**2, forecasts["lstm"] ** 2)
-    challenger_q = qlike(hold.y**2, forecasts["naive"] ** 2)
-    # The champion was the first: promoted with no champion before it; the baseline challenger is
-    # then judged against it with a margin no forecaster this close can clear.
-    first = decide_promotion(champion_q, None, sanity_probes(forecasts["lstm"], recent), 0.0)
+    first = judge_challenger(evidence, "lstm", None, sanity_probes(forecasts["lstm"], recent), margin=0.0)
     registry.tag_version(client, str(lstm.version), first.to_tags(), UI_MODEL)
-    second = decide_promotion(
-        challenger_q, champion_q, sanity_probes(forecasts["naive"], recent), margin=10.0
+    # The baseline challenger is then judged against it with a margin no forecaster can clear.
+    second = judge_challenger(
+        evidence, "naive", "lstm", sanity_probes(forecasts["naive"], recent), margin=10.0
     )
     assert not second.promote
     registry.tag_version(
