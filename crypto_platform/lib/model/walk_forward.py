@@ -396,6 +396,15 @@ def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def score_block(
+    y: np.ndarray, forecasts: Mapping[str, np.ndarray], reference: str, ts: np.ndarray
+) -> tuple[EvaluationTable, dict[str, DieboldMariano]]:
+    """The evaluation table and the DM tests against `reference` of one block of out-of-sample
+    forecasts (a fold's test block or the pooled series): one scoring for the walk-forward and for its
+    evidence read back from MLflow."""
+    return evaluate_forecasts(y, forecasts, ts=ts), diebold_mariano_against(y, forecasts, reference, ts=ts)
+
+
 def windows_fingerprint(windows: WindowSet) -> str:
     """sha256 over the windows' inputs, targets, times, symbols and column names: the data a result saw."""
     digest = hashlib.sha256()
@@ -540,14 +549,15 @@ def walk_forward(
             residuals = _validation_residuals(model)
             if residuals is not None and np.isfinite(residuals).sum() >= 20:
                 dispersions[name] = fit_dispersion(residuals, levels)
+        table, dm = score_block(test.y, forecasts, reference, test.ts)
         result = FoldResult(
             fold=k,
             train_windows=len(train),
             test_windows=len(test),
             test_start_ts=fold.test_start_ts,
             test_end_ts=fold.test_end_ts,
-            table=evaluate_forecasts(test.y, forecasts, ts=test.ts),
-            dm_vs_reference=diebold_mariano_against(test.y, forecasts, reference, ts=test.ts),
+            table=table,
+            dm_vs_reference=dm,
             params={n: m.params() if hasattr(m, "params") else {} for n, m in fitted.items()},
             seconds=seconds,
             skipped=skipped,
@@ -565,6 +575,7 @@ def walk_forward(
     pooled = {n: np.concatenate([r.forecasts[n] for r in results]) for n in names}
     y, ts, symbol = windows.y[rows], windows.ts[rows], windows.symbol[rows]
     fold_of_row = np.concatenate([np.full(r.size, k) for k, r in enumerate(test_rows)])
+    table, dm = score_block(y, pooled, reference, ts)
     return WalkForwardResult(
         reference=reference,
         folds=tuple(results),
@@ -574,8 +585,8 @@ def walk_forward(
         symbol=symbol,
         fold_of_row=fold_of_row,
         forecasts=pooled,
-        table=evaluate_forecasts(y, pooled, ts=ts),
-        dm_vs_reference=diebold_mariano_against(y, pooled, reference, ts=ts),
+        table=table,
+        dm_vs_reference=dm,
         forward_log_return=None if forward_log_return is None else np.asarray(forward_log_return)[rows],
         fingerprint=windows_fingerprint(windows),
         n_windows=len(windows),

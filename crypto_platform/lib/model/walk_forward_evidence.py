@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from crypto_platform.lib.model.evaluation import diebold_mariano_against, evaluate_forecasts
-from crypto_platform.lib.model.walk_forward import FoldResult, WalkForwardResult
+from crypto_platform.lib.model.walk_forward import FoldResult, WalkForwardResult, score_block
 
 # Run artifacts: written by `selection_tracking.log_selection`, read by `promotion.promote`.
 WALK_FORWARD_JSON = "walk_forward.json"
@@ -65,6 +64,7 @@ def result_from_evidence(frame: pl.DataFrame, summary: dict[str, Any]) -> WalkFo
         k = int(info["fold"])
         rows = fold_of_row == k
         fold_forecasts = {n: f[rows] for n, f in forecasts.items()}
+        fold_table, fold_dm = score_block(y[rows], fold_forecasts, reference, ts[rows])
         folds.append(
             FoldResult(
                 fold=k,
@@ -72,8 +72,8 @@ def result_from_evidence(frame: pl.DataFrame, summary: dict[str, Any]) -> WalkFo
                 test_windows=int(info["test_windows"]),
                 test_start_ts=int(info["test_start_ts"]),
                 test_end_ts=int(info["test_end_ts"]),
-                table=evaluate_forecasts(y[rows], fold_forecasts, ts=ts[rows]),
-                dm_vs_reference=diebold_mariano_against(y[rows], fold_forecasts, reference, ts=ts[rows]),
+                table=fold_table,
+                dm_vs_reference=fold_dm,
                 params={},
                 seconds={},
                 skipped=dict(info.get("skipped") or {}),
@@ -83,6 +83,7 @@ def result_from_evidence(frame: pl.DataFrame, summary: dict[str, Any]) -> WalkFo
         )
     if sorted(f.fold for f in folds) != sorted(set(fold_of_row.tolist())):
         raise ValueError("the evidence's folds do not match its summary's fold layout")
+    table, dm = score_block(y, forecasts, reference, ts)
     return WalkForwardResult(
         reference=reference,
         folds=tuple(folds),
@@ -92,8 +93,8 @@ def result_from_evidence(frame: pl.DataFrame, summary: dict[str, Any]) -> WalkFo
         symbol=symbol,
         fold_of_row=fold_of_row,
         forecasts=forecasts,
-        table=evaluate_forecasts(y, forecasts, ts=ts),
-        dm_vs_reference=diebold_mariano_against(y, forecasts, reference, ts=ts),
+        table=table,
+        dm_vs_reference=dm,
         forward_log_return=None,
         fingerprint=str(summary.get("fingerprint", "")),
         n_windows=int(summary.get("n_windows", y.size)),
