@@ -223,10 +223,9 @@ class FeatureCache:
         """The frame model's forecast for `snap`'s symbol at its newest bar (NotEnoughHistoryError with
         the reason when there is none: another symbol is stale, or the history is too short)."""
         target = (snap.bars.symbol, snap.last_ts)
-        if model.symbols and target[0] not in model.symbols:
-            # Refused before any other symbol is fetched: the model has no parameters for it.
-            scores = frames.score_frame(model, pl.DataFrame(), [target], model.symbols)
-            raise NotEnoughHistoryError(scores.missing[target][1])
+        unfitted = frames.unfitted_reason(model, target[0])
+        if unfitted is not None:  # refused before any other symbol is fetched
+            raise NotEnoughHistoryError(unfitted)
         scores = self.frame_forecasts(model, snap)
         if target in scores.forecasts:
             return scores.forecasts[target]

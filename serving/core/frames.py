@@ -50,6 +50,16 @@ class FrameScores:
     missing: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
 
 
+def unfitted_reason(model: LoadedModel, symbol: str) -> str | None:
+    """Why `model` cannot forecast `symbol` (it holds per-symbol parameters, none for it); None if it can."""
+    if not model.symbols or symbol in model.symbols:
+        return None
+    return (
+        f"model version {model.version} ({model.family}) was fitted on {sorted(model.symbols)} and "
+        f"holds no parameters for {symbol}"
+    )
+
+
 def frame_symbols(model: LoadedModel, *asked: str) -> tuple[str, ...]:
     """The symbols whose rows go into the frame that scores `asked`, sorted."""
     return tuple(model.symbols) if model.symbols else tuple(sorted(set(asked)))
@@ -90,12 +100,9 @@ def score_frame(
             present[int(ts)] = set(part["symbol"].to_list())
     complete = []
     for symbol, ts in wanted:
-        if model.symbols and symbol not in model.symbols:
-            scores.missing[(symbol, ts)] = (
-                UNFITTED,
-                f"model version {model.version} ({model.family}) was fitted on {sorted(model.symbols)} and "
-                f"holds no parameters for {symbol}",
-            )
+        unfitted = unfitted_reason(model, symbol)
+        if unfitted is not None:
+            scores.missing[(symbol, ts)] = (UNFITTED, unfitted)
             continue
         lacking = sorted(expected - present.get(ts, set()))
         if lacking:
