@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import platform
 import sys
@@ -202,9 +203,11 @@ class Tally:
         self.any = 0
         self.flagged: Counter[str] = Counter()
         self.by_group: Counter[str] = Counter()
+        self.evaluations_by_group: Counter[str] = Counter()
 
     def add(self, drifted: list[str], label: bool, group: str = "") -> bool:
         self.evaluations += 1
+        self.evaluations_by_group[group] += 1
         self.feature += bool(drifted)
         self.label += label
         alarm = bool(drifted) or label
@@ -229,7 +232,23 @@ class Tally:
         }
         if groups is not None:
             out["groups_with_an_alarm"] = f"{len(self.by_group)}/{groups}"
+            out["any_alarm_rate_ci95_by_group"] = self.group_bootstrap_interval()
+            out["alarms_per_group"] = sorted(self.by_group.values(), reverse=True)
         return out
+
+    def group_bootstrap_interval(self, draws: int = 10_000) -> list[float]:
+        """95 % interval of the alarm rate, resampling whole groups (seeds) with replacement.
+
+        Alarms of one seed come in spells (a turbulent stretch of its market raises several days in a
+        row), so the seed, not the evaluation, is the independent unit."""
+        groups = list(self.evaluations_by_group)
+        if not groups:
+            return [math.nan, math.nan]
+        alarms = np.array([self.by_group[g] for g in groups], dtype=float)
+        evaluations = np.array([self.evaluations_by_group[g] for g in groups], dtype=float)
+        pick = np.random.default_rng(0).integers(0, len(groups), size=(draws, len(groups)))
+        rates = alarms[pick].sum(axis=1) / evaluations[pick].sum(axis=1)
+        return [float(q) for q in np.quantile(rates, [0.025, 0.975])]
 
 
 def _columns() -> tuple[list[str], str]:
