@@ -86,12 +86,51 @@ def test_rest_serves_the_frame_champion_with_intervals_var_and_es(
     assert compare.json()["ml"]["predicted_volatility"] == pytest.approx(expected["ETH/USDT"], rel=1e-6)
 
 
-def test_bad_input_is_still_a_4xx_and_explain_says_why_it_has_no_answer(frame_client):
-    for body, field in (({"symbol": "BTC/USDT", "timeframe": "banana"}, "timeframe"), ({}, "symbol")):
-        response = frame_client.post("/v1/crypto/ml-signal", json=body)
-        assert response.status_code == 400 and field in response.text, response.text
+def test_bad_input_is_still_a_4xx(frame_client):
+    for path in ("/v1/crypto/ml-signal", "/v1/crypto/ml-explain"):
+        for body, field in (({"symbol": "BTC/USDT", "timeframe": "banana"}, "timeframe"), ({}, "symbol")):
+            response = frame_client.post(path, json=body)
+            assert response.status_code == 400 and field in response.text, (path, response.text)
+
+
+def test_explain_occludes_each_feature_of_the_asked_symbol(
+    frame_client, api_frame_champion, api_last_closed_ms
+):
+    """Each attribution is the served forecast minus the champion's forecast with that one feature of
+    BTC at the scored bar set to the reference the answer names (HAR+ reads one row per symbol), ETH's
+    row left as it is: recomputed here from the stored bars with the registered forecaster."""
     explain = frame_client.post("/v1/crypto/ml-explain", json={"symbol": "BTC/USDT"})
-    assert explain.status_code == 503 and "feature-frame/v1" in explain.text, explain.text
+    assert explain.status_code == 200, explain.text
+    body = explain.json()
+    assert (body["method"], body["reference"]) == ("occlusion", "history_mean")
+    served = frame_client.post("/v1/crypto/ml-signal", json={"symbol": "BTC/USDT"}).json()["ml_prediction"]
+    assert body["predicted_volatility"] == pytest.approx(served["predicted_volatility"], rel=1e-12)
+    features = frame_client.get("/v1/ml/model/info").json()["feature_columns"]
+    assert sorted(a["feature"] for a in body["attributions"]) == sorted(features)
+
+    forecaster = api_frame_champion.forecaster
+    end = api_last_closed_ms + HOUR_MS
+    bars = simulated_bars(API_SYMBOLS, end - 2 * FEATURE_BARS * HOUR_MS, end, seed=7)
+    rows = frame_rows(bars).filter(pl.col("ts") == api_last_closed_ms)
+    btc = pl.col("symbol") == "BTC/USDT"
+    # the history the API loads: the last FEATURE_BARS bars of each symbol, their features computed alone
+    loaded = frame_rows(simulated_bars(API_SYMBOLS, end - FEATURE_BARS * HOUR_MS, end, seed=7)).filter(btc)
+    for attribution in body["attributions"]:
+        name = attribution["feature"]
+        history = loaded[name].cast(pl.Float64)
+        assert attribution["reference_value"] == pytest.approx(history.filter(history.is_finite()).mean())
+        assert attribution["last_value"] == pytest.approx(rows.filter(btc)[name][0], rel=1e-9)
+        occluded_rows = rows.with_columns(
+            pl.when(btc).then(pl.lit(attribution["reference_value"])).otherwise(pl.col(name)).alias(name)
+        )
+        out = forecaster.predict_frame(occluded_rows)
+        occluded = float(out[out["symbol"] == "BTC/USDT"]["predicted_volatility"].iloc[0])
+        assert attribution["occluded_prediction"] == pytest.approx(occluded, rel=1e-9), name
+        assert attribution["attribution"] == pytest.approx(body["predicted_volatility"] - occluded, abs=1e-12)
+    # sorted by size, and the model does read its features: most of them move the forecast
+    sizes = [abs(a["attribution"]) for a in body["attributions"]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sum(size > 0 for size in sizes) >= len(sizes) // 2
 
 
 def test_graphql_and_grpc_answer_what_rest_answers(frame_client, frame_settings, tmp_path):

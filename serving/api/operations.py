@@ -429,7 +429,7 @@ def ml_explain(svc: Services, request: schemas.MLExplainRequest) -> schemas.MLEx
     model = svc.models.require()
     check_model_timeframe(model, timeframe)
     snap = svc.features.snapshot(symbol, timeframe)
-    base, reference, rows = occlusion_attributions(model, snap)
+    base, reference, rows = occlusion_attributions(model, snap, svc.features)
     return schemas.MLExplainResponse(
         symbol=symbol,
         model_version=model.version,

@@ -207,6 +207,8 @@ class MLExplainResponse(msgspec.Struct):
     symbol: str
     model_version: str
     method: str
+    # what stands for "no information": training_mean (the LSTM normaliser's), window_mean (the window
+    # flattened), history_mean (a frame model: the feature's mean over the symbol's loaded history)
     reference: str
     predicted_volatility: float
     bar_timestamp: str

@@ -185,9 +185,8 @@ class FeatureCache:
                 self._entries.popitem(last=False)
         return snap
 
-    def frame_forecasts(self, model: LoadedModel, snap: FeatureSnapshot) -> frames.FrameScores:
-        """The frame model's scores at the newest bar of every symbol of its frame (`frames`' rules),
-        computed once per (model, each symbol's newest bar). Blocking: other symbols may be fetched."""
+    def _frame_snapshots(self, model: LoadedModel, snap: FeatureSnapshot) -> dict[str, FeatureSnapshot]:
+        """`snap` and the snapshots of the other symbols the frame model reads with it, by symbol."""
         timeframe, asked = snap.bars.timeframe, snap.bars.symbol
         symbols = frames.frame_symbols(model, asked)
         snaps: dict[str, FeatureSnapshot] = {}
@@ -201,6 +200,21 @@ class FeatureCache:
                 raise NotEnoughHistoryError(
                     f"model version {model.version} reads {list(symbols)} together; {exc}"
                 ) from exc
+        return snaps
+
+    def frame_inputs(self, model: LoadedModel, snap: FeatureSnapshot) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The cross-symbol frame the model scores `snap`'s newest bar from, and the rows of it that
+        bar's window reads. Blocking: other symbols may be fetched."""
+        snaps = self._frame_snapshots(model, snap)
+        frame = frames.cross_symbol_features({s: v.features for s, v in snaps.items()}, snap.bars.timeframe)
+        return frame, frames.window_rows(model, frame, [(snap.bars.symbol, snap.last_ts)])
+
+    def frame_forecasts(self, model: LoadedModel, snap: FeatureSnapshot) -> frames.FrameScores:
+        """The frame model's scores at the newest bar of every symbol of its frame (`frames`' rules),
+        computed once per (model, each symbol's newest bar). Blocking: other symbols may be fetched."""
+        timeframe = snap.bars.timeframe
+        snaps = self._frame_snapshots(model, snap)
+        symbols = tuple(snaps)
         key = (
             model.name,
             model.version,
@@ -342,18 +356,18 @@ def prediction_intervals(
 
 
 def occlusion_attributions(
-    model: LoadedModel, snap: FeatureSnapshot
+    model: LoadedModel, snap: FeatureSnapshot, cache: FeatureCache | None = None
 ) -> tuple[float, str, list[schemas.Attribution]]:
     """Per-feature occlusion: the forecast minus the forecast with one feature's whole 48-bar history
     replaced by a reference value, the training mean of the model's normaliser (the input the network
     reads as 0 after normalisation, "no information") or, for models without one, the window's own mean
-    (its history flattened). All occluded windows go through the forecaster in one batch.
+    (its history flattened). All occluded windows go through the forecaster in one batch. A frame model
+    (which needs `cache`, its other symbols' snapshots) is explained by `frame_occlusion_attributions`.
     """
     if model.is_frame:
-        raise NotEnoughHistoryError(
-            f"model version {model.version} is a {model.contract} model; occlusion explanations are "
-            "computed for window-contract models only"
-        )
+        if cache is None:
+            raise TypeError("a feature-frame model is explained from a FeatureCache (all its symbols)")
+        return frame_occlusion_attributions(model, snap, cache)
     X = snap.window(model.feature_columns, model.sequence_length)
     n = len(model.feature_columns)
     if model.reference_values is not None:
@@ -381,6 +395,49 @@ def occlusion_attributions(
         )
     rows.sort(key=lambda a: abs(a.attribution), reverse=True)
     return base, label, rows
+
+
+def frame_occlusion_attributions(
+    model: LoadedModel, snap: FeatureSnapshot, cache: FeatureCache
+) -> tuple[float, str, list[schemas.Attribution]]:
+    """Occlusion for a feature-frame model: the forecast minus the forecast with one feature of the
+    asked symbol, over the rows its window reads, replaced by that feature's mean over the symbol's
+    loaded history. Not the window's own mean: a frame model may read one row (HAR+ does), whose mean
+    is itself. The other symbols' rows, which a cross-asset model also reads, are left as they are.
+    NotEnoughHistoryError (with the reason) where the model serves no forecast for this bar."""
+    base = cache.frame_forecast(model, snap)
+    frame, rows = cache.frame_inputs(model, snap)
+    target = (snap.bars.symbol, snap.last_ts)
+    mine = pl.col("symbol") == target[0]
+    history = frame.filter(mine)
+    last = rows.filter(mine & (pl.col("ts") == target[1]))
+    attributions = []
+    for name in model.feature_columns:
+        values = history.get_column(name).cast(pl.Float64)
+        finite_history = values.filter(values.is_finite())
+        last_value = finite(last.get_column(name)[0]) if last.height else None
+        if finite_history.is_empty() or last_value is None:
+            continue  # nothing to stand for "typical", or no value to replace: no attribution
+        reference = float(finite_history.mean())
+        occluded_rows = rows.with_columns(
+            pl.when(mine).then(pl.lit(reference)).otherwise(pl.col(name)).alias(name)
+        )
+        occluded = frames.predict_rows(model, occluded_rows).get(target, math.nan)
+        if not math.isfinite(occluded):
+            continue  # the model has no forecast without this feature's values: none to compare with
+        delta = base - occluded
+        attributions.append(
+            schemas.Attribution(
+                feature=name,
+                attribution=delta,
+                relative=delta / base if base else 0.0,
+                occluded_prediction=occluded,
+                last_value=last_value,
+                reference_value=reference,
+            )
+        )
+    attributions.sort(key=lambda a: abs(a.attribution), reverse=True)
+    return base, "history_mean", attributions
 
 
 def features_rows(snap: FeatureSnapshot, n: int) -> tuple[list[str], list[dict[str, Any]]]:

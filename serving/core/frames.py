@@ -115,15 +115,7 @@ def score_frame(
             complete.append((symbol, ts))
     if not complete:
         return scores
-    bar_ms = timeframe_ms(model.timeframe)
-    reach = (model.sequence_length - 1) * bar_ms
-    needed = sorted({t - k for _, t in complete for k in range(0, reach + 1, bar_ms)})
-    rows = frame.filter(pl.col("ts").is_in(needed)).select("symbol", "ts", *model.feature_columns)
-    out = model.predict_frame(rows)
-    by_key = {
-        (str(s), int(t)): float(v)
-        for s, t, v in zip(out["symbol"], out["ts"], out[OUTPUT_COLUMN], strict=True)
-    }
+    by_key = predict_rows(model, window_rows(model, frame, complete))
     for key in complete:
         value = by_key.get(key, math.nan)
         if math.isfinite(value) and value >= 0:
@@ -135,3 +127,23 @@ def score_frame(
                 "(too little history, a hole in its window, or a non-finite feature)",
             )
     return scores
+
+
+def window_rows(model: LoadedModel, frame: pl.DataFrame, targets: Iterable[tuple[str, int]]) -> pl.DataFrame:
+    """The rows (symbol, ts, the model's features) of `frame` the targets' windows read: the last
+    `sequence_length` bars up to each target, of every symbol, as the cross-asset columns need them all."""
+    bar_ms = timeframe_ms(model.timeframe)
+    reach = (model.sequence_length - 1) * bar_ms
+    needed = sorted({t - k for _, t in targets for k in range(0, reach + 1, bar_ms)})
+    return frame.filter(pl.col("ts").is_in(needed)).select("symbol", "ts", *model.feature_columns)
+
+
+def predict_rows(model: LoadedModel, rows: pl.DataFrame) -> dict[tuple[str, int], float]:
+    """`predict_frame` over `rows`, as (symbol, ts) → forecast."""
+    if model.predict_frame is None:
+        raise TypeError(f"model version {model.version} is not a feature-frame model")
+    out = model.predict_frame(rows)
+    return {
+        (str(s), int(t)): float(v)
+        for s, t, v in zip(out["symbol"], out["ts"], out[OUTPUT_COLUMN], strict=True)
+    }
