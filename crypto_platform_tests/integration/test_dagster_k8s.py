@@ -172,6 +172,9 @@ def test_run_worker_job_of_each_class_is_valid_and_sized(
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["key"] == "S3_ACCESS_KEY"
     assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql-secret"
     assert env["DAGSTER_HOME"]["value"] == VALUES["global"]["dagsterHome"]
+    # run pods batch their event writes as compose's run workers do
+    compose_env = yaml.safe_load((REPO / "docker-compose.yml").read_text())["x-dagster-env"]
+    assert env["DAGSTER_EVENT_BATCH_SIZE"]["value"] == compose_env["DAGSTER_EVENT_BATCH_SIZE"]
 
 
 def test_training_gets_more_memory_and_cpu_than_ingestion(launcher: K8sRunLauncher) -> None:

@@ -4,23 +4,29 @@ Four replayed symbols, one of which the exchange answers with HTTP 500 on every 
 hourly refresh asks for one run over all four; it fails naming the broken symbol; the batch-split
 sensor asks for the healthy symbols without it and for it alone; the three healthy symbols' partitions
 are materialised with their coverage, the broken one's show as failed, and once the exchange serves
-it again the next tick fetches it.
+it again the next tick fetches it. Run on the embedded SQLite instance and on the deployments' one:
+PostgreSQL with the batched event writes docker-compose.yml and the Helm values turn on, where a run's
+materialisations of many partitions land in one INSERT and must still each count.
 """
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetPartitionStatus, AssetRecordsFilter, instance_for_test
+import yaml
+from dagster import AssetKey, AssetPartitionStatus, AssetRecordsFilter, DagsterInstance, instance_for_test
 
 from crypto_platform.defs.market.run_requests import RANGE_END_TAG, RANGE_START_TAG
 from crypto_platform.defs.resources import build_resources
 from crypto_platform.devtools.replay.faults import FaultRule
 from crypto_platform.devtools.replay.server import ReplayServer
 from crypto_platform.lib.storage import LocalStore
+from crypto_platform_tests.fixtures.servers import REPO_ROOT
 from crypto_platform_tests.integration.market_days import (
     Daemonless,
     ms,
@@ -49,6 +55,33 @@ def four_symbol_exchange() -> Iterator[ReplayServer]:
         server.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgres-batched-events"])
+def dagster_instance(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DagsterInstance]:
+    if request.param == "sqlite":
+        with instance_for_test() as instance:
+            yield instance
+        return
+    postgres = request.getfixturevalue("postgres_server")
+    db = postgres.create_database(f"dagster_{uuid.uuid4().hex[:10]}")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+    compose_env = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["x-dagster-env"]
+    for name, value in {
+        "DAGSTER_PG_HOST": db.host,
+        "DAGSTER_PG_PORT": str(db.port),
+        "DAGSTER_PG_USER": db.user,
+        "DAGSTER_PG_PASSWORD": db.password,
+        "DAGSTER_PG_DB": db.database,
+        "DAGSTER_EVENT_BATCH_SIZE": compose_env["DAGSTER_EVENT_BATCH_SIZE"],
+    }.items():
+        monkeypatch.setenv(name, value)
+    with DagsterInstance.from_config(str(home)) as instance:
+        yield instance
+
+
 def _covered_until(instance, partition: str) -> int:
     (record,) = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey("ohlcv"), asset_partitions=[partition]), limit=1
@@ -57,7 +90,7 @@ def _covered_until(instance, partition: str) -> int:
 
 
 def test_a_failing_symbol_fails_alone_and_the_others_are_materialised(
-    tmp_path: Path, four_symbol_exchange: ReplayServer
+    tmp_path: Path, four_symbol_exchange: ReplayServer, dagster_instance: DagsterInstance
 ) -> None:
     exchange = four_symbol_exchange
     settings = market_settings(
@@ -74,54 +107,54 @@ def test_a_failing_symbol_fails_alone_and_the_others_are_materialised(
     exchange.add_faults([FaultRule("500", count=10_000, endpoint="klines", symbol=BROKEN)])
     ohlcv_partitions = defs.resolve_assets_def("ohlcv").partitions_def
     partitions = [f"{DAY}|{s}" for s in SYMBOL_IDS]
-    with instance_for_test() as instance:
-        daemon = Daemonless(
-            defs, instance, exchange.url, {"market_data": build_resources(settings)["market_data"]}
-        )
-        tick = daemon.tick(TICK)
+    instance = dagster_instance
+    daemon = Daemonless(
+        defs, instance, exchange.url, {"market_data": build_resources(settings)["market_data"]}
+    )
+    tick = daemon.tick(TICK)
 
-        # the refresh asked for ONE run over the four symbols
-        (refresh,) = tick.refresh_requests
-        assert (refresh.tags[RANGE_START_TAG], refresh.tags[RANGE_END_TAG]) == (
-            f"{DAY}|BTCUSDT",
-            f"{DAY}|BNBUSDT",
-        )
-        # it failed for SOL; the split asked for BTC+ETH together, SOL alone and BNB
-        assert [request_symbols(r, defs) for r in daemon.split_requests] == [
-            ("BTCUSDT", "ETHUSDT"),
-            ("SOLUSDT",),
-            ("BNBUSDT",),
-        ]
-        assert all(request_days(r) == (DAY, DAY) for r in daemon.split_requests)
-        assert daemon.runs == 4 and len(daemon.failed_runs) == 2  # the batch and SOL's own run
-        status = instance.get_status_by_partition(AssetKey("ohlcv"), partitions, ohlcv_partitions)
-        assert status == {
-            f"{DAY}|BTCUSDT": AssetPartitionStatus.MATERIALIZED,
-            f"{DAY}|ETHUSDT": AssetPartitionStatus.MATERIALIZED,
-            f"{DAY}|SOLUSDT": AssetPartitionStatus.FAILED,
-            f"{DAY}|BNBUSDT": AssetPartitionStatus.MATERIALIZED,
-        }
-        features_status = instance.get_status_by_partition(AssetKey("features"), partitions, ohlcv_partitions)
-        assert features_status[f"{DAY}|SOLUSDT"] == AssetPartitionStatus.FAILED
-        day_start = ms(datetime(2025, 6, 1, tzinfo=UTC))
-        for symbol_id in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
-            # bars closed by 05:05 are the five of 00:00-04:00; the partition says so
-            assert _covered_until(instance, f"{DAY}|{symbol_id}") == ms(datetime(2025, 6, 1, 5, tzinfo=UTC))
-            served = served_closed_bars(exchange.url, symbol_id, day_start, ms(TICK))
-            stored = stored_bars(store, f"{symbol_id[:3]}/USDT", day_start, ms(TICK))
-            assert stored.sort().to_list() == served.sort().to_list() and len(stored) == 5
-        assert stored_bars(store, "SOL/USDT", day_start, ms(TICK)).len() == 0
+    # the refresh asked for ONE run over the four symbols
+    (refresh,) = tick.refresh_requests
+    assert (refresh.tags[RANGE_START_TAG], refresh.tags[RANGE_END_TAG]) == (
+        f"{DAY}|BTCUSDT",
+        f"{DAY}|BNBUSDT",
+    )
+    # it failed for SOL; the split asked for BTC+ETH together, SOL alone and BNB
+    assert [request_symbols(r, defs) for r in daemon.split_requests] == [
+        ("BTCUSDT", "ETHUSDT"),
+        ("SOLUSDT",),
+        ("BNBUSDT",),
+    ]
+    assert all(request_days(r) == (DAY, DAY) for r in daemon.split_requests)
+    assert daemon.runs == 4 and len(daemon.failed_runs) == 2  # the batch and SOL's own run
+    status = instance.get_status_by_partition(AssetKey("ohlcv"), partitions, ohlcv_partitions)
+    assert status == {
+        f"{DAY}|BTCUSDT": AssetPartitionStatus.MATERIALIZED,
+        f"{DAY}|ETHUSDT": AssetPartitionStatus.MATERIALIZED,
+        f"{DAY}|SOLUSDT": AssetPartitionStatus.FAILED,
+        f"{DAY}|BNBUSDT": AssetPartitionStatus.MATERIALIZED,
+    }
+    features_status = instance.get_status_by_partition(AssetKey("features"), partitions, ohlcv_partitions)
+    assert features_status[f"{DAY}|SOLUSDT"] == AssetPartitionStatus.FAILED
+    day_start = ms(datetime(2025, 6, 1, tzinfo=UTC))
+    for symbol_id in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
+        # bars closed by 05:05 are the five of 00:00-04:00; the partition says so
+        assert _covered_until(instance, f"{DAY}|{symbol_id}") == ms(datetime(2025, 6, 1, 5, tzinfo=UTC))
+        served = served_closed_bars(exchange.url, symbol_id, day_start, ms(TICK))
+        stored = stored_bars(store, f"{symbol_id[:3]}/USDT", day_start, ms(TICK))
+        assert stored.sort().to_list() == served.sort().to_list() and len(stored) == 5
+    assert stored_bars(store, "SOL/USDT", day_start, ms(TICK)).len() == 0
 
-        # the exchange serves SOL again: the next tick asks for all four (SOL has no coverage yet)
-        exchange.faults.clear()
-        tick = daemon.tick(NEXT_TICK)
-        (refresh,) = tick.refresh_requests
-        assert request_symbols(refresh, defs) == SYMBOL_IDS
-        assert len(daemon.failed_runs) == 2  # no new failure
-        status = instance.get_status_by_partition(AssetKey("ohlcv"), partitions, ohlcv_partitions)
-        assert set(status.values()) == {AssetPartitionStatus.MATERIALIZED}
-        for symbol_id in SYMBOL_IDS:
-            assert _covered_until(instance, f"{DAY}|{symbol_id}") == ms(datetime(2025, 6, 1, 6, tzinfo=UTC))
-            served = served_closed_bars(exchange.url, symbol_id, day_start, ms(NEXT_TICK))
-            stored = stored_bars(store, f"{symbol_id[:3]}/USDT", day_start, ms(NEXT_TICK))
-            assert stored.is_duplicated().sum() == 0 and stored.sort().to_list() == served.sort().to_list()
+    # the exchange serves SOL again: the next tick asks for all four (SOL has no coverage yet)
+    exchange.faults.clear()
+    tick = daemon.tick(NEXT_TICK)
+    (refresh,) = tick.refresh_requests
+    assert request_symbols(refresh, defs) == SYMBOL_IDS
+    assert len(daemon.failed_runs) == 2  # no new failure
+    status = instance.get_status_by_partition(AssetKey("ohlcv"), partitions, ohlcv_partitions)
+    assert set(status.values()) == {AssetPartitionStatus.MATERIALIZED}
+    for symbol_id in SYMBOL_IDS:
+        assert _covered_until(instance, f"{DAY}|{symbol_id}") == ms(datetime(2025, 6, 1, 6, tzinfo=UTC))
+        served = served_closed_bars(exchange.url, symbol_id, day_start, ms(NEXT_TICK))
+        stored = stored_bars(store, f"{symbol_id[:3]}/USDT", day_start, ms(NEXT_TICK))
+        assert stored.is_duplicated().sum() == 0 and stored.sort().to_list() == served.sort().to_list()

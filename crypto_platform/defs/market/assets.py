@@ -163,10 +163,13 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             requests += data.requests
             for day in day_range.days:
                 _record_coverage(context, day, day_range.symbol_id, bars, fetched_at_ms, bar_ms)
-            context.log.info(
-                f"{symbol} {day_range.first_day}..{day_range.last_day}: {bars.height} bars from "
-                f"{data.source} in {data.requests} request(s), {len(range_gaps)} gap(s)"
-            )
+            if range_gaps:
+                # Every log line is an event-log write; a symbol's bar count and source are already on
+                # its partitions' materialisations, so only what needs a look gets a line of its own.
+                context.log.info(
+                    f"{symbol} {day_range.first_day}..{day_range.last_day}: {bars.height} bars from "
+                    f"{data.source} in {data.requests} request(s), {len(range_gaps)} gap(s)"
+                )
             frames.append(
                 bars.with_columns(pl.lit(symbol).alias("symbol"), pl.lit(data.source).alias("source")).select(
                     "symbol", *OHLCV_COLUMNS, "source"
@@ -188,6 +191,10 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             )
 
         frame = pl.concat(frames) if frames else empty_ohlcv(with_symbol=True)
+        context.log.info(
+            f"{len(frames)} symbol(s): {frame.height} bars from {', '.join(sorted(sources)) or 'nowhere'} "
+            f"in {requests} request(s), {len(gaps)} gap(s)"
+        )
         # Run-level figures: with a single-run backfill every partition's event carries them, hence
         # the "run_" prefix; per-partition row counts and paths come from the IO manager.
         metadata: dict[str, Any] = {
