@@ -10,10 +10,11 @@ model poller stops and the history is drained.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 import click
+
+from crypto_platform.commands.service_process import configure_logging
 
 
 @click.command(name="grpc")
@@ -29,10 +30,8 @@ import click
 def command(host: str, port: int, grace: float, log_level: str) -> None:
     """Serve crypto.CryptoService, the grpc.health.v1 health service and server reflection."""
     from serving.api.settings import load_serving_settings
-    from serving.core.redaction import install_log_redaction
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_log_redaction()  # every line of this process passes serving.core.redaction
+    configure_logging(log_level)
     settings = load_serving_settings()  # fail here, with the variable's name, on a bad setting
     asyncio.run(_serve(settings, host, port, grace))
 

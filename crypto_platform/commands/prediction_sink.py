@@ -10,11 +10,11 @@ Exit status: 0 after SIGTERM/SIGINT (the batch in flight stored and committed), 
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 import sys
 
 import click
+
+from crypto_platform.commands.service_process import configure_logging, exit_on_sigterm
 
 
 @click.command(name="prediction-sink")
@@ -22,7 +22,9 @@ import click
 @click.option("--group-id", default="crypto-prediction-sink", show_default=True, help="Consumer group.")
 @click.option("--history-url", default=None, help="SQLAlchemy URL (default: CRYPTO_API_HISTORY_URL).")
 @click.option("--metrics-port", type=int, default=9109, show_default=True, help="Prometheus port (0 = off).")
-@click.option("--batch-size", type=int, default=5000, show_default=True, help="Max records per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=5000, show_default=True, help="Max records per batch."
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def command(
     bootstrap_servers: str | None,
@@ -32,17 +34,13 @@ def command(
     batch_size: int,
     log_level: str,
 ) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    exit_on_sigterm()
     from crypto_platform.settings import get_settings
     from serving.core.history import history_url as resolve_history_url
     from serving.stream.config import load_stream_settings
     from serving.stream.prediction_sink import PredictionSink, SinkConfig
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if batch_size < 1:
-        raise click.BadParameter("must be ≥ 1", param_hint="--batch-size")
+    configure_logging(log_level)
     settings = get_settings()
     stream = load_stream_settings()
     config = SinkConfig(

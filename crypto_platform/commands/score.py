@@ -9,11 +9,11 @@ Exit status: 0 after SIGTERM/SIGINT (drained and committed), 2 on bad arguments,
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 import sys
 
 import click
+
+from crypto_platform.commands.service_process import configure_logging, exit_on_sigterm
 
 
 def _default_instance() -> str:
@@ -45,7 +45,9 @@ def _split(value: str | None) -> tuple[str, ...]:
 )
 @click.option("--exactly-once", is_flag=True, help="Kafka transactions instead of at-least-once commits.")
 @click.option("--metrics-port", type=int, default=9108, show_default=True, help="Prometheus port (0 = off).")
-@click.option("--batch-size", type=int, default=5000, show_default=True, help="Max records per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=5000, show_default=True, help="Max records per batch."
+)
 @click.option("--symbols", default=None, help="Comma-separated symbols accepted (default: CRYPTO_SYMBOLS).")
 @click.option(
     "--model-name",
@@ -73,18 +75,13 @@ def command(
     max_future_ms: int,
     log_level: str,
 ) -> None:
-    # Until the event loop installs its draining handlers, a SIGTERM (nothing consumed yet) is a clean exit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    exit_on_sigterm()
     from crypto_platform.lib.market.symbols import InvalidSymbolError, normalize_symbol
     from crypto_platform.settings import get_settings
     from serving.stream.config import load_stream_settings
     from serving.stream.scorer import Scorer, ScorerConfig
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if batch_size < 1:
-        raise click.BadParameter("must be ≥ 1", param_hint="--batch-size")
+    configure_logging(log_level)
     settings = get_settings()
     stream = load_stream_settings()
     try:
