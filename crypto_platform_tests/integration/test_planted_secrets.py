@@ -12,6 +12,9 @@ whole logs (debug level, access log on) are searched for each planted value: 0 h
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 import uuid
 
 import grpc
@@ -194,3 +197,51 @@ def test_no_planted_secret_leaves_in_a_response_or_a_log_line(planted):
         if value in text
     }
     assert hits == {}, f"planted secrets found: {hits}"
+
+
+def test_no_planted_secret_in_the_scorer_or_sink_log(kafka_running, kafka_topics, tmp_path):
+    """The scorer, given an MLflow URI with a user and password (a server that is not there), and the
+    prediction sink, given a history URL with them (a database that is not there), report each failure
+    at debug level on a real broker: neither log holds a planted value."""
+    from crypto_platform.devtools.ports import free_port
+    from crypto_platform_tests.integration.scorer_support import ScorerProcess, scorer_env
+
+    planted = {name: _unique(name) for name in ("mlu", "mlp", "dbu", "dbp")}
+    dead_mlflow, dead_db = free_port(), free_port()
+    env = scorer_env(
+        kafka_running.bootstrap_servers,
+        kafka_topics,
+        {
+            "CRYPTO_SYMBOLS": "BTC/USDT",
+            "MLFLOW_TRACKING_URI": f"http://{planted['mlu']}:{planted['mlp']}@127.0.0.1:{dead_mlflow}",
+            # the MLflow client retries a dead server for minutes by default
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+        },
+    )
+    scorer_args = ["--group-id", f"g-{kafka_topics.prices}", "--no-warm-start", "--model-poll-s", "1"]
+    debug = ["--metrics-port", "0", "--log-level", "DEBUG"]
+    scorer = ScorerProcess(env, [*scorer_args, *debug], tmp_path / "s.log")
+    with scorer:
+        deadline = time.monotonic() + 90
+        # the failure to reach the tracking server is reported (with where it was looked for)
+        while f"127.0.0.1:{dead_mlflow}" not in scorer.log_tail(200_000) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        scorer.terminate()
+    scorer_log = scorer.log_path.read_text(errors="replace")
+    assert f"127.0.0.1:{dead_mlflow}" in scorer_log, scorer.log_tail()
+
+    history_url = f"postgresql+psycopg2://{planted['dbu']}:{planted['dbp']}@127.0.0.1:{dead_db}/serving"
+    sink_command = [sys.executable, "-m", "crypto_platform.cli", "prediction-sink"]
+    sink = subprocess.run(
+        [*sink_command, "--history-url", history_url, *debug],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    sink_log = sink.stdout + sink.stderr
+    assert "127.0.0.1" in sink_log and str(dead_db) in sink_log, sink_log[-3000:]
+    for name, value in planted.items():
+        assert value not in scorer_log, f"scorer log holds the planted {name}"
+        assert value not in sink_log, f"sink log holds the planted {name}"
