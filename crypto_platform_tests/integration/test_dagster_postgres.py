@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import psycopg2
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from crypto_platform_tests.fixtures.servers import REPO_ROOT, PostgresServer
+from crypto_platform_tests.fixtures.dagster_home import postgres_dagster_home
+from crypto_platform_tests.fixtures.servers import PostgresServer
 from crypto_platform_tests.integration.market_runs import (
     RANGE_START_TAG,
     build,
@@ -26,28 +26,12 @@ def pg_database(postgres_server: PostgresServer) -> PostgresServer:
     return postgres_server.create_database(f"dagster_{uuid.uuid4().hex[:10]}")
 
 
-def _instance_home(tmp_path: Path, db: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """DAGSTER_HOME holding the repo's deploy/dagster.postgres.yaml, configured through DAGSTER_PG_*."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
-    for name, value in {
-        "DAGSTER_PG_HOST": db.host,
-        "DAGSTER_PG_PORT": str(db.port),
-        "DAGSTER_PG_USER": db.user,
-        "DAGSTER_PG_PASSWORD": db.password,
-        "DAGSTER_PG_DB": db.database,
-    }.items():
-        monkeypatch.setenv(name, value)
-    return home
-
-
 def test_market_run_is_stored_in_postgres_and_read_back(
     tmp_path: Path, pg_database: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
-    home = _instance_home(tmp_path, pg_database, monkeypatch)
+    home = postgres_dagster_home(tmp_path, pg_database, monkeypatch)
     defs = build(market_settings(tmp_path / "data"))
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)

@@ -11,7 +11,6 @@ materialisations of many partitions land in one INSERT and must still each count
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from crypto_platform.defs.resources import build_resources
 from crypto_platform.devtools.replay.faults import FaultRule
 from crypto_platform.devtools.replay.server import ReplayServer
 from crypto_platform.lib.storage import LocalStore
+from crypto_platform_tests.fixtures.dagster_home import postgres_dagster_home
 from crypto_platform_tests.fixtures.servers import REPO_ROOT
 from crypto_platform_tests.integration.market_days import (
     Daemonless,
@@ -65,19 +65,9 @@ def dagster_instance(
         return
     postgres = request.getfixturevalue("postgres_server")
     db = postgres.create_database(f"dagster_{uuid.uuid4().hex[:10]}")
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
     compose_env = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["x-dagster-env"]
-    for name, value in {
-        "DAGSTER_PG_HOST": db.host,
-        "DAGSTER_PG_PORT": str(db.port),
-        "DAGSTER_PG_USER": db.user,
-        "DAGSTER_PG_PASSWORD": db.password,
-        "DAGSTER_PG_DB": db.database,
-        "DAGSTER_EVENT_BATCH_SIZE": compose_env["DAGSTER_EVENT_BATCH_SIZE"],
-    }.items():
-        monkeypatch.setenv(name, value)
+    batch_size = compose_env["DAGSTER_EVENT_BATCH_SIZE"]
+    home = postgres_dagster_home(tmp_path, db, monkeypatch, DAGSTER_EVENT_BATCH_SIZE=batch_size)
     with DagsterInstance.from_config(str(home)) as instance:
         yield instance
 

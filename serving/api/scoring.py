@@ -379,22 +379,29 @@ def occlusion_attributions(
         batch[j + 1, :, j] = reference[j]
     predictions = np.asarray(model.predict(batch), dtype=np.float64)
     base = float(predictions[0])
-    rows = []
-    for j, name in enumerate(model.feature_columns):
-        occluded = float(predictions[j + 1])
-        delta = base - occluded
-        rows.append(
-            schemas.Attribution(
-                feature=name,
-                attribution=delta,
-                relative=delta / base if base else 0.0,
-                occluded_prediction=occluded,
-                last_value=float(X[0, -1, j]),
-                reference_value=float(reference[j]),
-            )
-        )
-    rows.sort(key=lambda a: abs(a.attribution), reverse=True)
-    return base, label, rows
+    rows = [
+        _attribution(name, base, float(predictions[j + 1]), float(X[0, -1, j]), float(reference[j]))
+        for j, name in enumerate(model.feature_columns)
+    ]
+    return base, label, _largest_first(rows)
+
+
+def _attribution(
+    feature: str, base: float, occluded: float, last_value: float, reference: float
+) -> schemas.Attribution:
+    delta = base - occluded
+    return schemas.Attribution(
+        feature=feature,
+        attribution=delta,
+        relative=delta / base if base else 0.0,
+        occluded_prediction=occluded,
+        last_value=last_value,
+        reference_value=reference,
+    )
+
+
+def _largest_first(attributions: list[schemas.Attribution]) -> list[schemas.Attribution]:
+    return sorted(attributions, key=lambda a: abs(a.attribution), reverse=True)
 
 
 def frame_occlusion_attributions(
@@ -425,19 +432,8 @@ def frame_occlusion_attributions(
         occluded = frames.predict_rows(model, occluded_rows).get(target, math.nan)
         if not math.isfinite(occluded):
             continue  # the model has no forecast without this feature's values: none to compare with
-        delta = base - occluded
-        attributions.append(
-            schemas.Attribution(
-                feature=name,
-                attribution=delta,
-                relative=delta / base if base else 0.0,
-                occluded_prediction=occluded,
-                last_value=last_value,
-                reference_value=reference,
-            )
-        )
-    attributions.sort(key=lambda a: abs(a.attribution), reverse=True)
-    return base, "history_mean", attributions
+        attributions.append(_attribution(name, base, occluded, last_value, reference))
+    return base, "history_mean", _largest_first(attributions)
 
 
 def features_rows(snap: FeatureSnapshot, n: int) -> tuple[list[str], list[dict[str, Any]]]:
