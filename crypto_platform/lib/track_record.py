@@ -21,6 +21,7 @@ model version that was (`versions` says which).
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,9 @@ class TrackRecord:
     scores: dict[str, SeriesScore]  # champion + every baseline, same bars
     daily_qlike: list[dict[str, Any]]  # per UTC day: {"day", "n", <name>: qlike}
     skipped_baselines: dict[str, str] = field(default_factory=dict)
+    # per interval level ("0.8"): {"n": scored forecasts that carried it, "inside": realized within it,
+    # "coverage": inside / n}: a calibrated 80 % interval holds ~80 % of what happened
+    interval_coverage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def best_baseline(self) -> str | None:
@@ -115,6 +119,17 @@ class TrackRecord:
                 f"The champion is {verdict} the best baseline ({best}) on these bars: QLIKE "
                 f"{self.scores[CHAMPION].qlike:.4f} vs {self.scores[best].qlike:.4f}.",
             ]
+        if self.interval_coverage:
+            lines += [
+                "",
+                "Predictive intervals: "
+                + "; ".join(
+                    f"{float(level):.0%} interval held {c['inside']} of {c['n']} realized values "
+                    f"({c['coverage']:.1%})"
+                    for level, c in self.interval_coverage.items()
+                )
+                + ".",
+            ]
         if self.skipped_baselines:
             lines += [
                 "",
@@ -136,6 +151,7 @@ def served_per_bar(rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
             "model_version": pl.String,
             "predicted_volatility": pl.Float64,
             "created_at": pl.Float64,
+            "intervals": pl.String,  # JSON [{level, lower, upper}, ...] or null
         },
     )
     frame = frame.filter(pl.col("predicted_volatility").is_finite() & (pl.col("predicted_volatility") > 0))
@@ -221,7 +237,23 @@ def build_track_record(
         scores=scores,
         daily_qlike=_daily(scored["bar_ts"].to_numpy(), realized, forecasts),
         skipped_baselines=skipped,
+        interval_coverage=interval_coverage(scored["intervals"].to_list(), realized),
     )
+
+
+def interval_coverage(intervals: Sequence[str | None], realized: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per level: how many of the forecasts that carried an interval of that level saw the realized
+    volatility land inside it (bounds inclusive). `intervals`: each forecast's JSON, None without."""
+    counts: dict[float, list[int]] = {}
+    for text, value in zip(intervals, realized, strict=True):
+        for interval in json.loads(text) if text else ():
+            seen = counts.setdefault(float(interval["level"]), [0, 0])
+            seen[0] += 1
+            seen[1] += int(interval["lower"] <= value <= interval["upper"])
+    return {
+        f"{level:g}": {"n": n, "inside": inside, "coverage": inside / n}
+        for level, (n, inside) in sorted(counts.items())
+    }
 
 
 def _daily(

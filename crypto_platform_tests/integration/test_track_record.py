@@ -87,15 +87,30 @@ def _benchmark(features: pl.DataFrame):
     return test, champion, table
 
 
+# The served intervals: 80 % and 95 % at fixed multiples of the forecast (what the test checks is that
+# the record counts what landed inside them, wherever they were stored).
+INTERVAL_FACTORS = {0.8: (0.75, 1.35), 0.95: (0.6, 1.8)}
+
+
+def _intervals(value: float) -> list[dict[str, float]]:
+    return [
+        {"level": lv, "lower": lo * value, "upper": hi * value} for lv, (lo, hi) in INTERVAL_FACTORS.items()
+    ]
+
+
 def _serve(url: str, test, champion: np.ndarray) -> int:
     """Write the champion's forecasts as the platform would have: ETH's through the prediction sink's
     table (one per bar), BTC's as API requests (two per bar, a duplicate the track record must fold),
-    plus forecasts at the last bars of the window whose futures are not stored (pending)."""
+    plus forecasts at the last bars of the window whose futures are not stored (pending). Each carries
+    its intervals: in the answer the API stored, in the sink's column."""
     history = History(url)
     scorer_rows = []
     for symbol, ts, value in zip(test.symbol.astype(str), test.ts, champion, strict=True):
+        intervals = _intervals(float(value))
         if symbol == "ETH/USDT":
-            scorer_rows.append(StreamForecast(symbol, "1h", "5", int(ts), float(value)))
+            scorer_rows.append(
+                StreamForecast(symbol, "1h", "5", int(ts), float(value), intervals=json.dumps(intervals))
+            )
             continue
         for _ in range(2):
             history.record_prediction(
@@ -110,7 +125,10 @@ def _serve(url: str, test, champion: np.ndarray) -> int:
                     "bar_ts": int(ts),
                     "source": "exchange",
                 },
-                {"symbol": symbol},
+                {
+                    "symbol": symbol,
+                    "ml_prediction": {"predicted_volatility": float(value), "intervals": intervals},
+                },
             )
     history.store_stream_forecasts(scorer_rows)
     # served at bars of the window but never scoreable here: the SOL market is not stored
@@ -144,6 +162,15 @@ def test_track_record_reproduces_the_benchmark_qlike_on_the_same_bars(stored, tm
     assert record.champion_worse_than_best_baseline() is worse
     assert len(record.daily_qlike) == CONFIG.window_days
     assert sum(row["n"] for row in record.daily_qlike) == len(test)
+    # the share of realized volatilities inside each served interval, API- and sink-stored alike
+    for level, (lo, hi) in INTERVAL_FACTORS.items():
+        inside = int(np.sum((test.y >= lo * champion) & (test.y <= hi * champion)))
+        assert record.interval_coverage[f"{level:g}"] == {
+            "n": len(test),
+            "inside": inside,
+            "coverage": inside / len(test),
+        }
+    assert 0 < record.interval_coverage["0.8"]["inside"] < record.interval_coverage["0.95"]["inside"]
 
 
 def test_the_asset_and_its_check_on_a_dagster_instance(stored, tmp_path):
@@ -169,6 +196,7 @@ def test_the_asset_and_its_check_on_a_dagster_instance(stored, tmp_path):
     meta = result.asset_materializations_for_node("forecast_track_record")[0].metadata
     assert meta["champion_worse_than_best_baseline"].value is True
     assert meta["n_scored"].value == len(test)
+    assert set(meta["interval_coverage"].value) == {"0.8", "0.95"}
     assert not evaluation.passed and evaluation.severity.value == "WARN"
     assert "WORSE than the best baseline" in evaluation.description
     written = json.loads((root / track_record_key(DAY.isoformat())).read_text())

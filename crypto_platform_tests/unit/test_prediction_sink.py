@@ -119,3 +119,56 @@ def test_a_missing_history_file_is_reported_not_created(tmp_path):
     with HistoryReader(f"sqlite:///{path}") as reader:
         assert not reader.exists and reader.served_forecasts(0, 2**62) == []
     assert not path.exists()
+
+
+def _with_intervals(record: bytes, intervals) -> bytes:
+    return json.dumps({**json.loads(record), "intervals": intervals}).encode()
+
+
+def test_the_intervals_a_prediction_carries_are_stored_with_its_forecast(tmp_path):
+    intervals = [{"level": 0.8, "lower": 0.04, "upper": 0.06}, {"level": 0.95, "lower": 0.03, "upper": 0.08}]
+    records = [
+        _Record(_with_intervals(_prediction("BTC/USDT", BAR, 0.05), intervals), offset=0),
+        _Record(_with_intervals(_prediction("ETH/USDT", BAR, 0.07), None), offset=1),  # a model without
+    ]
+    parsed = forecasts_of(records, "1h")
+    assert [json.loads(f.intervals) if f.intervals else None for f in parsed.forecasts] == [intervals, None]
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    history = History(url)
+    history.store_stream_forecasts(parsed.forecasts)
+    history.close()
+    with HistoryReader(url) as reader:
+        served = {r["symbol"]: r["intervals"] for r in reader.served_forecasts(0, 2**62)}
+    assert json.loads(served["BTC/USDT"]) == intervals and served["ETH/USDT"] is None
+
+
+def test_a_history_db_from_before_the_intervals_column_gets_it_and_keeps_its_rows(tmp_path):
+    """A database the previous release created (stream_forecasts without `intervals`) is upgraded when
+    the API or the sink opens it: the column is added, the old rows read back with no intervals."""
+    import sqlite3
+
+    path = tmp_path / "history.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE stream_forecasts (id INTEGER PRIMARY KEY, created_at FLOAT NOT NULL, "
+            "symbol VARCHAR(32) NOT NULL, timeframe VARCHAR(8) NOT NULL, model_version VARCHAR(32) NOT NULL, "
+            "bar_ts BIGINT NOT NULL, predicted_volatility FLOAT NOT NULL, first_tick_ts BIGINT, "
+            "source_topic VARCHAR(255), source_partition INTEGER, source_offset BIGINT, "
+            "CONSTRAINT uq_stream_forecasts_bar UNIQUE (symbol, bar_ts, model_version))"
+        )
+        conn.execute(
+            "INSERT INTO stream_forecasts (created_at, symbol, timeframe, model_version, bar_ts, "
+            f"predicted_volatility) VALUES (1.0, 'BTC/USDT', '1h', '3', {BAR}, 0.05)"
+        )
+    url = f"sqlite:///{path}"
+    history = History(url)
+    stored = '[{"level":0.8,"lower":1,"upper":2}]'
+    history.store_stream_forecasts([StreamForecast("ETH/USDT", "1h", "3", BAR, 0.07, intervals=stored)])
+    history.close()
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(stream_forecasts)")]
+    assert "intervals" in columns
+    with HistoryReader(url) as reader:
+        rows = {r["symbol"]: r for r in reader.served_forecasts(0, 2**62)}
+    assert rows["BTC/USDT"]["predicted_volatility"] == 0.05 and rows["BTC/USDT"]["intervals"] is None
+    assert json.loads(rows["ETH/USDT"]["intervals"]) == [{"level": 0.8, "lower": 1, "upper": 2}]

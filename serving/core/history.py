@@ -43,8 +43,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 
@@ -118,6 +120,8 @@ stream_forecasts = Table(
     Column("model_version", String(32), nullable=False),
     Column("bar_ts", BigInteger, nullable=False),  # open time (epoch ms) of the bar the forecast is made at
     Column("predicted_volatility", Float, nullable=False),
+    # JSON [{level, lower, upper}, ...]: the predictive intervals that came with it (null: none)
+    Column("intervals", Text, nullable=True),
     Column("first_tick_ts", BigInteger, nullable=True),  # epoch ms of the first tick that carried it
     Column("source_topic", String(255), nullable=True),  # where that first prediction was read
     Column("source_partition", Integer, nullable=True),
@@ -126,6 +130,27 @@ stream_forecasts = Table(
     Index("ix_stream_forecasts_created_at", "created_at"),
     Index("ix_stream_forecasts_bar_ts", "bar_ts"),
 )
+
+# Nullable columns added after a table was first released: a database created by an older version gets
+# them on start-up (its rows read as null); create_all never alters a table that exists.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"stream_forecasts": ("intervals",)}
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the missing tables, then add the missing ADDED_COLUMNS to the tables that exist."""
+    metadata.create_all(engine)
+    inspector = inspect(engine)
+    for table_name, columns in ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table_name)}
+        for name in columns:
+            if name in present:
+                continue
+            column = metadata.tables[table_name].c[name]
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table_name} ADD COLUMN "{name}" {kind}'))
+            log.info("history: added column %s.%s", table_name, name)
+
 
 HISTORY_URL_ENV = "CRYPTO_API_HISTORY_URL"
 
@@ -200,7 +225,7 @@ class History:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        ensure_schema(self.engine)
         self.queue_max, self.enqueue_wait_s, self.linger_s = queue_max, enqueue_wait_s, linger_s
         self.write_errors = 0
         self.dropped = 0
@@ -243,10 +268,10 @@ class History:
     def _enqueue(self, table: Table, row: Mapping[str, Any], payload: Mapping[str, Any] | bytes) -> bool:
         """Queue one row; False when it was dropped (queue full past the wait, or history closed)."""
         if isinstance(payload, bytes):
-            text: str | bytes = payload  # already JSON (what the client got); decoded by the writer
+            encoded: str | bytes = payload  # already JSON (what the client got); decoded by the writer
         else:
-            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        values = {**row, "payload": text}
+            encoded = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        values = {**row, "payload": encoded}
         values.setdefault("created_at", time.time())
         with self._idle:
             if self._pending >= self.queue_max and not self._closed:
@@ -367,6 +392,7 @@ class StreamForecast:
     model_version: str
     bar_ts: int
     predicted_volatility: float
+    intervals: str | None = None  # JSON [{level, lower, upper}, ...] as the prediction carried them
     first_tick_ts: int | None = None
     source_topic: str | None = None
     source_partition: int | None = None
@@ -405,9 +431,19 @@ SERVED_FORECAST_COLUMNS = (
     "model_version",
     "predicted_volatility",
     "created_at",
+    "intervals",  # JSON [{level, lower, upper}, ...] or None
 )
 API_SOURCE = "api"
 STREAM_SOURCE = "scorer"
+
+
+def _payload_intervals(payload: str | None) -> str | None:
+    """The `ml_prediction.intervals` of a stored ml-signal answer, as JSON; None when it has none."""
+    try:
+        intervals = json.loads(payload or "null")["ml_prediction"]["intervals"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return json.dumps(intervals) if isinstance(intervals, list) and intervals else None
 
 
 @dataclass(frozen=True)
@@ -430,7 +466,7 @@ class HistoryReader:
             self.exists = Path(url.removeprefix("sqlite:///")).exists()
         self.engine = make_engine(url) if self.exists else None
         if self.engine is not None:
-            metadata.create_all(self.engine)  # an API older than stream_forecasts: the table is added empty
+            ensure_schema(self.engine)  # an API older than stream_forecasts: the table is added empty
 
     def close(self) -> None:
         if self.engine is not None:
@@ -463,12 +499,19 @@ class HistoryReader:
         out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
             for source, table in ((API_SOURCE, ml_predictions), (STREAM_SOURCE, stream_forecasts)):
+                # the API stores the answer it sent, intervals inside; the sink stores them apart
+                intervals = table.c.payload if table is ml_predictions else table.c.intervals
                 query = select(
                     table.c.symbol,
                     table.c.bar_ts,
                     table.c.model_version,
                     table.c.predicted_volatility,
                     table.c.created_at,
+                    intervals.label("intervals"),
                 ).where(table.c.bar_ts >= first_bar_ms, table.c.bar_ts < end_bar_ms)
-                out.extend({"source": source, **row._mapping} for row in conn.execute(query))
+                for row in conn.execute(query):
+                    served = {"source": source, **row._mapping}
+                    if table is ml_predictions:
+                        served["intervals"] = _payload_intervals(served["intervals"])
+                    out.append(served)
         return out

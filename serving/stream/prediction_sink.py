@@ -12,7 +12,8 @@ on (symbol, bar_ts, model_version), so a crash between the two re-reads the batc
 table holds each forecast exactly once. A database error is retried with backoff on the same batch
 (nothing committed meanwhile); the consumer keeps its partitions, as `getmany` is not called.
 
-Only forecasts are stored: a prediction without one (no model loaded yet, too little history) or
+Only forecasts are stored, each with the predictive intervals it carried (the track record checks how
+often what happened fell inside them): a prediction without one (no model loaded yet, too little history) or
 without a bar has nothing the track record could score. A message that is not a prediction (not
 JSON, a field of the wrong type) is counted and skipped — the scorer wrote it, so it is a bug there,
 and blocking the partition on it would stop the whole record.
@@ -45,6 +46,12 @@ RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 DEFAULT_GROUP = "crypto-prediction-sink"
 
 
+class _Interval(msgspec.Struct):
+    level: float
+    lower: float
+    upper: float
+
+
 class _Prediction(msgspec.Struct):
     """The fields of a `predictions` message the sink reads (the scorer writes more)."""
 
@@ -53,6 +60,7 @@ class _Prediction(msgspec.Struct):
     bar_timestamp: str | None = None
     predicted_volatility: float | None = None
     model_version: str | None = None
+    intervals: list[_Interval] | None = None
 
 
 _DECODER = msgspec.json.Decoder(_Prediction)
@@ -124,6 +132,7 @@ def forecasts_of(records: Iterable, timeframe: str) -> ParsedBatch:
                 model_version=message.model_version,
                 bar_ts=bar_ms,
                 predicted_volatility=float(value),
+                intervals=_intervals_json(message.intervals),
                 first_tick_ts=tick_ms,
                 source_topic=record.topic,
                 source_partition=record.partition,
@@ -131,6 +140,17 @@ def forecasts_of(records: Iterable, timeframe: str) -> ParsedBatch:
             )
         )
     return batch
+
+
+def _intervals_json(intervals: list[_Interval] | None) -> str | None:
+    """The prediction's intervals as the history stores them; None without any (or a non-finite bound:
+    an interval that cannot be checked against what happened)."""
+    if not intervals:
+        return None
+    rows = [{"level": i.level, "lower": i.lower, "upper": i.upper} for i in intervals]
+    if not all(math.isfinite(v) for row in rows for v in row.values()):
+        return None
+    return msgspec.json.encode(rows).decode()
 
 
 @dataclass

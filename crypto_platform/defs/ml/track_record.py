@@ -154,6 +154,8 @@ def build_track_record_definitions(partitions_start: str) -> tuple[list, list]:
             "champion_worse_than_best_baseline": record.champion_worse_than_best_baseline(config.tolerance),
             "window": f"{record.window_start}..{record.window_end}",
             "model_versions": MetadataValue.json(record.versions),
+            # level → {n, inside, coverage}: how often what happened fell inside the served intervals
+            "interval_coverage": MetadataValue.json(record.interval_coverage),
         }
         png = track_record_png(record)
         if png is not None:
