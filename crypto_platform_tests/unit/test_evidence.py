@@ -303,3 +303,17 @@ def test_timed_cache_answers_late_without_waiting_and_fills_in_after():
             break
         threading.Event().wait(0.02)
     assert cache.get_within("k", lambda: "recomputed", 0.05, lambda: "late") == "done"  # cached
+
+
+def test_track_record_counts_the_realized_values_inside_each_served_interval(features):
+    made = [int(t) for t in features["ts"][180:360:3]]
+    realized_at = dict(features.select("ts", "realized_vol_24").iter_rows())
+    truth = [realized_at[t + 24 * HOUR] for t in made]
+    # 80 % intervals around a constant forecast: some realized values inside, some not
+    served = [
+        _served(t, 0.01, {"intervals": [{"level": 0.8, "lower": 0.006, "upper": 0.012}]}) for t in made[:-5]
+    ] + [_served(t, 0.01) for t in made[-5:]]  # a model without intervals served these
+    record = evidence.track_record(evidence.match_forecasts(served, features, "1h"), features)
+    expected = sum(0.006 <= v <= 0.012 for v in truth[:-5])
+    assert [(c.level, c.n, c.inside) for c in record.interval_coverage] == [(0.8, len(made) - 5, expected)]
+    assert 0 < expected < len(made) - 5

@@ -266,7 +266,24 @@ def track_record(
         window=window,
         rolling=rolling,
         note=note,
+        interval_coverage=interval_coverage(forecasts),
     )
+
+
+def interval_coverage(forecasts: Sequence[es.ServedForecast]) -> list[es.IntervalCoverage]:
+    """Per interval level, the matched forecasts that carried one and how many saw the realized
+    volatility land inside it: a calibrated 80 % interval holds about 80 % of them."""
+    counts: dict[float | None, list[int]] = {}
+    for f in forecasts:
+        if f.interval is None or f.realized_volatility is None:
+            continue
+        seen = counts.setdefault(f.interval.level, [0, 0])
+        seen[0] += 1
+        seen[1] += int(f.interval.lower <= f.realized_volatility <= f.interval.upper)
+    return [
+        es.IntervalCoverage(level=level, n=n, inside=inside)
+        for level, (n, inside) in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or 0.0))
+    ]
 
 
 def overview_row(

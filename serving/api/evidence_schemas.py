@@ -99,6 +99,14 @@ class RollingQlike(msgspec.Struct, kw_only=True):
     baseline: float
 
 
+class IntervalCoverage(msgspec.Struct, kw_only=True):
+    """How often the realized volatility fell inside the served interval of one level."""
+
+    level: float | None  # None: intervals whose payload did not say their level
+    n: int  # matched forecasts that carried an interval of this level
+    inside: int  # … whose realized volatility was within it (bounds inclusive)
+
+
 class TrackRecord(msgspec.Struct, kw_only=True):
     matched: int  # served forecasts whose 24 bars have all closed
     pending: int  # served forecasts still waiting for their bars
@@ -108,6 +116,7 @@ class TrackRecord(msgspec.Struct, kw_only=True):
     window: int
     rolling: list[RollingQlike]
     note: str | None = None
+    interval_coverage: list[IntervalCoverage] = []
 
 
 class SymbolSeries(msgspec.Struct, kw_only=True):

@@ -79,6 +79,7 @@ function trackRecordHtml(t) {
     <p>${t.matched} served forecasts have their 24 bars closed (${t.pending} pending). Mean QLIKE (lower is better):
     champion <strong>${num(t.champion_qlike, 4)}</strong> ${better ? pill("ok", "beats") : pill("bad", "does not beat")} the best persistence baseline, ${esc(t.best_baseline)}.</p>
     <table class="compact"><caption class="sr-only">QLIKE of the persistence baselines on the same forecasts</caption><thead><tr><th scope="col">baseline</th><th scope="col">QLIKE</th></tr></thead><tbody>${rows}</tbody></table>
+    ${(t.interval_coverage || []).map((c) => `<p class="coverage">${c.level === null ? "Intervals" : `${Math.round(c.level * 100)} % intervals`}: the realized volatility fell inside <strong>${c.inside} of ${c.n}</strong> (${num(100 * c.inside / c.n, 1)} %).</p>`).join("")}
     ${t.note ? `<p class="note">${esc(t.note)}</p>` : ""}`;
 }
 
