@@ -99,19 +99,32 @@ def load_stream_settings(env: Mapping[str, str] | None = None) -> StreamSettings
     )
 
 
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min in-sync replicas) for a cluster of `brokers` nodes.
+
+    Three copies at most (more buys little and costs a copy per write); min ISR one below the replication
+    factor, so an `acks=all` write survives one broker down (on 3 brokers: 3 and 2; on 1: 1 and 1).
+    """
+    replication = max(1, min(3, brokers))
+    return replication, max(1, replication - 1)
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     topics: Topics | Iterable[str],
     partitions: int = DEFAULT_PARTITIONS,
     *,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     timeout_s: float = 30.0,
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are (idempotent).
 
-    Returns once every topic has a leader for each of its partitions, so a producer or consumer
-    started right after sees them all. A topic that exists with fewer partitions is logged, not altered:
-    adding partitions moves keys to other partitions and would break per-symbol ordering.
+    `replication_factor` None: `replication_for` the brokers the cluster has, with that min ISR as the
+    topic's `min.insync.replicas` (the scorer and the producer create their topics on a 3-broker
+    cluster with 3 copies, not 1). Returns once every topic has a leader for each of its partitions, so
+    a producer or consumer started right after sees them all. A topic that exists with fewer partitions
+    is logged, not altered: adding partitions moves keys to other partitions and would break per-symbol
+    ordering.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import for_code
@@ -123,8 +136,14 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [name for name in names if name not in existing]
         if missing:
+            configs: dict[str, str] = {}
+            replication = replication_factor
+            if replication is None:
+                brokers = len((await admin.describe_cluster()).get("brokers", []))
+                replication, min_isr = replication_for(brokers)
+                configs["min.insync.replicas"] = str(min_isr)
             response = await admin.create_topics(
-                [NewTopic(name, partitions, replication_factor) for name in missing],
+                [NewTopic(name, partitions, replication, topic_configs=configs) for name in missing],
                 timeout_ms=int(timeout_s * 1000),
             )
             for entry in response.topic_errors:
@@ -133,7 +152,8 @@ async def ensure_topics(
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
                     message = entry[2] if len(entry) > 2 else ""
                     raise for_code(code)(f"creating topic {topic!r}: {message}")
-            log.info("created Kafka topics %s (%d partitions)", ", ".join(missing), partitions)
+            created = ", ".join(missing)
+            log.info("created Kafka topics %s (%d partitions, %d replicas)", created, partitions, replication)
         await _wait_for_leaders(admin, names, timeout_s)
         described = await admin.describe_topics(names)
         for topic in described:

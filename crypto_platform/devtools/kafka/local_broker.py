@@ -35,6 +35,7 @@ from functools import cache
 from pathlib import Path
 
 from crypto_platform.devtools.ports import free_port, port_is_free
+from serving.stream.config import replication_for  # the runtime's rule, applied to any cluster
 
 POM_PATH = Path(__file__).with_name("pom.xml")
 CACHE_ENV = "CRYPTO_KAFKA_CACHE"
@@ -162,16 +163,6 @@ def new_cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
-
-
-def replication_for(brokers: int) -> tuple[int, int]:
-    """(replication factor, min in-sync replicas) for a cluster of `brokers` nodes.
-
-    Three copies at most (more buys little and costs a copy per write); min ISR one below the replication
-    factor, so an `acks=all` write survives one broker down (on 3 brokers: 3 and 2; on 1: 1 and 1).
-    """
-    replication = max(1, min(3, brokers))
-    return replication, max(1, replication - 1)
 
 
 @dataclass(frozen=True)
