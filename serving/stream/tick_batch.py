@@ -23,6 +23,7 @@ a few ticks per poll) takes the record-by-record path, which is cheaper there.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -41,7 +42,7 @@ MIN_VECTOR_BATCH = 64  # below this many records numpy's fixed cost per call out
 MAX_SYMBOL_SPELLINGS = 10_000  # raw spellings remembered (cleared past this: symbols are few, spellings too)
 
 
-class _StrictWire(msgspec.Struct):
+class _StrictWire(msgspec.Struct, gc=False):
     """The wire format with every required field present, non-null and in range: what a valid tick
     is, checked by msgspec in C. Anything this refuses goes to `parse_tick` for its reason."""
 
@@ -139,6 +140,30 @@ def format_timestamps(values_ms: Sequence[int], min_batch: int = MIN_VECTOR_BATC
     return [text.decode() for text in grid.view(f"S{_WIDTH}").ravel().tolist()]
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedTicks:
+    """A batch's values as columns (one row per value): where `accepted` is False, `parse_tick` must
+    decide (the other columns hold nothing meaningful there)."""
+
+    accepted: np.ndarray  # bool
+    symbols: list[str | None]  # the normalised symbol (None: not accepted)
+    price: np.ndarray  # float64
+    volume: np.ndarray  # float64
+    ts: np.ndarray  # int64 epoch ms
+    wires: list[_StrictWire | None]
+
+    def tick(self, row: int) -> Tick | None:
+        symbol = self.symbols[row]
+        if symbol is None:
+            return None
+        wire = self.wires[row]
+        assert wire is not None
+        return Tick(symbol, wire.price, wire.volume, int(self.ts[row]), wire.source or DEFAULT_SOURCE)
+
+    def ticks(self) -> list[Tick | None]:
+        return [self.tick(row) for row in range(len(self.symbols))]
+
+
 class TickBatchParser:
     """Validates a batch of record values against one set of known symbols (see the module doc)."""
 
@@ -166,10 +191,11 @@ class TickBatchParser:
         self._symbols[raw] = symbol
         return symbol
 
-    def parse(self, values: Sequence[bytes | None], now_ms: int) -> list[Tick | None]:
-        """One entry per value: its `Tick`, or None where `parse_tick` must decide."""
+    def parse_columns(self, values: Sequence[bytes | None], now_ms: int) -> ParsedTicks | None:
+        """The batch as columns (`ParsedTicks`), or None for a batch under `min_batch` (every value is
+        then `parse_tick`'s)."""
         if len(values) < self.min_batch:
-            return [None] * len(values)
+            return None
         decode = _decode_strict
         wires: list[_StrictWire | None] = []
         append = wires.append
@@ -185,14 +211,21 @@ class TickBatchParser:
         ms, ok = timestamps_ms(texts)
         ok &= (ms > 0) & (ms - now_ms <= self.max_future_ms)
         spellings = self._symbols
-        out: list[Tick | None] = []
-        for wire, ts, good in zip(wires, ms.tolist(), ok.tolist(), strict=True):
+        symbols: list[str | None] = []
+        keep = symbols.append
+        for wire, good in zip(wires, ok.tolist(), strict=True):
             if not good:  # also every wire that did not decode (its text "" fails the shape)
-                out.append(None)
+                keep(None)
                 continue
-            symbol = spellings.get(wire.symbol) or self._symbol(wire.symbol)
-            if symbol is None:
-                out.append(None)
-                continue
-            out.append(Tick(symbol, wire.price, wire.volume, ts, wire.source or DEFAULT_SOURCE))
-        return out
+            keep(spellings.get(wire.symbol) or self._symbol(wire.symbol))
+        accepted = np.fromiter((symbol is not None for symbol in symbols), dtype=bool, count=len(symbols))
+        price = np.array([wire.price if wire is not None else 0.0 for wire in wires], dtype=np.float64)
+        volume = np.array([wire.volume if wire is not None else 0.0 for wire in wires], dtype=np.float64)
+        return ParsedTicks(accepted, symbols, price, volume, ms, wires)
+
+    def parse(self, values: Sequence[bytes | None], now_ms: int) -> list[Tick | None]:
+        """One entry per value: its `Tick`, or None where `parse_tick` must decide."""
+        columns = self.parse_columns(values, now_ms)
+        if columns is None:
+            return [None] * len(values)
+        return columns.ticks()
