@@ -22,7 +22,7 @@ from crypto_platform.lib.stream.alerts import AlertConfig, AlertEngine
 from crypto_platform.lib.stream.bars import BarBook
 from crypto_platform.lib.stream.ticks import Tick, encode_tick, format_timestamp
 from serving.core.model_store import LoadedModel
-from serving.stream.batch_alerts import price_moves
+from serving.stream.batch_alerts import DequeCopies, price_moves
 from serving.stream.batch_bars import NO_BAR, add_ticks
 from serving.stream.prediction_wire import (
     VARIABLE_FIELDS,
@@ -339,6 +339,7 @@ def test_the_price_move_rule_over_a_run_is_on_tick_over_each_tick(points, backwa
     `on_tick`), two batches in a row: the same alerts and the same windows and gates."""
     config = AlertConfig(price_move_threshold=threshold, cooldown_ms=30_000, price_move_window_ms=120_000)
     reference, batch = AlertEngine("1h", config=config), AlertEngine("1h", config=config)
+    copies = DequeCopies()  # the numpy copies of the windows, kept from one run to the next
     clock = T0
     ts, prices = [], []
     for step, price in points:
@@ -353,9 +354,12 @@ def test_the_price_move_rule_over_a_run_is_on_tick_over_each_tick(points, backwa
             if (a := reference.on_tick("X", t, p))
         ]
         before = _alert_state(batch)
-        (found,) = price_moves(batch, [("X", np.array(part_ts, dtype=np.int64), np.array(part_prices))])
+        (found,) = price_moves(
+            batch, [("X", np.array(part_ts, dtype=np.int64), np.array(part_prices))], copies
+        )
         if found is None:  # refused (timestamps going back): nothing changed; replay it as the scorer does
             assert _alert_state(batch) == before
+            copies.forget("X")
             found = [
                 (i, a)
                 for i, (t, p) in enumerate(zip(part_ts, part_prices, strict=True))

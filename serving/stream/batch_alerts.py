@@ -68,28 +68,55 @@ class _SparseTable:
         return self.pick(self.table[level, starts], self.table[level, ends - (1 << level) + 1])
 
 
-def _monotonic(entries: deque[tuple[int, float]]) -> bool:
-    previous = None
-    for ts, _ in entries:
-        if previous is not None and ts < previous:
-            return False
-        previous = ts
-    return True
+class DequeCopies:
+    """numpy copies of the deques `apply_price_moves` left, so that the next batch need not read a
+    deque entry by entry (hundreds of entries in a trending market: ~70 ns each). A copy is used only
+    while the engine still holds that very deque object, at the same length and with the same ends;
+    whoever calls `on_tick` for a symbol (which changes its deques in place) calls `forget` as well."""
+
+    def __init__(self) -> None:
+        self._copies: dict[tuple[str, bool], tuple[deque, np.ndarray, np.ndarray]] = {}
+
+    def forget(self, symbol: str) -> None:
+        self._copies.pop((symbol, True), None)
+        self._copies.pop((symbol, False), None)
+
+    def keep(self, symbol: str, highs: bool, entries: deque, ts: np.ndarray, price: np.ndarray) -> None:
+        self._copies[(symbol, highs)] = (entries, ts, price)
+
+    def arrays(self, symbol: str, highs: bool, entries: deque) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ts, price) of `entries` in order with ts never going back; None where they go back."""
+        copy = self._copies.get((symbol, highs))
+        if copy is not None:
+            held, ts, price = copy
+            if (
+                held is entries
+                and len(entries) == ts.size
+                and (not ts.size or (entries[0] == (ts[0], price[0]) and entries[-1] == (ts[-1], price[-1])))
+            ):
+                return ts, price
+        ts = np.fromiter((entry[0] for entry in entries), dtype=np.int64, count=len(entries))
+        price = np.fromiter((entry[1] for entry in entries), dtype=np.float64, count=len(entries))
+        if ts.size > 1 and bool((np.diff(ts) < 0).any()):
+            return None
+        return ts, price
 
 
 def _window_extremes(
-    held: list[deque[tuple[int, float]]], runs: list[tuple[np.ndarray, np.ndarray]], window_ms: int, pick
-) -> tuple[list[np.ndarray], list[deque[tuple[int, float]]]]:
-    """For several symbols at once (`held[s]`: the symbol's deque, `runs[s]`: its ticks' ts and
-    prices): per tick the extreme price of its window, and per symbol the deque `_MoveWindow.add`
-    would leave. Each symbol is a segment of one concatenation, so the numpy calls are per batch."""
+    held: list[tuple[np.ndarray, np.ndarray]],
+    runs: list[tuple[np.ndarray, np.ndarray]],
+    window_ms: int,
+    pick,
+) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """For several symbols at once (`held[s]`: (ts, price) of the symbol's deque, `runs[s]`: its
+    ticks'): per tick the extreme price of its window, and per symbol (ts, price) of the deque
+    `_MoveWindow.add` would leave. Each symbol is a segment of one concatenation, so the numpy calls
+    are per batch, not per symbol."""
     ts_parts, price_parts, bounds = [], [], [0]
-    for entries, (ts, price) in zip(held, runs, strict=True):
-        ts_parts.append(np.fromiter((entry[0] for entry in entries), dtype=np.int64, count=len(entries)))
-        price_parts.append(np.fromiter((entry[1] for entry in entries), dtype=np.float64, count=len(entries)))
-        ts_parts.append(ts)
-        price_parts.append(price)
-        bounds.append(bounds[-1] + len(entries))
+    for (old_ts, old_price), (ts, price) in zip(held, runs, strict=True):
+        ts_parts += (old_ts, ts)
+        price_parts += (old_price, price)
+        bounds.append(bounds[-1] + old_ts.size)
         bounds.append(bounds[-1] + ts.size)
     all_ts, all_price = np.concatenate(ts_parts), np.concatenate(price_parts)
     table = _SparseTable(all_price, pick)
@@ -112,14 +139,14 @@ def _window_extremes(
     later[has_later] = table.query(rows[has_later] + 1, last[has_later])
     keep = all_price > later if pick is np.maximum else all_price < later
     keep &= all_ts >= np.concatenate(horizons)
-    per_tick, deques = [], []
+    per_tick, left = [], []
     position = 0
     for s, (ts, _) in enumerate(runs):
         per_tick.append(extreme[position : position + ts.size])
         position += ts.size
         kept = np.flatnonzero(keep[bounds[2 * s] : bounds[2 * s + 2]]) + bounds[2 * s]
-        deques.append(deque(zip(all_ts[kept].tolist(), all_price[kept].tolist(), strict=True)))
-    return per_tick, deques
+        left.append((all_ts[kept], all_price[kept]))
+    return per_tick, left
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,35 +158,38 @@ class MovePlan:
     move: np.ndarray
     active: np.ndarray  # the move reaches the threshold
     cleared: np.ndarray  # the move is under the re-arm level
-    highs: deque[tuple[int, float]]
-    lows: deque[tuple[int, float]]
+    highs: tuple[np.ndarray, np.ndarray]  # (ts, price) of the deques it leaves
+    lows: tuple[np.ndarray, np.ndarray]
 
 
 def plan_price_moves(
-    engine: AlertEngine, runs: list[tuple[str, np.ndarray, np.ndarray]]
+    engine: AlertEngine, runs: list[tuple[str, np.ndarray, np.ndarray]], copies: DequeCopies
 ) -> list[MovePlan | None]:
     """For each (symbol, ts, price) of `runs` (one per symbol, ticks in arrival order) the moves
     `on_tick` would compute, without changing the engine (`apply_price_moves` does); None for a run
     whose timestamps go backwards (the caller runs `on_tick` on it)."""
     plans: list[MovePlan | None] = [None] * len(runs)
     chosen: list[int] = []
+    held_highs: list[tuple[np.ndarray, np.ndarray]] = []
+    held_lows: list[tuple[np.ndarray, np.ndarray]] = []
     for s, (symbol, ts, _) in enumerate(runs):
         if ts.size == 0 or (ts.size > 1 and bool((np.diff(ts) < 0).any())):
             continue
         window, _ = _rule(engine, symbol)
+        highs = copies.arrays(symbol, True, window.highs)
+        lows = copies.arrays(symbol, False, window.lows)
         first = int(ts[0])
-        if any(
-            held and (held[-1][0] > first or not _monotonic(held)) for held in (window.highs, window.lows)
-        ):
+        if highs is None or lows is None or any(t.size and int(t[-1]) > first for t, _ in (highs, lows)):
             continue
         chosen.append(s)
+        held_highs.append(highs)
+        held_lows.append(lows)
     if not chosen:
         return plans
-    windows = [_rule(engine, runs[s][0])[0] for s in chosen]
     window_ms = engine.config.price_move_window_ms
     pairs = [(runs[s][1], runs[s][2]) for s in chosen]
-    highs, high_deques = _window_extremes([w.highs for w in windows], pairs, window_ms, np.maximum)
-    lows, low_deques = _window_extremes([w.lows for w in windows], pairs, window_ms, np.minimum)
+    highs, high_deques = _window_extremes(held_highs, pairs, window_ms, np.maximum)
+    lows, low_deques = _window_extremes(held_lows, pairs, window_ms, np.minimum)
     for k, s in enumerate(chosen):
         symbol, ts, price = runs[s]
         up, down = price / lows[k] - 1.0, price / highs[k] - 1.0
@@ -177,11 +207,17 @@ def plan_price_moves(
     return plans
 
 
-def apply_price_moves(engine: AlertEngine, plan: MovePlan) -> list[tuple[int, Alert]]:
+def apply_price_moves(engine: AlertEngine, plan: MovePlan, copies: DequeCopies) -> list[tuple[int, Alert]]:
     """Step the symbol's gate through a planned run and leave its deques as `on_tick` would: the
     alerts raised, each with the index of its tick in the run."""
     window, gate = _rule(engine, plan.symbol)
-    window.highs, window.lows = plan.highs, plan.lows
+    for is_highs, (kept_ts, kept_price) in ((True, plan.highs), (False, plan.lows)):
+        entries = deque(zip(kept_ts.tolist(), kept_price.tolist(), strict=True))
+        if is_highs:
+            window.highs = entries
+        else:
+            window.lows = entries
+        copies.keep(plan.symbol, is_highs, entries, kept_ts, kept_price)
     ts, move, active, cleared = plan.ts, plan.move, plan.active, plan.cleared
     threshold = engine._move_threshold
     minutes = engine.config.price_move_window_ms / 60_000
@@ -206,10 +242,12 @@ def apply_price_moves(engine: AlertEngine, plan: MovePlan) -> list[tuple[int, Al
 
 
 def price_moves(
-    engine: AlertEngine, runs: list[tuple[str, np.ndarray, np.ndarray]]
+    engine: AlertEngine, runs: list[tuple[str, np.ndarray, np.ndarray]], copies: DequeCopies | None = None
 ) -> list[list[tuple[int, Alert]] | None]:
     """`plan_price_moves` then `apply_price_moves`: per run the alerts (None: the run was left to
     `on_tick`, nothing changed)."""
+    copies = copies if copies is not None else DequeCopies()
     return [
-        None if plan is None else apply_price_moves(engine, plan) for plan in plan_price_moves(engine, runs)
+        None if plan is None else apply_price_moves(engine, plan, copies)
+        for plan in plan_price_moves(engine, runs, copies)
     ]

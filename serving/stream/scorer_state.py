@@ -70,7 +70,7 @@ from crypto_platform.lib.stream.ticks import (
 )
 from serving.core import frames
 from serving.core.model_store import LoadedModel
-from serving.stream.batch_alerts import apply_price_moves, plan_price_moves
+from serving.stream.batch_alerts import DequeCopies, apply_price_moves, plan_price_moves
 from serving.stream.batch_bars import NO_BAR, BarSteps, apply_plan, plan_ticks
 from serving.stream.prediction_wire import (
     Interval,
@@ -216,6 +216,20 @@ class TickColumns:
         )
 
 
+def _next_offsets(records: list[InputRecord]) -> dict[tuple[str, int], int]:
+    """(topic, partition) → the offset after its last record in `records` (what `ingest` commits)."""
+    topics = set(map(_TOPIC, records))
+    if len(topics) != 1:
+        return {(r.topic, r.partition): r.offset + 1 for r in records}
+    (topic,) = topics
+    n = len(records)
+    partitions = np.fromiter(map(_PARTITION, records), dtype=np.int64, count=n)
+    offsets = np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n)
+    found, first_from_end = np.unique(partitions[::-1], return_index=True)
+    last = offsets[n - 1 - first_from_end] + 1
+    return {(topic, p): o for p, o in zip(found.tolist(), last.tolist(), strict=True)}
+
+
 def _columns_of(records: list[InputRecord], ticks: list[Tick]) -> TickColumns:
     names: dict[str, int] = {}
     ids = np.array([names.setdefault(t.symbol, len(names)) for t in ticks], dtype=np.int64)
@@ -312,6 +326,7 @@ class ScorerState:
         self.counters = Counters()
         self._keys: dict[str, bytes] = {}  # symbol → its output key (encoded once)
         # (symbol, scored bar, late, topic, partition) → (the score it was written from, template parts)
+        self._deque_copies = DequeCopies()  # the price-move windows as numpy (`batch_alerts`)
         self._templates: dict[tuple[str, int, bool, str, int], tuple[BarScore, tuple[bytes, ...]]] = {}
 
     # -- warm start --------------------------------------------------------------------------------
@@ -440,13 +455,11 @@ class ScorerState:
     ) -> TickColumns:
         """The batch's valid ticks as columns; what the fast path did not accept is `parse_tick`'s."""
         records = records if isinstance(records, list) else list(records)
-        # Offsets per partition: the last record of each wins (a comprehension: this runs per record).
-        work.offsets.update({(r.topic, r.partition): r.offset + 1 for r in records})
+        work.offsets.update(_next_offsets(records))
         self.counters.consumed += len(records)
-        valid = parsed.accepted.copy()
-        symbols, price, volume, ts = parsed.symbols, parsed.price, parsed.volume, parsed.ts
+        symbol_ids, price, volume, ts = parsed.symbol_ids, parsed.price, parsed.volume, parsed.ts
         now = self.clock_ms()
-        for row in np.flatnonzero(~valid).tolist():
+        for row in np.flatnonzero(symbol_ids < 0).tolist():
             record = records[row]
             try:
                 tick = parse_tick(record.value, self.symbols, now, self.max_future_ms)
@@ -459,19 +472,14 @@ class ScorerState:
                 )
                 self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
                 continue
-            valid[row] = True
-            symbols[row] = tick.symbol
+            symbol_ids[row] = parsed.id_of(tick.symbol)
             price[row], volume[row], ts[row] = tick.price, tick.volume, tick.timestamp_ms
-        names: dict[str, int] = {}
+        valid = symbol_ids >= 0
         if valid.all():
-            kept = records
-            ids = [names.setdefault(symbol, len(names)) for symbol in symbols]  # type: ignore[arg-type]
-        else:
-            rows = np.flatnonzero(valid)
-            kept = [records[row] for row in rows.tolist()]
-            ids = [names.setdefault(symbols[row], len(names)) for row in rows.tolist()]  # type: ignore[arg-type]
-            price, volume, ts = price[rows], volume[rows], ts[rows]
-        return TickColumns(kept, list(names), np.array(ids, dtype=np.int64), price, volume, ts)
+            return TickColumns(records, parsed.names, symbol_ids, price, volume, ts)
+        rows = np.flatnonzero(valid)
+        kept = [records[row] for row in rows.tolist()]
+        return TickColumns(kept, parsed.names, symbol_ids[rows], price[rows], volume[rows], ts[rows])
 
     def _add_columns(self, work: BatchWork, columns: TickColumns) -> None:
         """Valid ticks into their symbols' bars as columns (`batch_bars`): the same bars and the same
@@ -674,6 +682,8 @@ class ScorerState:
         encode = encode_prediction
         if work.columns is not None and not self._emit_columns(work, work.columns, predictions, alerts):
             work.ticks = work.columns.scored()
+        for symbol in {item.tick.symbol for item in work.ticks}:
+            self._deque_copies.forget(symbol)  # `on_tick` below changes the symbol's windows in place
         # Tick timestamps written for the whole batch at once; bar timestamps repeat: each written once.
         tick_texts = format_timestamps([item.tick.timestamp_ms for item in work.ticks])
         bar_texts: dict[int, str] = {}
@@ -731,7 +741,7 @@ class ScorerState:
         ]
         runs = [(names[int(ids[part[0]])], kept.ts[part], kept.price[part]) for part in parts]
         try:
-            plans = plan_price_moves(self.alerts, runs)
+            plans = plan_price_moves(self.alerts, runs, self._deque_copies)
         except Exception:
             log.exception(
                 "the price-move rule over %d ticks as columns failed; emitting them one by one", len(ids)
@@ -756,8 +766,10 @@ class ScorerState:
         on_tick = self.alerts.on_tick
         for part, (symbol, ts, price), plan in zip(parts, runs, plans, strict=True):
             if plan is not None:
-                raised.extend((int(part[j]), 1, alert) for j, alert in apply_price_moves(self.alerts, plan))
+                found = apply_price_moves(self.alerts, plan, self._deque_copies)
+                raised.extend((int(part[j]), 1, alert) for j, alert in found)
                 continue
+            self._deque_copies.forget(symbol)
             for position, when, value in zip(part.tolist(), ts.tolist(), price.tolist(), strict=True):
                 try:  # timestamps going backwards: the rule tick by tick
                     alert = on_tick(symbol, when, value)

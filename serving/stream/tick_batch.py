@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Annotated
 
 import msgspec
@@ -142,26 +143,46 @@ def format_timestamps(values_ms: Sequence[int], min_batch: int = MIN_VECTOR_BATC
 
 @dataclass(frozen=True, slots=True)
 class ParsedTicks:
-    """A batch's values as columns (one row per value): where `accepted` is False, `parse_tick` must
-    decide (the other columns hold nothing meaningful there)."""
+    """A batch's values as columns (one row per value): where `symbol_ids` is −1, `parse_tick` must
+    decide (the other columns hold nothing meaningful there). Symbols are ids into `names`, the
+    parser's list (the same id for a symbol from batch to batch)."""
 
-    accepted: np.ndarray  # bool
-    symbols: list[str | None]  # the normalised symbol (None: not accepted)
+    symbol_ids: np.ndarray  # int64, −1: not accepted
     price: np.ndarray  # float64
     volume: np.ndarray  # float64
     ts: np.ndarray  # int64 epoch ms
-    wires: list[_StrictWire | None]
+    wires: list[_StrictWire]
+    names: list[str]  # id → normalised symbol
+    ids: dict[str, int]  # normalised symbol → id
+
+    @property
+    def accepted(self) -> np.ndarray:
+        return self.symbol_ids >= 0
+
+    def id_of(self, symbol: str) -> int:
+        """The id of a normalised symbol (given one if it has none yet)."""
+        found = self.ids.get(symbol)
+        if found is None:
+            found = self.ids[symbol] = len(self.names)
+            self.names.append(symbol)
+        return found
 
     def tick(self, row: int) -> Tick | None:
-        symbol = self.symbols[row]
-        if symbol is None:
+        symbol_id = int(self.symbol_ids[row])
+        if symbol_id < 0:
             return None
         wire = self.wires[row]
-        assert wire is not None
-        return Tick(symbol, wire.price, wire.volume, int(self.ts[row]), wire.source or DEFAULT_SOURCE)
+        return Tick(
+            self.names[symbol_id], wire.price, wire.volume, int(self.ts[row]), wire.source or DEFAULT_SOURCE
+        )
 
     def ticks(self) -> list[Tick | None]:
-        return [self.tick(row) for row in range(len(self.symbols))]
+        return [self.tick(row) for row in range(self.symbol_ids.size)]
+
+
+# What a value the strict decoder refused stands as in the columns (its row is not accepted).
+_NO_WIRE = _StrictWire("", 0.0, 0.0, "")
+_PRICE, _VOLUME, _TIMESTAMP = attrgetter("price"), attrgetter("volume"), attrgetter("timestamp")
 
 
 class TickBatchParser:
@@ -176,52 +197,64 @@ class TickBatchParser:
         self.known_symbols = frozenset(known_symbols)
         self.max_future_ms = max_future_ms
         self.min_batch = min_batch  # smaller batches: every entry None (`parse_tick` is cheaper there)
-        self._symbols: dict[str, str] = {}  # raw spelling → normalised symbol, for accepted ones only
+        self._spellings: dict[str, int] = {}  # raw spelling → symbol id, for accepted ones only
+        self._names: list[str] = []  # symbol id → normalised symbol
+        self._ids: dict[str, int] = {}  # normalised symbol → id
 
-    def _symbol(self, raw: str) -> str | None:
-        """The normalised known symbol `raw` spells, or None (not one: `parse_tick` says why)."""
+    def _symbol_id(self, raw: str) -> int:
+        """The id of the normalised known symbol `raw` spells, or −1 (not one: `parse_tick` says why)."""
         try:
             symbol = normalize_symbol(raw)
         except InvalidSymbolError:
-            return None
+            return -1
         if self.known_symbols and symbol not in self.known_symbols:
-            return None
-        if len(self._symbols) >= MAX_SYMBOL_SPELLINGS:
-            self._symbols.clear()
-        self._symbols[raw] = symbol
-        return symbol
+            return -1
+        symbol_id = self._ids.get(symbol)
+        if symbol_id is None:
+            symbol_id = self._ids[symbol] = len(self._names)
+            self._names.append(symbol)
+        self._spellings[raw] = symbol_id
+        return symbol_id
 
     def parse_columns(self, values: Sequence[bytes | None], now_ms: int) -> ParsedTicks | None:
         """The batch as columns (`ParsedTicks`), or None for a batch under `min_batch` (every value is
         then `parse_tick`'s)."""
         if len(values) < self.min_batch:
             return None
+        if len(self._spellings) >= MAX_SYMBOL_SPELLINGS or len(self._names) >= MAX_SYMBOL_SPELLINGS:
+            # New objects, not cleared ones: earlier batches' columns keep their own names.
+            self._spellings, self._names, self._ids = {}, [], {}
         decode = _decode_strict
-        wires: list[_StrictWire | None] = []
+        wires: list[_StrictWire] = []
         append = wires.append
         for value in values:
             if value is None or len(value) > MAX_TICK_BYTES:
-                append(None)
+                append(_NO_WIRE)
                 continue
             try:
                 append(decode(value))
             except (msgspec.MsgspecError, RecursionError):  # refused (or deeply nested): parse it alone
-                append(None)
-        texts = [wire.timestamp if wire is not None else "" for wire in wires]
-        ms, ok = timestamps_ms(texts)
+                append(_NO_WIRE)
+        n = len(wires)
+        ms, ok = timestamps_ms(list(map(_TIMESTAMP, wires)))  # _NO_WIRE's "" fails the shape
         ok &= (ms > 0) & (ms - now_ms <= self.max_future_ms)
-        spellings = self._symbols
-        symbols: list[str | None] = []
-        keep = symbols.append
-        for wire, good in zip(wires, ok.tolist(), strict=True):
-            if not good:  # also every wire that did not decode (its text "" fails the shape)
-                keep(None)
-                continue
-            keep(spellings.get(wire.symbol) or self._symbol(wire.symbol))
-        accepted = np.fromiter((symbol is not None for symbol in symbols), dtype=bool, count=len(symbols))
-        price = np.array([wire.price if wire is not None else 0.0 for wire in wires], dtype=np.float64)
-        volume = np.array([wire.volume if wire is not None else 0.0 for wire in wires], dtype=np.float64)
-        return ParsedTicks(accepted, symbols, price, volume, ms, wires)
+        spellings = self._spellings
+        ids = [
+            (spellings.get(wire.symbol, -1) if good else -1)
+            for wire, good in zip(wires, ok.tolist(), strict=True)
+        ]
+        for row in np.flatnonzero(np.array(ids) < 0).tolist():  # a spelling not seen yet (or refused)
+            if ok[row]:
+                ids[row] = self._symbol_id(wires[row].symbol)
+        return ParsedTicks(
+            np.array(ids, dtype=np.int64),
+            np.fromiter(map(_PRICE, wires), dtype=np.float64, count=n),
+            np.fromiter(map(_VOLUME, wires), dtype=np.float64, count=n),
+            ms,
+            wires,
+            self._names,
+            self._ids,
+        )
 
     def parse(self, values: Sequence[bytes | None], now_ms: int) -> list[Tick | None]:
         """One entry per value: its `Tick`, or None where `parse_tick` must decide."""
