@@ -13,6 +13,17 @@ One batch goes through three steps (`serving.stream.scorer` drives them):
 3. `emit(work)` (event loop): exactly one `predictions` message per valid tick, in input order (so per
    symbol order is kept), plus alerts.
 
+Steps 1 and 3 have two paths with the same outputs. A batch of `min_vector_batch` (64) valid ticks or
+more goes as columns: the values validated ahead (`tick_batch.ParsedTicks`), the bars of each symbol
+updated once per batch (`batch_bars`), the price-move rule run over each symbol's run of ticks
+(`batch_alerts`), and the messages spliced into one template per (symbol, scored bar, late flag,
+partition) (`prediction_wire`). A smaller batch goes tick by tick (`SymbolBars.add`, `on_tick`,
+msgspec per message), where numpy's fixed cost per call would outweigh its gain; the columns path
+falls back to it where it cannot be exact (a symbol's timestamps going backwards in the batch: that
+symbol's price-move rule runs tick by tick). Both share one state (bars, alert gates and windows), so
+batches of either kind follow each other; `test_stream_batch_path.py` compares the two on random
+streams byte for byte. Only `latency_ms` differs: the columns path reads the clock once per batch.
+
 No record can stop a batch: a record that fails to parse OR to score (an exception anywhere in the
 three steps, not only `InvalidTick`) becomes a dead letter with the reason (`code: ExceptionClass:
 message`) and the original bytes, and the batch goes on, so its offsets advance and a restarted scorer
@@ -156,6 +167,30 @@ class _Scored(msgspec.Struct, gc=False):
     late: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RecordColumns:
+    """Where a batch's records come from, as columns (one row per record)."""
+
+    topic: str | None  # the one topic they were read from (None: several)
+    partitions: np.ndarray  # int64
+    offsets: np.ndarray  # int64
+    sent: np.ndarray  # int64: the record timestamps (ms; ≤ 0: none)
+
+    @classmethod
+    def of(cls, records: list[InputRecord]) -> RecordColumns:
+        n = len(records)
+        topics = set(map(_TOPIC, records))
+        return cls(
+            next(iter(topics)) if len(topics) == 1 else None,
+            np.fromiter(map(_PARTITION, records), dtype=np.int64, count=n),
+            np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n),
+            np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=n),
+        )
+
+    def subset(self, rows: np.ndarray) -> RecordColumns:
+        return RecordColumns(self.topic, self.partitions[rows], self.offsets[rows], self.sent[rows])
+
+
 @dataclass
 class TickColumns:
     """A batch's valid ticks as columns (input order), and what adding them to the bars did."""
@@ -167,6 +202,12 @@ class TickColumns:
     volume: np.ndarray  # float64
     ts: np.ndarray  # int64 epoch ms
     steps: BarSteps | None = None  # per tick: late, scored-at bar, closed bar (`batch_bars`)
+    sources: RecordColumns | None = None  # the records' partitions, offsets, timestamps (None: not yet)
+
+    def record_columns(self) -> RecordColumns:
+        if self.sources is None:
+            self.sources = RecordColumns.of(self.records)
+        return self.sources
 
     def ticks(self) -> list[Tick]:
         names = self.names
@@ -213,21 +254,17 @@ class TickColumns:
             self.volume[rows],
             self.ts[rows],
             BarSteps(steps.late[rows], steps.scored_at[rows], steps.closed[rows]) if steps else None,
+            self.sources.subset(rows) if self.sources is not None else None,
         )
 
 
-def _next_offsets(records: list[InputRecord]) -> dict[tuple[str, int], int]:
+def _next_offsets(records: list[InputRecord], sources: RecordColumns) -> dict[tuple[str, int], int]:
     """(topic, partition) → the offset after its last record in `records` (what `ingest` commits)."""
-    topics = set(map(_TOPIC, records))
-    if len(topics) != 1:
+    if sources.topic is None:
         return {(r.topic, r.partition): r.offset + 1 for r in records}
-    (topic,) = topics
-    n = len(records)
-    partitions = np.fromiter(map(_PARTITION, records), dtype=np.int64, count=n)
-    offsets = np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n)
-    found, first_from_end = np.unique(partitions[::-1], return_index=True)
-    last = offsets[n - 1 - first_from_end] + 1
-    return {(topic, p): o for p, o in zip(found.tolist(), last.tolist(), strict=True)}
+    found, first_from_end = np.unique(sources.partitions[::-1], return_index=True)
+    last = sources.offsets[len(records) - 1 - first_from_end] + 1
+    return {(sources.topic, p): o for p, o in zip(found.tolist(), last.tolist(), strict=True)}
 
 
 def _columns_of(records: list[InputRecord], ticks: list[Tick]) -> TickColumns:
@@ -455,7 +492,8 @@ class ScorerState:
     ) -> TickColumns:
         """The batch's valid ticks as columns; what the fast path did not accept is `parse_tick`'s."""
         records = records if isinstance(records, list) else list(records)
-        work.offsets.update(_next_offsets(records))
+        sources = RecordColumns.of(records)
+        work.offsets.update(_next_offsets(records, sources))
         self.counters.consumed += len(records)
         symbol_ids, price, volume, ts = parsed.symbol_ids, parsed.price, parsed.volume, parsed.ts
         now = self.clock_ms()
@@ -476,10 +514,18 @@ class ScorerState:
             price[row], volume[row], ts[row] = tick.price, tick.volume, tick.timestamp_ms
         valid = symbol_ids >= 0
         if valid.all():
-            return TickColumns(records, parsed.names, symbol_ids, price, volume, ts)
+            return TickColumns(records, parsed.names, symbol_ids, price, volume, ts, sources=sources)
         rows = np.flatnonzero(valid)
         kept = [records[row] for row in rows.tolist()]
-        return TickColumns(kept, parsed.names, symbol_ids[rows], price[rows], volume[rows], ts[rows])
+        return TickColumns(
+            kept,
+            parsed.names,
+            symbol_ids[rows],
+            price[rows],
+            volume[rows],
+            ts[rows],
+            sources=sources.subset(rows),
+        )
 
     def _add_columns(self, work: BatchWork, columns: TickColumns) -> None:
         """Valid ticks into their symbols' bars as columns (`batch_bars`): the same bars and the same
@@ -795,11 +841,12 @@ class ScorerState:
         steps = columns.steps
         assert steps is not None
         records = columns.records
-        partitions = np.fromiter(map(_PARTITION, records), dtype=np.int64, count=len(records))
-        source_topics = list(set(map(_TOPIC, records)))
-        if len(source_topics) == 1:  # one input topic (the scorer's case): a route is a partition
-            route_list = [(source_topics[0], p) for p in np.unique(partitions).tolist()]
-            route_ids = np.searchsorted(np.unique(partitions), partitions)
+        sources = columns.record_columns()
+        partitions = sources.partitions
+        if sources.topic is not None:  # one input topic (the scorer's case): a route is a partition
+            present = np.unique(partitions)
+            route_list = [(sources.topic, p) for p in present.tolist()]
+            route_ids = np.searchsorted(present, partitions)
         else:
             routes: dict[tuple[str, int], int] = {}
             route_ids = np.array(
@@ -831,10 +878,11 @@ class ScorerState:
             if key is None:
                 key = self._keys[symbol] = symbol.encode()
             message_keys.append(key)
+        keyed = list(zip(message_keys, templates, strict=True))  # per group: (message key, template)
         timestamps = encode_column(format_timestamps(columns.ts.tolist()))
         prices = encode_column(columns.price.tolist())
-        offsets = encode_column(list(map(_OFFSET, records)))
-        sent = np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=len(records))
+        offsets = encode_column(sources.offsets.tolist())
+        sent = sources.sent
         now = time.time_ns() // 1_000_000
         if sent.size and int(sent.min()) > 0:
             latencies = encode_column((now - sent).tolist())
@@ -842,8 +890,26 @@ class ScorerState:
             latencies = encode_column([now - t if t > 0 else None for t in sent.tolist()])
         topic = self.topics.predictions
         join = b"".join
+        if all(parts is not None for parts in templates):
+            return [
+                OutMessage(
+                    topic,
+                    key,
+                    join((head, stamp, after_stamp, price, after_price, offset, after_offset, latency, tail)),
+                )
+                for (
+                    key,
+                    (head, after_stamp, after_price, after_offset, tail),
+                ), stamp, price, offset, latency in zip(
+                    map(keyed.__getitem__, group_ids.tolist()),
+                    timestamps,
+                    prices,
+                    offsets,
+                    latencies,
+                    strict=True,
+                )
+            ]
         out: list[OutMessage] = []
-        append = out.append
         for position, (group, stamp, price, offset, latency) in enumerate(
             zip(group_ids.tolist(), timestamps, prices, offsets, latencies, strict=True)
         ):
@@ -856,7 +922,7 @@ class ScorerState:
                 self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
                 continue
             head, after_stamp, after_price, after_offset, tail = parts
-            append(
+            out.append(
                 OutMessage(
                     topic,
                     message_keys[group],
