@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import attrgetter
 from typing import Annotated
 
@@ -182,7 +183,8 @@ class ParsedTicks:
 
 # What a value the strict decoder refused stands as in the columns (its row is not accepted).
 _NO_WIRE = _StrictWire("", 0.0, 0.0, "")
-_PRICE, _VOLUME, _TIMESTAMP = attrgetter("price"), attrgetter("volume"), attrgetter("timestamp")
+_PRICE, _VOLUME = attrgetter("price"), attrgetter("volume")
+_SYMBOL, _TIMESTAMP = attrgetter("symbol"), attrgetter("timestamp")
 
 
 class TickBatchParser:
@@ -224,30 +226,16 @@ class TickBatchParser:
         if len(self._spellings) >= MAX_SYMBOL_SPELLINGS or len(self._names) >= MAX_SYMBOL_SPELLINGS:
             # New objects, not cleared ones: earlier batches' columns keep their own names.
             self._spellings, self._names, self._ids = {}, [], {}
-        decode = _decode_strict
-        wires: list[_StrictWire] = []
-        append = wires.append
-        for value in values:
-            if value is None or len(value) > MAX_TICK_BYTES:
-                append(_NO_WIRE)
-                continue
-            try:
-                append(decode(value))
-            except (msgspec.MsgspecError, RecursionError):  # refused (or deeply nested): parse it alone
-                append(_NO_WIRE)
+        wires = self._decode(values)
         n = len(wires)
         ms, ok = timestamps_ms(list(map(_TIMESTAMP, wires)))  # _NO_WIRE's "" fails the shape
         ok &= (ms > 0) & (ms - now_ms <= self.max_future_ms)
-        spellings = self._spellings
-        ids = [
-            (spellings.get(wire.symbol, -1) if good else -1)
-            for wire, good in zip(wires, ok.tolist(), strict=True)
-        ]
-        for row in np.flatnonzero(np.array(ids) < 0).tolist():  # a spelling not seen yet (or refused)
-            if ok[row]:
-                ids[row] = self._symbol_id(wires[row].symbol)
+        ids = np.fromiter(map(self._spellings.get, map(_SYMBOL, wires), repeat(-1)), dtype=np.int64, count=n)
+        ids[~ok] = -1
+        for row in np.flatnonzero((ids < 0) & ok).tolist():  # a spelling not seen yet (or refused)
+            ids[row] = self._symbol_id(wires[row].symbol)
         return ParsedTicks(
-            np.array(ids, dtype=np.int64),
+            ids,
             np.fromiter(map(_PRICE, wires), dtype=np.float64, count=n),
             np.fromiter(map(_VOLUME, wires), dtype=np.float64, count=n),
             ms,
@@ -255,6 +243,27 @@ class TickBatchParser:
             self._names,
             self._ids,
         )
+
+    @staticmethod
+    def _decode(values: Sequence[bytes | None]) -> list[_StrictWire]:
+        """Each value decoded strictly, `_NO_WIRE` where it is refused. One `map` over the batch when
+        every value decodes (the common case: no Python per value), else value by value."""
+        if None not in values and max(map(len, values), default=0) <= MAX_TICK_BYTES:
+            try:
+                return list(map(_decode_strict, values))
+            except (msgspec.MsgspecError, RecursionError):
+                pass  # one of them is refused: find which, value by value
+        wires: list[_StrictWire] = []
+        append = wires.append
+        for value in values:
+            if value is None or len(value) > MAX_TICK_BYTES:
+                append(_NO_WIRE)
+                continue
+            try:
+                append(_decode_strict(value))
+            except (msgspec.MsgspecError, RecursionError):  # refused (or deeply nested): parse it alone
+                append(_NO_WIRE)
+        return wires
 
     def parse(self, values: Sequence[bytes | None], now_ms: int) -> list[Tick | None]:
         """One entry per value: its `Tick`, or None where `parse_tick` must decide."""
