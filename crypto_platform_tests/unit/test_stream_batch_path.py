@@ -25,6 +25,8 @@ from serving.core.model_store import LoadedModel
 from serving.stream.batch_alerts import DequeCopies, price_moves
 from serving.stream.batch_bars import NO_BAR, add_ticks
 from serving.stream.prediction_wire import (
+    AFTER_OFFSET,
+    AFTER_TIMESTAMP,
     VARIABLE_FIELDS,
     Interval,
     Prediction,
@@ -34,7 +36,7 @@ from serving.stream.prediction_wire import (
     encode_prediction,
 )
 from serving.stream.scorer_state import InputRecord, OutputTopics, ScorerState
-from serving.stream.tick_batch import TickBatchParser
+from serving.stream.tick_batch import TickBatchParser, quoted_timestamps
 
 HOUR_MS = 3_600_000
 T0 = 1_748_736_000_000  # 2025-06-01T00:00Z
@@ -457,6 +459,34 @@ def test_a_template_writes_the_bytes_msgspec_writes(
         )
         assert spliced == expected
         assert msgspec.json.decode(spliced)["price"] == price
+    # The same bytes with the field names after the timestamp and the offset written onto the columns.
+    head, after_price, tail = PredictionTemplate(constants).spliced
+    stamps = quoted_timestamps(np.array([ms for ms, *_ in rows], dtype=np.int64), AFTER_TIMESTAMP)
+    offsets = encode_column([offset for *_, offset, _ in rows], AFTER_OFFSET)
+    for stamp, p, o, lat, (ms, price, offset, latency) in zip(
+        stamps, prices, offsets, latencies, rows, strict=True
+    ):
+        fields = {k: v for k, v in constants.items() if k not in ("topic", "partition")}
+        expected = encode_prediction(
+            Prediction(
+                timestamp=format_timestamp(ms),
+                price=price,
+                source=Source(topic, partition, offset),
+                latency_ms=latency,
+                **fields,
+            )
+        )
+        assert b"".join((head, stamp, p, after_price, o, lat, tail)) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(-62_000_000_000_000, 253_402_300_799_999), max_size=80),
+    st.sampled_from([b"", b',"price":', b"}x"]),
+)
+def test_quoted_timestamps_are_msgspec_s_strings_of_format_timestamp(values, suffix):
+    expected = [msgspec.json.encode(format_timestamp(ms)) + suffix for ms in values]
+    assert quoted_timestamps(np.array(values, dtype=np.int64), suffix) == expected
 
 
 def test_the_template_knows_every_field_of_the_message():

@@ -95,11 +95,34 @@ class PredictionTemplate:
             raise ValueError(f"the prediction's variable fields are {order}, expected {VARIABLE_FIELDS}")
         self.parts = tuple(parts)  # constant bytes around the four variable values
 
+    @property
+    def spliced(self) -> tuple[bytes, bytes, bytes]:
+        """(head, after the price, tail): the parts that differ from template to template. The other
+        two (after the timestamp, after the offset) are field names only, `AFTER_TIMESTAMP` and
+        `AFTER_OFFSET`, written once onto each timestamp and offset of a column instead:
 
-def encode_column(values: Sequence[Any]) -> list[bytes]:
-    """Each value as msgspec writes it, for a column of strings, numbers or None: one encoder call
-    for the whole column, split at its commas (none of these values contains one: a string here is a
-    timestamp, never free text)."""
+            head + timestamp + AFTER_TIMESTAMP + price + after_price + offset + AFTER_OFFSET + latency + tail
+        """
+        head, _, after_price, _, tail = self.parts
+        return head, after_price, tail
+
+
+def encode_column(values: Sequence[Any], suffix: bytes = b"") -> list[bytes]:
+    """Each value as msgspec writes it followed by `suffix`, for a column of strings, numbers or None:
+    one encoder call for the whole column, split at its commas (none of these values contains one: a
+    string here is a timestamp, never free text)."""
     if not values:
         return []
-    return _encoder.encode(values)[1:-1].split(b",")
+    written = _encoder.encode(values)[1:-1]
+    if not suffix:
+        return written.split(b",")
+    if b"\0" in suffix:
+        raise ValueError("a suffix must not hold a NUL byte")
+    # No JSON number, null or timestamp holds a NUL byte: it marks where to split.
+    return (written.replace(b",", suffix + b"\0") + suffix).split(b"\0")
+
+
+# The constant parts between the variable fields that hold only field names (the same in every template).
+_, AFTER_TIMESTAMP, _, AFTER_OFFSET, _ = PredictionTemplate(
+    {name: None for name in (*Prediction.__struct_fields__, *Source.__struct_fields__)}
+).parts

@@ -84,6 +84,8 @@ from serving.core.model_store import LoadedModel
 from serving.stream.batch_alerts import DequeCopies, apply_price_moves, plan_price_moves
 from serving.stream.batch_bars import NO_BAR, BarSteps, apply_plan, plan_ticks
 from serving.stream.prediction_wire import (
+    AFTER_OFFSET,
+    AFTER_TIMESTAMP,
     Interval,
     Prediction,
     PredictionTemplate,
@@ -91,7 +93,7 @@ from serving.stream.prediction_wire import (
     encode_column,
     encode_prediction,
 )
-from serving.stream.tick_batch import MIN_VECTOR_BATCH, ParsedTicks, format_timestamps
+from serving.stream.tick_batch import MIN_VECTOR_BATCH, ParsedTicks, format_timestamps, quoted_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -879,9 +881,10 @@ class ScorerState:
                 key = self._keys[symbol] = symbol.encode()
             message_keys.append(key)
         keyed = list(zip(message_keys, templates, strict=True))  # per group: (message key, template)
-        timestamps = encode_column(format_timestamps(columns.ts.tolist()))
+        # The field names after the timestamp and after the offset are written onto each value here.
+        timestamps = quoted_timestamps(columns.ts, AFTER_TIMESTAMP)
         prices = encode_column(columns.price.tolist())
-        offsets = encode_column(sources.offsets.tolist())
+        offsets = encode_column(sources.offsets.tolist(), AFTER_OFFSET)
         sent = sources.sent
         now = time.time_ns() // 1_000_000
         if sent.size and int(sent.min()) > 0:
@@ -892,15 +895,8 @@ class ScorerState:
         join = b"".join
         if all(parts is not None for parts in templates):
             return [
-                OutMessage(
-                    topic,
-                    key,
-                    join((head, stamp, after_stamp, price, after_price, offset, after_offset, latency, tail)),
-                )
-                for (
-                    key,
-                    (head, after_stamp, after_price, after_offset, tail),
-                ), stamp, price, offset, latency in zip(
+                OutMessage(topic, key, join((head, stamp, price, after_price, offset, latency, tail)))
+                for (key, (head, after_price, tail)), stamp, price, offset, latency in zip(
                     map(keyed.__getitem__, group_ids.tolist()),
                     timestamps,
                     prices,
@@ -921,12 +917,10 @@ class ScorerState:
                 )
                 self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
                 continue
-            head, after_stamp, after_price, after_offset, tail = parts
+            head, after_price, tail = parts
             out.append(
                 OutMessage(
-                    topic,
-                    message_keys[group],
-                    join((head, stamp, after_stamp, price, after_price, offset, after_offset, latency, tail)),
+                    topic, message_keys[group], join((head, stamp, price, after_price, offset, latency, tail))
                 )
             )
         return out
@@ -962,7 +956,7 @@ class ScorerState:
                 "expected_shortfall": score.expected_shortfall,
                 "var_level": score.var_level,
             }
-        ).parts
+        ).spliced
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
         self._templates[key] = (score, parts)

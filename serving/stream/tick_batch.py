@@ -107,15 +107,9 @@ _FORMAT_MAX_MS = 253_402_300_799_999
 _DIGIT_FIELDS = ((0, 4), (5, 2), (8, 2), (11, 2), (14, 2), (17, 2), (20, 3))  # (first column, width)
 
 
-def format_timestamps(values_ms: Sequence[int], min_batch: int = MIN_VECTOR_BATCH) -> list[str]:
-    """`[format_timestamp(ms) for ms in values_ms]`, computed for the whole batch at once (from
-    `min_batch` values on)."""
-    n = len(values_ms)
-    if n < min_batch:
-        return [format_timestamp(ms) for ms in values_ms]
-    ms = np.asarray(values_ms, dtype=np.int64)
-    if int(ms.min()) < 0 or int(ms.max()) > _FORMAT_MAX_MS:
-        return [format_timestamp(int(value)) for value in values_ms]
+def _timestamp_grid(ms: np.ndarray, prefix: bytes, suffix: bytes) -> np.ndarray:
+    """`prefix + format_timestamp(ms) + suffix` for each value (1970 … 9999), one row of bytes each."""
+    n = ms.size
     days, in_day = np.divmod(ms, _MS_PER_DAY)
     # The civil date of a day count (H. Hinnant's civil_from_days; day 0 is 1970-01-01).
     z = days + 719_468
@@ -130,16 +124,46 @@ def format_timestamps(values_ms: Sequence[int], min_batch: int = MIN_VECTOR_BATC
     hour, rest = np.divmod(in_day, 3_600_000)
     minute, rest = np.divmod(rest, 60_000)
     second, millis = np.divmod(rest, 1000)
-    grid = np.empty((n, _WIDTH), dtype=np.uint8)
+    start = len(prefix)
+    grid = np.empty((n, start + _WIDTH + len(suffix)), dtype=np.uint8)
+    grid[:, :start] = np.frombuffer(prefix, dtype=np.uint8)
+    grid[:, start + _WIDTH :] = np.frombuffer(suffix, dtype=np.uint8)
     for position, byte in _SEPARATORS.items():
-        grid[:, position] = byte
+        grid[:, start + position] = byte
     for value, (first, width) in zip(
         (year, month, day, hour, minute, second, millis), _DIGIT_FIELDS, strict=True
     ):
         for column in range(first + width - 1, first - 1, -1):
             value, digit = np.divmod(value, 10)
-            grid[:, column] = digit + ord("0")
+            grid[:, start + column] = digit + ord("0")
+    return grid
+
+
+def format_timestamps(values_ms: Sequence[int], min_batch: int = MIN_VECTOR_BATCH) -> list[str]:
+    """`[format_timestamp(ms) for ms in values_ms]`, computed for the whole batch at once (from
+    `min_batch` values on)."""
+    n = len(values_ms)
+    if n < min_batch:
+        return [format_timestamp(ms) for ms in values_ms]
+    ms = np.asarray(values_ms, dtype=np.int64)
+    if int(ms.min()) < 0 or int(ms.max()) > _FORMAT_MAX_MS:
+        return [format_timestamp(int(value)) for value in values_ms]
+    grid = _timestamp_grid(ms, b"", b"")
     return [text.decode() for text in grid.view(f"S{_WIDTH}").ravel().tolist()]
+
+
+def quoted_timestamps(values_ms: np.ndarray, suffix: bytes = b"") -> list[bytes]:
+    """`format_timestamp(ms)` as a JSON string (quoted, as msgspec writes it) followed by `suffix`, for
+    each value: bytes straight from the digit grid, no str in between."""
+    if suffix.endswith(b"\0"):
+        raise ValueError("a suffix must not end in a NUL byte (numpy's bytes drop trailing NULs)")
+    ms = np.asarray(values_ms, dtype=np.int64)
+    if ms.size == 0:
+        return []
+    if int(ms.min()) < 0 or int(ms.max()) > _FORMAT_MAX_MS:
+        return [b'"' + format_timestamp(int(value)).encode() + b'"' + suffix for value in ms.tolist()]
+    grid = _timestamp_grid(ms, b'"', b'"' + suffix)
+    return grid.view(f"S{grid.shape[1]}").ravel().tolist()
 
 
 @dataclass(frozen=True, slots=True)
