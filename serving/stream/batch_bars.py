@@ -60,94 +60,6 @@ class _BarUpdate:
     ticks: int
 
 
-def _plan_symbol(
-    bars: SymbolBars,
-    index: np.ndarray,
-    price: np.ndarray,
-    volume: np.ndarray,
-    ts: np.ndarray,
-    steps: BarSteps,
-) -> list[_BarUpdate]:
-    """Fill `steps` at `index` (one symbol's ticks, arrival order) and return the bar updates."""
-    t = ts[index]
-    bar = t - t % bars.bar_ms
-    current = bars.open_bar
-    last_closed = bars.last_closed_ts
-    if current is not None:
-        start = current.ts
-    elif last_closed is not None:
-        start = last_closed
-    else:
-        start = NO_BAR
-    running = np.maximum.accumulate(np.concatenate(([start], bar)))
-    before = running[:-1]  # the open bar (or newest closed one) each tick finds
-    late = bar < before
-    if current is None:
-        late |= (bar == before) & (before == start) & (start != NO_BAR)
-    opens = bar > before
-    closes = opens & ((before != start) | (current is not None))
-    closed = np.where(closes, before, NO_BAR)
-    first_closed = last_closed if last_closed is not None else NO_BAR
-    steps.late[index] = late
-    steps.closed[index] = closed
-    steps.scored_at[index] = np.maximum.accumulate(np.where(closes, before, first_closed))
-    kept = np.flatnonzero(~late)
-    if kept.size == 0:
-        return []
-    kept_bar = bar[kept]
-    bounds = np.flatnonzero(np.diff(kept_bar)) + 1
-    updates = []
-    for lo, hi in zip(
-        np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [kept.size])).tolist(), strict=True
-    ):
-        rows = index[kept[lo:hi]]
-        p, v, when = price[rows], volume[rows], ts[rows]
-        bar_ts = int(kept_bar[lo])
-        earliest = int(np.argmin(when))  # first occurrence: the first arrival wins ties
-        latest = when.size - 1 - int(np.argmax(when[::-1]))  # last occurrence: the later arrival wins
-        opens_new = current is None or bar_ts != current.ts
-        if opens_new:
-            updates.append(
-                _BarUpdate(
-                    bar_ts,
-                    True,
-                    int(rows[0]),
-                    float(p[earliest]),
-                    int(when[earliest]),
-                    float(p[latest]),
-                    int(when[latest]),
-                    float(p.max()),
-                    float(p.min()),
-                    float(np.cumsum(v)[-1]),
-                    int(rows.size),
-                )
-            )
-            continue
-        assert current is not None
-        open_price, open_ms = current.open, current.first_ms
-        if int(when[earliest]) < open_ms:
-            open_price, open_ms = float(p[earliest]), int(when[earliest])
-        close_price, close_ms = current.close, current.last_ms
-        if int(when[latest]) >= close_ms:
-            close_price, close_ms = float(p[latest]), int(when[latest])
-        updates.append(
-            _BarUpdate(
-                bar_ts,
-                False,
-                int(rows[0]),
-                open_price,
-                open_ms,
-                close_price,
-                close_ms,
-                max(current.high, float(p.max())),
-                min(current.low, float(p.min())),
-                float(np.cumsum(np.concatenate(([current.volume], v)))[-1]),
-                current.ticks + int(rows.size),
-            )
-        )
-    return updates
-
-
 @dataclass(frozen=True, slots=True)
 class SymbolPlan:
     """What a batch does to one symbol's bars (computed, not applied yet)."""
@@ -156,6 +68,14 @@ class SymbolPlan:
     index: np.ndarray  # the symbol's ticks (input order positions, arrival order)
     updates: list[_BarUpdate]
     late_count: int
+
+
+def _segment_running_max(values: np.ndarray, segments: np.ndarray, spread: int) -> np.ndarray:
+    """Running maximum of `values` (int64, ≥ 0, < `spread`) restarting at each segment (`segments`:
+    the segment of each value, non-decreasing): one accumulate, each segment lifted above the ones
+    before it."""
+    lift = segments * spread
+    return np.maximum.accumulate(values + lift) - lift
 
 
 def plan_ticks(
@@ -168,24 +88,130 @@ def plan_ticks(
 ) -> tuple[BarSteps, list[SymbolPlan]]:
     """What adding a batch of ticks (columns in input order; `names[symbol_ids[i]]` is tick i's symbol)
     to `book` one by one would answer per tick, and the change per symbol; the bars are not touched
-    (`apply_plan` makes the change), so a failure here leaves them as they were."""
+    (`apply_plan` makes the change), so a failure here leaves them as they were.
+
+    All symbols at once: the ticks sorted by symbol (arrival order kept within one), each symbol a
+    segment, the per-symbol running maxima computed in one pass and the bars' OHLCV by `reduceat`
+    (numpy calls per batch, not per symbol: a symbol costs the reading of its state and a few
+    Python steps per bar it touches)."""
     n = ts.size
     steps = BarSteps(
         np.zeros(n, dtype=bool), np.full(n, NO_BAR, dtype=np.int64), np.full(n, NO_BAR, dtype=np.int64)
     )
+    if n == 0:
+        return steps, []
     order = np.argsort(symbol_ids, kind="stable")  # per symbol, arrival order kept
     sorted_ids = symbol_ids[order]
-    bounds = np.flatnonzero(np.diff(sorted_ids)) + 1
-    plans: list[SymbolPlan] = []
-    for lo, hi in zip(
-        np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [n])).tolist(), strict=True
-    ):
-        if lo == hi:
-            continue
-        index = order[lo:hi]
-        bars = book.get(names[int(sorted_ids[lo])])
-        updates = _plan_symbol(bars, index, price, volume, ts, steps)
-        plans.append(SymbolPlan(bars, index, updates, int(steps.late[index].sum())))
+    heads = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+    ends = np.concatenate((heads[1:], [n]))
+    count = heads.size
+    segment = np.repeat(np.arange(count, dtype=np.int64), ends - heads)
+    held = [book.get(names[i]) for i in sorted_ids[heads].tolist()]
+    bar_ms = held[0].bar_ms
+    if any(bars.bar_ms != bar_ms for bars in held):
+        raise ValueError("the bars of one batch must share one timeframe")
+    # Each symbol's state; "none" is −1 here, under every bar (bars are ≥ 0), and 1 is added below
+    # so that the running maxima work on values ≥ 0.
+    opened = [bars.open_bar for bars in held]
+    closed_before = [bars.last_closed_ts for bars in held]
+    start = np.array(
+        [
+            bar.ts if bar is not None else (last if last is not None else -1)
+            for bar, last in zip(opened, closed_before, strict=True)
+        ],
+        dtype=np.int64,
+    )
+    has_open = np.array([bar is not None for bar in opened], dtype=bool)
+    last_closed = np.array([last if last is not None else -1 for last in closed_before], dtype=np.int64)
+    t = ts[order]
+    bar = t - t % bar_ms
+    spread = max(int(bar.max()), int(start.max()), 0) + 2
+    if spread * (count + 1) >= 2**62:
+        raise ValueError("too many symbols or too late a timestamp for one batch's running maxima")
+    # The open bar (or newest closed one) each tick finds: the running maximum of its symbol's bars,
+    # starting from the symbol's state, which is placed in front of the symbol's ticks.
+    at = np.arange(n, dtype=np.int64) + segment + 1  # each tick's place, behind its symbol's start
+    firsts = heads + np.arange(count, dtype=np.int64)
+    values = np.empty(n + count, dtype=np.int64)
+    segments = np.empty(n + count, dtype=np.int64)
+    values[firsts], values[at] = start + 1, bar + 1
+    segments[firsts], segments[at] = np.arange(count, dtype=np.int64), segment
+    before = _segment_running_max(values, segments, spread)[at - 1] - 1
+    start_row, open_row = start[segment], has_open[segment]
+    late = (bar < before) | (~open_row & (bar == before) & (before == start_row) & (start_row >= 0))
+    opens = bar > before
+    closes = opens & ((before != start_row) | open_row)
+    newest = _segment_running_max(np.where(closes, before, last_closed[segment]) + 1, segment, spread) - 1
+    steps.late[order] = late
+    steps.closed[order] = np.where(closes, before, NO_BAR)
+    steps.scored_at[order] = np.where(newest < 0, NO_BAR, newest)
+    late_counts = np.add.reduceat(late.astype(np.int64), heads).tolist()
+    updates: list[list[_BarUpdate]] = [[] for _ in range(count)]
+    kept = np.flatnonzero(~late)
+    if kept.size:
+        # One group per (symbol, bar) of the non-late ticks (their bars never go down within a symbol).
+        kept_bar, kept_segment = bar[kept], segment[kept]
+        changes = (kept_bar[1:] != kept_bar[:-1]) | (kept_segment[1:] != kept_segment[:-1])
+        group_starts = np.flatnonzero(np.concatenate(([True], changes)))
+        group_ends = np.concatenate((group_starts[1:], [kept.size]))
+        rows = order[kept]  # input positions, per symbol in arrival order
+        p, when, v = price[rows], ts[rows], volume[rows]
+        high = np.maximum.reduceat(p, group_starts).tolist()
+        low = np.minimum.reduceat(p, group_starts).tolist()
+        group = np.repeat(np.arange(group_starts.size), group_ends - group_starts)
+        # Open: the earliest timestamp, the first arrival among ties; close: the latest, the last one.
+        earliest = np.flatnonzero(when == np.minimum.reduceat(when, group_starts)[group])
+        opening = earliest[np.searchsorted(earliest, group_starts)].tolist()
+        latest = np.flatnonzero(when == np.maximum.reduceat(when, group_starts)[group])
+        closing = latest[np.searchsorted(latest, group_ends) - 1].tolist()
+        for g, (lo, hi, k) in enumerate(
+            zip(group_starts.tolist(), group_ends.tolist(), kept_segment[group_starts].tolist(), strict=True)
+        ):
+            current = opened[k]
+            bar_ts = int(kept_bar[lo])
+            o, c = opening[g], closing[g]
+            if current is None or bar_ts != current.ts:
+                updates[k].append(
+                    _BarUpdate(
+                        bar_ts,
+                        True,
+                        int(rows[lo]),
+                        float(p[o]),
+                        int(when[o]),
+                        float(p[c]),
+                        int(when[c]),
+                        high[g],
+                        low[g],
+                        float(np.cumsum(v[lo:hi])[-1]),  # in arrival order, as `OpenBar.add` adds
+                        hi - lo,
+                    )
+                )
+                continue
+            open_price, open_ms = current.open, current.first_ms
+            if int(when[o]) < open_ms:  # the open bar's own open wins ties
+                open_price, open_ms = float(p[o]), int(when[o])
+            close_price, close_ms = current.close, current.last_ms
+            if int(when[c]) >= close_ms:
+                close_price, close_ms = float(p[c]), int(when[c])
+            updates[k].append(
+                _BarUpdate(
+                    bar_ts,
+                    False,
+                    int(rows[lo]),
+                    open_price,
+                    open_ms,
+                    close_price,
+                    close_ms,
+                    max(current.high, high[g]),
+                    min(current.low, low[g]),
+                    float(np.cumsum(np.concatenate(([current.volume], v[lo:hi])))[-1]),
+                    current.ticks + hi - lo,
+                )
+            )
+    plans = [
+        SymbolPlan(bars, order[lo:hi], updates[k], late_counts[k])
+        for k, (bars, lo, hi) in enumerate(zip(held, heads.tolist(), ends.tolist(), strict=True))
+    ]
     return steps, plans
 
 
