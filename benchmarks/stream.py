@@ -6,6 +6,8 @@
    In the same run, on the same topic and broker, the pass-through loop (`stream_passthrough.py`: aiokafka
    consumer → batched producer → commit, the scorer's batch size and client settings, nothing computed)
    is measured the same way: the scorer / pass-through ratio is the scorer's own per-tick cost.
+   The pass-through runs a second time sending outputs of the predictions' mean size (a constant
+   value, `--value-bytes`): the client's cost of the larger outputs, apart from the scorer's work.
 2. Latency at a fixed rate (1k ticks/s), `--latency-runs` times, each with a fresh scorer and topics:
    tick → prediction = the moment the benchmark's reader receives the prediction − the tick's producer
    timestamp (one clock, one machine). p50 / p99 / max per run, split at the scorer's own stamp
@@ -136,9 +138,13 @@ def scorer_process(bootstrap: str, topics: Topics, symbols: list[str], data_dir:
     return proc, metrics_port
 
 
-def pass_through_process(bootstrap: str, source: str, dest: str, log: Path, group: str):
+def pass_through_process(
+    bootstrap: str, source: str, dest: str, log: Path, group: str, value_bytes: int | None = None
+):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     args = ["--bootstrap-servers", bootstrap, "--source", source, "--dest", dest, "--group", group]
+    if value_bytes:
+        args += ["--value-bytes", str(value_bytes)]
     return subprocess.Popen(
         [sys.executable, str(REPO / "benchmarks" / "stream_passthrough.py"), *args],
         cwd=REPO,
@@ -306,11 +312,15 @@ def _measure(proc: subprocess.Popen, bootstrap: str, topic: str, n: int, broker_
     watch = CpuWatch(worker=proc.pid, broker=broker_pid)
     marks: dict[str, object] = {}
 
+    value_bytes = 0
+
     def on_record(record, received: float) -> None:
+        nonlocal value_bytes
         if not marks:
             marks["loadavg_before"] = load_average()
             watch.start()
         marks["last"] = record
+        value_bytes += len(record.value or b"")
 
     try:
         records = asyncio.run(read_predictions(bootstrap, topic, n, 600, on_record, proc))
@@ -324,6 +334,7 @@ def _measure(proc: subprocess.Popen, bootstrap: str, topic: str, n: int, broker_
         "outputs": len(records),
         "seconds": elapsed_s,
         "per_s": rate,
+        "mean_value_bytes": round(value_bytes / max(len(records), 1), 1),
         "worker_cpu_us_per_output": round(1e6 * cpu["worker_cpu_seconds"] / max(len(records) - 1, 1), 2),
         "loadavg_before": marks["loadavg_before"],
         "loadavg_after": load_average(),
@@ -341,7 +352,7 @@ def throughput(
     started = time.perf_counter()
     asyncio.run(produce_all(bootstrap, topics.prices, items))
     produce_s = time.perf_counter() - started
-    scorer_runs, pass_runs = [], []
+    scorer_runs, pass_runs, sized_runs = [], [], []
     # Alternated, each from the start of the same topic with a group of its own: load from the other
     # users of the machine drifts, and alternating spreads it over both.
     for i in range(rounds):
@@ -357,10 +368,21 @@ def throughput(
             bootstrap, out, symbols, work / "data", work / "scorer-tput.log", f"bench-tput-{i}"
         )
         scorer_runs.append(_measure(proc, bootstrap, out.predictions, n, broker_pid))
+        # The pass-through again with outputs of the predictions' size: what of the gap is the client's
+        # cost of larger outputs rather than the scorer's work.
+        out = Topics(topics.prices, f"{topics.predictions}.sized{i}", topics.alerts, topics.dlq)
+        asyncio.run(ensure_topics(bootstrap, out, 3))
+        size = round(scorer_runs[-1]["mean_value_bytes"])
+        proc = pass_through_process(
+            bootstrap, topics.prices, out.predictions, work / "passthrough.log", f"bench-sized-{i}", size
+        )
+        sized_runs.append(_measure(proc, bootstrap, out.predictions, n, broker_pid))
     scorer_best = max((r["per_s"] or 0.0) for r in scorer_runs)
     pass_best = max((r["per_s"] or 0.0) for r in pass_runs)
     scorer_cpu = min(r["worker_cpu_us_per_output"] for r in scorer_runs)
     pass_cpu = min(r["worker_cpu_us_per_output"] for r in pass_runs)
+    sized_best = max((r["per_s"] or 0.0) for r in sized_runs)
+    sized_cpu = min(r["worker_cpu_us_per_output"] for r in sized_runs)
     return {
         "ticks": n,
         "symbols": len(symbols),
@@ -376,6 +398,9 @@ def throughput(
         "scorer_cpu_us_per_tick": scorer_cpu,
         "pass_through_cpu_us_per_msg": pass_cpu,
         "cpu_ratio_pass_through_to_scorer": pass_cpu / scorer_cpu if scorer_cpu else None,
+        "pass_through_sized_to_predictions": sized_runs,
+        "ratio_scorer_to_sized_pass_through": scorer_best / sized_best if sized_best else None,
+        "sized_pass_through_cpu_us_per_msg": sized_cpu,
     }
 
 

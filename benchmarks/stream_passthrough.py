@@ -9,6 +9,11 @@ as the scorer does), every acknowledgement awaited before the offsets count as c
 every `commit_interval_ms`, and when the poll comes back empty). The only thing missing is the
 scoring: what the scorer costs beyond this loop is its own per-tick work.
 
+`--value-bytes N` sends, instead of each input value, one constant value of N bytes (nothing computed
+per message either): the loop with outputs the size of the scorer's predictions (~3× a tick), so the
+client's cost of the larger outputs (the record batches built, the bytes written to the socket) is
+told apart from the scorer's own work.
+
     python benchmarks/stream_passthrough.py --bootstrap-servers H:P --source T --dest T --group G
 """
 
@@ -38,7 +43,9 @@ FETCH_MAX_WAIT_MS: int = _DEFAULTS["fetch_max_wait_ms"]
 COMMIT_INTERVAL_S: float = _DEFAULTS["commit_interval_ms"] / 1000
 
 
-async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch_size: int) -> None:
+async def pass_through(
+    bootstrap: str, source: str, dest: str, group: str, batch_size: int, value_bytes: int | None = None
+) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,6 +68,7 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
         request_timeout_ms=30_000,
     )
     partitioner = DefaultPartitioner()
+    constant = b"x" * value_bytes if value_bytes else None  # the one value sent for every input
     routes: dict[bytes | None, int] = {}  # key → partition, cached as the scorer does
     uncommitted: dict[TopicPartition, int] = {}  # acknowledged, not committed yet
     committed_at = float("-inf")
@@ -88,11 +96,12 @@ async def pass_through(bootstrap: str, source: str, dest: str, group: str, batch
             for partition, messages in groups.items():
                 builder = producer.create_batch()
                 for m in messages:
-                    if builder.append(key=m.key, value=m.value, timestamp=None) is None:
+                    value = m.value if constant is None else constant
+                    if builder.append(key=m.key, value=value, timestamp=None) is None:
                         builder.close()
                         futures.append(await producer.send_batch(builder, dest, partition=partition))
                         builder = producer.create_batch()
-                        builder.append(key=m.key, value=m.value, timestamp=None)
+                        builder.append(key=m.key, value=value, timestamp=None)
                 builder.close()
                 futures.append(await producer.send_batch(builder, dest, partition=partition))
             await asyncio.gather(*futures)
@@ -112,8 +121,13 @@ def main() -> None:
     parser.add_argument("--dest", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--value-bytes", type=int, default=None, help="send a constant value of this size")
     args = parser.parse_args()
-    asyncio.run(pass_through(args.bootstrap_servers, args.source, args.dest, args.group, args.batch_size))
+    asyncio.run(
+        pass_through(
+            args.bootstrap_servers, args.source, args.dest, args.group, args.batch_size, args.value_bytes
+        )
+    )
 
 
 if __name__ == "__main__":

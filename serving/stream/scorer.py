@@ -379,7 +379,8 @@ class Scorer:
         offsets are committed in order, and in exactly-once mode transactions never overlap."""
         started = time.perf_counter()
         state = self.state
-        work = state.ingest(records, self.tick_parser.parse([r.value for r in records], state.clock_ms()))
+        parsed = self.tick_parser.parse_columns([r.value for r in records], state.clock_ms())
+        work = state.ingest(records, parsed)
         if work.refresh_symbols:
             await asyncio.to_thread(state.refresh, work)
         out, alerts = state.emit(work)

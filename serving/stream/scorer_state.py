@@ -13,6 +13,17 @@ One batch goes through three steps (`serving.stream.scorer` drives them):
 3. `emit(work)` (event loop): exactly one `predictions` message per valid tick, in input order (so per
    symbol order is kept), plus alerts.
 
+Steps 1 and 3 have two paths with the same outputs. A batch of `min_vector_batch` (64) valid ticks or
+more goes as columns: the values validated ahead (`tick_batch.ParsedTicks`), the bars of each symbol
+updated once per batch (`batch_bars`), the price-move rule run over each symbol's run of ticks
+(`batch_alerts`), and the messages spliced into one template per (symbol, scored bar, late flag,
+partition) (`prediction_wire`). A smaller batch goes tick by tick (`SymbolBars.add`, `on_tick`,
+msgspec per message), where numpy's fixed cost per call would outweigh its gain; the columns path
+falls back to it where it cannot be exact (a symbol's timestamps going backwards in the batch: that
+symbol's price-move rule runs tick by tick). Both share one state (bars, alert gates and windows), so
+batches of either kind follow each other; `test_stream_batch_path.py` compares the two on random
+streams byte for byte. Only `latency_ms` differs: the columns path reads the clock once per batch.
+
 No record can stop a batch: a record that fails to parse OR to score (an exception anywhere in the
 three steps, not only `InvalidTick`) becomes a dead letter with the reason (`code: ExceptionClass:
 message`) and the original bytes, and the batch goes on, so its offsets advance and a restarted scorer
@@ -49,6 +60,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -69,7 +81,19 @@ from crypto_platform.lib.stream.ticks import (
 )
 from serving.core import frames
 from serving.core.model_store import LoadedModel
-from serving.stream.tick_batch import format_timestamps
+from serving.stream.batch_alerts import DequeCopies, apply_price_moves, plan_price_moves
+from serving.stream.batch_bars import NO_BAR, BarSteps, apply_plan, plan_ticks
+from serving.stream.prediction_wire import (
+    AFTER_OFFSET,
+    AFTER_TIMESTAMP,
+    Interval,
+    Prediction,
+    PredictionTemplate,
+    Source,
+    encode_column,
+    encode_prediction,
+)
+from serving.stream.tick_batch import MIN_VECTOR_BATCH, ParsedTicks, format_timestamps, quoted_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +107,9 @@ MAX_REASON_CHARS = 500
 PARSE_ERROR = "parse_error"  # the parser raised something else: a parser bug, the record still moves on
 SCORE_ERROR = "score_error"  # the tick was valid but adding, scoring or encoding it failed
 KEEP_SCORES = 4  # closed-bar scores kept per symbol after a batch (only the newest is used later)
+MAX_TEMPLATES = 4096  # prediction templates kept (cleared past this; a few per symbol are live)
+_PARTITION, _TOPIC = attrgetter("partition"), attrgetter("topic")
+_OFFSET, _TIMESTAMP = attrgetter("offset"), attrgetter("timestamp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,54 +145,16 @@ class BarScore:
     predicted_volatility: float | None = None
     model_version: str | None = None  # the version that made `predicted_volatility` (None: no forecast)
     scored_with: str | None = None  # the model version present when this bar was scored (even if None)
-    intervals: tuple[_Interval, ...] | None = None  # None: no forecast, or a model without dispersion
+    intervals: tuple[Interval, ...] | None = None  # None: no forecast, or a model without dispersion
     value_at_risk: float | None = None
     expected_shortfall: float | None = None
     var_level: float | None = None
 
 
-class _Interval(msgspec.Struct, frozen=True, gc=False):
-    level: float
-    lower: float
-    upper: float
-
-
-class _Source(msgspec.Struct, gc=False):
-    topic: str
-    partition: int
-    offset: int
-
-
-class _Prediction(msgspec.Struct, gc=False):
-    """The `predictions` message, field by field in wire order. A Struct, not a dict: msgspec encodes it
-    ~35 % faster (no key per field to hash and write from a dict), and it is the largest per-tick cost
-    after parsing. Every float here is already finite or None (a NaN would be written as null)."""
-
-    symbol: str
-    timestamp: str
-    price: float
-    risk_score: float | None
-    vol_regime: str | None
-    nowcast_ret: float | None
-    predicted_volatility: float | None
-    model_version: str | None
-    bar_timestamp: str | None
-    late: bool
-    source: _Source
-    latency_ms: int | None
-    intervals: tuple[_Interval, ...] | None
-    value_at_risk: float | None
-    expected_shortfall: float | None
-    var_level: float | None
-
-
-_PREDICTION_ENCODER = msgspec.json.Encoder()
-
-
-def _intervals(risk: forecast.ForecastUncertainty | None) -> tuple[_Interval, ...] | None:
+def _intervals(risk: forecast.ForecastUncertainty | None) -> tuple[Interval, ...] | None:
     if risk is None or risk.intervals is None:
         return None
-    return tuple(_Interval(i.level, i.lower, i.upper) for i in risk.intervals)
+    return tuple(Interval(i.level, i.lower, i.upper) for i in risk.intervals)
 
 
 _EMPTY_SCORE = BarScore(0, None, None, None, None)
@@ -180,9 +169,123 @@ class _Scored(msgspec.Struct, gc=False):
     late: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RecordColumns:
+    """Where a batch's records come from, as columns (one row per record)."""
+
+    topic: str | None  # the one topic they were read from (None: several)
+    partitions: np.ndarray  # int64
+    offsets: np.ndarray  # int64
+    sent: np.ndarray  # int64: the record timestamps (ms; ≤ 0: none)
+
+    @classmethod
+    def of(cls, records: list[InputRecord]) -> RecordColumns:
+        n = len(records)
+        topics = set(map(_TOPIC, records))
+        return cls(
+            next(iter(topics)) if len(topics) == 1 else None,
+            np.fromiter(map(_PARTITION, records), dtype=np.int64, count=n),
+            np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n),
+            np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=n),
+        )
+
+    def subset(self, rows: np.ndarray) -> RecordColumns:
+        return RecordColumns(self.topic, self.partitions[rows], self.offsets[rows], self.sent[rows])
+
+
+@dataclass
+class TickColumns:
+    """A batch's valid ticks as columns (input order), and what adding them to the bars did."""
+
+    records: list[InputRecord]
+    names: list[str]  # symbol id → symbol
+    symbol_ids: np.ndarray  # int64 per tick
+    price: np.ndarray  # float64
+    volume: np.ndarray  # float64
+    ts: np.ndarray  # int64 epoch ms
+    steps: BarSteps | None = None  # per tick: late, scored-at bar, closed bar (`batch_bars`)
+    sources: RecordColumns | None = None  # the records' partitions, offsets, timestamps (None: not yet)
+
+    def record_columns(self) -> RecordColumns:
+        if self.sources is None:
+            self.sources = RecordColumns.of(self.records)
+        return self.sources
+
+    def ticks(self) -> list[Tick]:
+        names = self.names
+        return [
+            Tick(names[i], p, v, t)
+            for i, p, v, t in zip(
+                self.symbol_ids.tolist(),
+                self.price.tolist(),
+                self.volume.tolist(),
+                self.ts.tolist(),
+                strict=True,
+            )
+        ]
+
+    def scored(self) -> list[_Scored]:
+        """The ticks as `_add_each` leaves them (what `emit` goes through one by one)."""
+        steps = self.steps
+        assert steps is not None
+        return [
+            _Scored(
+                record,
+                tick,
+                scored_at if scored_at != NO_BAR else None,
+                (closed,) if closed != NO_BAR else (),
+                late,
+            )
+            for record, tick, scored_at, closed, late in zip(
+                self.records,
+                self.ticks(),
+                steps.scored_at.tolist(),
+                steps.closed.tolist(),
+                steps.late.tolist(),
+                strict=True,
+            )
+        ]
+
+    def subset(self, rows: np.ndarray) -> TickColumns:
+        steps = self.steps
+        return TickColumns(
+            [self.records[row] for row in rows.tolist()],
+            self.names,
+            self.symbol_ids[rows],
+            self.price[rows],
+            self.volume[rows],
+            self.ts[rows],
+            BarSteps(steps.late[rows], steps.scored_at[rows], steps.closed[rows]) if steps else None,
+            self.sources.subset(rows) if self.sources is not None else None,
+        )
+
+
+def _next_offsets(records: list[InputRecord], sources: RecordColumns) -> dict[tuple[str, int], int]:
+    """(topic, partition) → the offset after its last record in `records` (what `ingest` commits)."""
+    if sources.topic is None:
+        return {(r.topic, r.partition): r.offset + 1 for r in records}
+    found, first_from_end = np.unique(sources.partitions[::-1], return_index=True)
+    last = sources.offsets[len(records) - 1 - first_from_end] + 1
+    return {(sources.topic, p): o for p, o in zip(found.tolist(), last.tolist(), strict=True)}
+
+
+def _columns_of(records: list[InputRecord], ticks: list[Tick]) -> TickColumns:
+    names: dict[str, int] = {}
+    ids = np.array([names.setdefault(t.symbol, len(names)) for t in ticks], dtype=np.int64)
+    return TickColumns(
+        records,
+        list(names),
+        ids,
+        np.array([t.price for t in ticks], dtype=np.float64),
+        np.array([t.volume for t in ticks], dtype=np.float64),
+        np.array([t.timestamp_ms for t in ticks], dtype=np.int64),
+    )
+
+
 @dataclass
 class BatchWork:
-    ticks: list[_Scored] = field(default_factory=list)
+    ticks: list[_Scored] = field(default_factory=list)  # valid ticks added one by one, or
+    columns: TickColumns | None = None  # valid ticks added as columns (a large batch)
     dlq: list[OutMessage] = field(default_factory=list)
     refresh_symbols: set[str] = field(default_factory=set)
     new_bars: dict[str, list[int]] = field(default_factory=dict)  # symbol → bars closed in the batch
@@ -193,6 +296,13 @@ class BatchWork:
     )  # refresh failed: ticks dead-lettered
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) → next offset
     missing_forecasts: Counter = field(default_factory=Counter)  # reason → bars a frame model left unscored
+
+    def batch_symbols(self) -> set[str]:
+        """The symbols of the batch's valid ticks."""
+        symbols = {t.tick.symbol for t in self.ticks}
+        if self.columns is not None:
+            symbols.update(self.columns.names[i] for i in np.unique(self.columns.symbol_ids).tolist())
+        return symbols
 
 
 @dataclass(frozen=True)
@@ -237,6 +347,7 @@ class ScorerState:
         keep_bars: int = FEATURE_BARS,
         clock_ms: Callable[[], int] | None = None,
         dlq_max_value_bytes: int = DEFAULT_DLQ_MAX_VALUE_BYTES,
+        min_vector_batch: int = MIN_VECTOR_BATCH,
     ) -> None:
         self.symbols = frozenset(symbols)
         self.timeframe = timeframe
@@ -244,6 +355,8 @@ class ScorerState:
         self.model = model
         self.max_future_ms = max_future_ms
         self.dlq_max_value_bytes = dlq_max_value_bytes
+        # From this many valid ticks a batch is added, alerted and encoded as columns (the same outputs).
+        self.min_vector_batch = min_vector_batch
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.book = BarBook(timeframe, max(keep_bars, FEATURE_BARS))
         self.alerts = AlertEngine(timeframe, config=alert_config)
@@ -251,6 +364,9 @@ class ScorerState:
         self.latest_features: dict[str, pl.DataFrame] = {}  # per symbol, from the last refresh
         self.counters = Counters()
         self._keys: dict[str, bytes] = {}  # symbol → its output key (encoded once)
+        # (symbol, scored bar, late, topic, partition) → (the score it was written from, template parts)
+        self._deque_copies = DequeCopies()  # the price-move windows as numpy (`batch_alerts`)
+        self._templates: dict[tuple[str, int, bool, str, int], tuple[BarScore, tuple[bytes, ...]]] = {}
 
     # -- warm start --------------------------------------------------------------------------------
 
@@ -266,36 +382,92 @@ class ScorerState:
     # -- step 1 ------------------------------------------------------------------------------------
 
     def ingest(
-        self, records: Iterable[InputRecord], parsed: Iterable[Tick | None] | None = None
+        self,
+        records: Iterable[InputRecord],
+        parsed: ParsedTicks | Iterable[Tick | None] | None = None,
     ) -> BatchWork:
-        """`parsed`: one entry per record, validated ahead for the whole batch (`serving.stream.tick_batch`);
-        a None there (or no `parsed`) is parsed here by `parse_tick`, which rejects with the reason."""
+        """`parsed`: the batch validated ahead (`serving.stream.tick_batch`): its columns, or one entry
+        per record; a record it did not accept (a None, or no `parsed`) is parsed here by `parse_tick`,
+        which rejects with the reason.
+
+        From `min_vector_batch` valid ticks on, they are added to the bars as columns (`batch_bars`);
+        fewer go one by one (numpy's fixed cost per call outweighs its gain there)."""
         model = self.model()
         work = BatchWork(model=model)
+        if isinstance(parsed, ParsedTicks):
+            columns = self._validate_columns(work, records, parsed)
+            if len(columns.records) >= self.min_vector_batch:
+                self._add_columns(work, columns)
+            else:
+                self._add_each(work, columns.records, columns.ticks())
+        else:
+            valid_records, valid_ticks = self._validate(work, records, parsed)
+            if len(valid_ticks) >= self.min_vector_batch:
+                self._add_columns(work, _columns_of(valid_records, valid_ticks))
+            else:
+                self._add_each(work, valid_records, valid_ticks)
+        version = model.version if model is not None else None
+        for symbol, scores in self.scores.items():
+            newest = scores[max(scores)] if scores else None
+            if newest is not None and newest.scored_with != version:
+                work.refresh_symbols.add(symbol)  # a new champion: forecast again at the newest bar
+        for symbol in work.batch_symbols():
+            last = self.book.get(symbol).last_closed_ts
+            if last is not None and last not in self.scores.get(symbol, {}):
+                work.refresh_symbols.add(symbol)  # seeded after start, or never scored
+        if model is not None and model.is_frame and work.refresh_symbols:
+            # A bar of one symbol may complete another's frame: forecast again what still lacks one.
+            for symbol in frames.frame_symbols(model, *work.refresh_symbols):
+                scores = self.scores.get(symbol)
+                if scores and scores[max(scores)].predicted_volatility is None:
+                    work.refresh_symbols.add(symbol)
+        return work
+
+    def _validate(
+        self, work: BatchWork, records: Iterable[InputRecord], parsed: Iterable[Tick | None] | None
+    ) -> tuple[list[InputRecord], list[Tick]]:
+        """The batch's valid ticks and their records (input order); the others become dead letters."""
         now = self.clock_ms()
-        counters = self.counters
         # Locals for what every record touches: this loop is the scorer's per-tick cost.
         symbols, max_future_ms = self.symbols, self.max_future_ms
-        book, held = self.book, self.book.symbols
-        offsets, scored = work.offsets, work.ticks
-        consumed = valid = late = 0
+        offsets = work.offsets
+        valid_records: list[InputRecord] = []
+        valid_ticks: list[Tick] = []
+        keep_record, keep_tick = valid_records.append, valid_ticks.append
+        consumed = 0
         try:
             # strict=False: `repeat` never ends (the records do); `parsed` has one entry per record.
             for record, tick in zip(records, repeat(None) if parsed is None else parsed, strict=False):
                 consumed += 1
                 offsets[(record.topic, record.partition)] = record.offset + 1
-                try:
-                    if tick is None:
+                if tick is None:
+                    try:
                         tick = parse_tick(record.value, symbols, now, max_future_ms)
-                except InvalidTick as exc:
-                    self._reject(work, record, exc.code, exc.reason, exc)
-                    continue
-                except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
-                    log.exception(
-                        "the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset
-                    )
-                    self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
-                    continue
+                    except InvalidTick as exc:
+                        self._reject(work, record, exc.code, exc.reason, exc)
+                        continue
+                    except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
+                        log.exception(
+                            "the tick parser failed on %s:%d@%d",
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                        )
+                        self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+                        continue
+                keep_record(record)
+                keep_tick(tick)
+        finally:
+            self.counters.consumed += consumed
+        return valid_records, valid_ticks
+
+    def _add_each(self, work: BatchWork, records: list[InputRecord], ticks: list[Tick]) -> None:
+        """Valid ticks into their symbols' bars one by one (`SymbolBars.add`)."""
+        book, held = self.book, self.book.symbols
+        scored = work.ticks
+        valid = late = 0
+        try:
+            for record, tick in zip(records, ticks, strict=True):
                 bars = held.get(tick.symbol) or book.get(tick.symbol)
                 try:
                     ingested = bars.add(tick)
@@ -314,25 +486,86 @@ class ScorerState:
                     work.refresh_symbols.add(tick.symbol)
                 scored.append(_Scored(record, tick, bars.last_closed_ts, closed, ingested.late))
         finally:
-            counters.consumed += consumed
-            counters.valid += valid
-            counters.late += late
-        version = model.version if model is not None else None
-        for symbol, scores in self.scores.items():
-            newest = scores[max(scores)] if scores else None
-            if newest is not None and newest.scored_with != version:
-                work.refresh_symbols.add(symbol)  # a new champion: forecast again at the newest bar
-        for symbol in {t.tick.symbol for t in work.ticks}:
-            last = self.book.get(symbol).last_closed_ts
-            if last is not None and last not in self.scores.get(symbol, {}):
-                work.refresh_symbols.add(symbol)  # seeded after start, or never scored
-        if model is not None and model.is_frame and work.refresh_symbols:
-            # A bar of one symbol may complete another's frame: forecast again what still lacks one.
-            for symbol in frames.frame_symbols(model, *work.refresh_symbols):
-                scores = self.scores.get(symbol)
-                if scores and scores[max(scores)].predicted_volatility is None:
-                    work.refresh_symbols.add(symbol)
-        return work
+            self.counters.valid += valid
+            self.counters.late += late
+
+    def _validate_columns(
+        self, work: BatchWork, records: Iterable[InputRecord], parsed: ParsedTicks
+    ) -> TickColumns:
+        """The batch's valid ticks as columns; what the fast path did not accept is `parse_tick`'s."""
+        records = records if isinstance(records, list) else list(records)
+        sources = RecordColumns.of(records)
+        work.offsets.update(_next_offsets(records, sources))
+        self.counters.consumed += len(records)
+        symbol_ids, price, volume, ts = parsed.symbol_ids, parsed.price, parsed.volume, parsed.ts
+        now = self.clock_ms()
+        for row in np.flatnonzero(symbol_ids < 0).tolist():
+            record = records[row]
+            try:
+                tick = parse_tick(record.value, self.symbols, now, self.max_future_ms)
+            except InvalidTick as exc:
+                self._reject(work, record, exc.code, exc.reason, exc)
+                continue
+            except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
+                log.exception(
+                    "the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset
+                )
+                self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+                continue
+            symbol_ids[row] = parsed.id_of(tick.symbol)
+            price[row], volume[row], ts[row] = tick.price, tick.volume, tick.timestamp_ms
+        valid = symbol_ids >= 0
+        if valid.all():
+            return TickColumns(records, parsed.names, symbol_ids, price, volume, ts, sources=sources)
+        rows = np.flatnonzero(valid)
+        kept = [records[row] for row in rows.tolist()]
+        return TickColumns(
+            kept,
+            parsed.names,
+            symbol_ids[rows],
+            price[rows],
+            volume[rows],
+            ts[rows],
+            sources=sources.subset(rows),
+        )
+
+    def _add_columns(self, work: BatchWork, columns: TickColumns) -> None:
+        """Valid ticks into their symbols' bars as columns (`batch_bars`): the same bars and the same
+        answers per tick as `_add_each`. A failure while working it out (the bars untouched) falls back
+        to `_add_each`; one while changing a symbol's bars dead-letters that symbol's ticks."""
+        records = columns.records
+        try:
+            steps, plans = plan_ticks(
+                self.book, columns.names, columns.symbol_ids, columns.price, columns.volume, columns.ts
+            )
+        except Exception:
+            log.exception("adding %d ticks as columns failed; adding them one by one", len(records))
+            self._add_each(work, records, columns.ticks())
+            return
+        columns.steps = steps
+        keep = np.ones(len(records), dtype=bool)
+        for plan in plans:
+            try:
+                apply_plan(plan, columns.price, columns.volume, columns.ts)
+            except Exception as exc:
+                log.exception(
+                    "adding the ticks of %s failed; they go to the dead-letter topic", plan.bars.symbol
+                )
+                keep[plan.index] = False
+                for position in np.sort(plan.index).tolist():
+                    self._reject(
+                        work, records[position], SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc
+                    )
+        if not keep.all():
+            columns = columns.subset(np.flatnonzero(keep))
+        work.columns = columns
+        steps = columns.steps
+        self.counters.valid += len(columns.records)
+        self.counters.late += int(steps.late.sum())
+        for position in np.flatnonzero(steps.closed != NO_BAR).tolist():
+            symbol = columns.names[int(columns.symbol_ids[position])]
+            work.new_bars.setdefault(symbol, []).append(int(steps.closed[position]))
+            work.refresh_symbols.add(symbol)
 
     def _reject(
         self, work: BatchWork, record: InputRecord, code: str, reason: str, error: BaseException
@@ -494,7 +727,11 @@ class ScorerState:
             if alert is not None:
                 alerts.append(alert)
         predictions_topic = self.topics.predictions
-        encode = _PREDICTION_ENCODER.encode
+        encode = encode_prediction
+        if work.columns is not None and not self._emit_columns(work, work.columns, predictions, alerts):
+            work.ticks = work.columns.scored()
+        for symbol in {item.tick.symbol for item in work.ticks}:
+            self._deque_copies.forget(symbol)  # `on_tick` below changes the symbol's windows in place
         # Tick timestamps written for the whole batch at once; bar timestamps repeat: each written once.
         tick_texts = format_timestamps([item.tick.timestamp_ms for item in work.ticks])
         bar_texts: dict[int, str] = {}
@@ -525,11 +762,211 @@ class ScorerState:
         self.book.trim()
         return out, alerts
 
+    def _emit_columns(
+        self, work: BatchWork, columns: TickColumns, predictions: list[OutMessage], alerts: list[Alert]
+    ) -> bool:
+        """`emit` for ticks added as columns: the same messages and alerts in the same order as tick by
+        tick, with the price-move rule run per symbol over the batch (`batch_alerts`) and the messages
+        written from one template per (symbol, scored bar, late, partition) (`prediction_wire`). False
+        (nothing done) when the price-move rule could not be worked out as columns: the caller then
+        emits the ticks one by one, where a tick that fails is a dead letter of its own.
+
+        One difference: `latency_ms` is read off one clock reading per batch (taken once the batch is
+        scored, before it is written) instead of one per tick: the batch's writing (~1 µs a tick) is
+        not in it."""
+        lost = None
+        if work.failed_symbols:
+            failed = np.array([name in work.failed_symbols for name in columns.names], dtype=bool)
+            lost = failed[columns.symbol_ids]
+        kept = columns if lost is None else columns.subset(np.flatnonzero(~lost))
+        steps = kept.steps
+        assert steps is not None
+        names, ids = kept.names, kept.symbol_ids
+        in_order = np.flatnonzero(~steps.late)  # late ticks are not seen by the price-move rule
+        by_symbol = in_order[np.argsort(ids[in_order], kind="stable")]
+        parts = [
+            part for part in np.split(by_symbol, np.flatnonzero(np.diff(ids[by_symbol])) + 1) if part.size
+        ]
+        runs = [(names[int(ids[part[0]])], kept.ts[part], kept.price[part]) for part in parts]
+        try:
+            plans = plan_price_moves(self.alerts, runs, self._deque_copies)
+        except Exception:
+            log.exception(
+                "the price-move rule over %d ticks as columns failed; emitting them one by one", len(ids)
+            )
+            return False
+        if lost is not None:
+            for position in np.flatnonzero(lost).tolist():
+                error = work.failed_symbols[columns.names[int(columns.symbol_ids[position])]]
+                record = columns.records[position]
+                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
+        # Alerts with their tick's position: a tick's bar alerts come before its price-move alert.
+        raised: list[tuple[int, int, Alert]] = []
+        broken = np.zeros(ids.size, dtype=bool)  # ticks whose alerts failed: dead letters, as one by one
+        for position in np.flatnonzero(steps.closed != NO_BAR).tolist():
+            symbol = names[int(ids[position])]
+            try:
+                score = self.scores.get(symbol, _NO_SCORES).get(int(steps.closed[position]))
+                raised.extend((position, 0, alert) for alert in self._bar_alerts(symbol, score))
+            except Exception as exc:
+                self._reject_scored(work, kept.records[position], exc)
+                broken[position] = True
+        on_tick = self.alerts.on_tick
+        for part, (symbol, ts, price), plan in zip(parts, runs, plans, strict=True):
+            if plan is not None:
+                found = apply_price_moves(self.alerts, plan, self._deque_copies)
+                raised.extend((int(part[j]), 1, alert) for j, alert in found)
+                continue
+            self._deque_copies.forget(symbol)
+            for position, when, value in zip(part.tolist(), ts.tolist(), price.tolist(), strict=True):
+                try:  # timestamps going backwards: the rule tick by tick
+                    alert = on_tick(symbol, when, value)
+                except Exception as exc:
+                    self._reject_scored(work, kept.records[position], exc)
+                    broken[position] = True
+                    continue
+                if alert is not None:
+                    raised.append((position, 1, alert))
+        raised.sort(key=lambda entry: entry[:2])
+        alerts.extend(alert for position, _, alert in raised if not broken[position])
+        if broken.any():
+            kept = kept.subset(np.flatnonzero(~broken))
+        predictions.extend(self._encode_columns(work, kept))
+        return True
+
+    def _reject_scored(self, work: BatchWork, record: InputRecord, exc: BaseException) -> None:
+        log.exception("scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset)
+        self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
+
+    def _encode_columns(self, work: BatchWork, columns: TickColumns) -> list[OutMessage]:
+        """The prediction messages of `columns` (input order), each spliced into its group's template."""
+        steps = columns.steps
+        assert steps is not None
+        records = columns.records
+        sources = columns.record_columns()
+        partitions = sources.partitions
+        if sources.topic is not None:  # one input topic (the scorer's case): a route is a partition
+            present = np.unique(partitions)
+            route_list = [(sources.topic, p) for p in present.tolist()]
+            route_ids = np.searchsorted(present, partitions)
+        else:
+            routes: dict[tuple[str, int], int] = {}
+            route_ids = np.array(
+                [routes.setdefault((r.topic, r.partition), len(routes)) for r in records], dtype=np.int64
+            )
+            route_list = list(routes)
+        _, bar_ids = np.unique(steps.scored_at, return_inverse=True)
+        group_key = ((bar_ids * len(columns.names) + columns.symbol_ids) * len(route_list) + route_ids) * 2
+        group_key += steps.late
+        _, first, group_ids = np.unique(group_key, return_index=True, return_inverse=True)
+        templates: list[tuple[bytes, ...] | None] = []
+        message_keys: list[bytes] = []
+        for position in first.tolist():
+            symbol = columns.names[int(columns.symbol_ids[position])]
+            source_topic, partition = route_list[int(route_ids[position])]
+            try:
+                parts = self._template(
+                    symbol,
+                    int(steps.scored_at[position]),
+                    bool(steps.late[position]),
+                    source_topic,
+                    partition,
+                )
+            except Exception:  # a score msgspec cannot write: its ticks are dead letters, as one by one
+                log.exception("writing the predictions of %s failed", symbol)
+                parts = None
+            templates.append(parts)
+            key = self._keys.get(symbol)
+            if key is None:
+                key = self._keys[symbol] = symbol.encode()
+            message_keys.append(key)
+        keyed = list(zip(message_keys, templates, strict=True))  # per group: (message key, template)
+        # The field names after the timestamp and after the offset are written onto each value here.
+        timestamps = quoted_timestamps(columns.ts, AFTER_TIMESTAMP)
+        prices = encode_column(columns.price.tolist())
+        offsets = encode_column(sources.offsets.tolist(), AFTER_OFFSET)
+        sent = sources.sent
+        now = time.time_ns() // 1_000_000
+        if sent.size and int(sent.min()) > 0:
+            latencies = encode_column((now - sent).tolist())
+        else:  # a record without a timestamp has no latency
+            latencies = encode_column([now - t if t > 0 else None for t in sent.tolist()])
+        topic = self.topics.predictions
+        join = b"".join
+        if all(parts is not None for parts in templates):
+            return [
+                OutMessage(topic, key, join((head, stamp, price, after_price, offset, latency, tail)))
+                for (key, (head, after_price, tail)), stamp, price, offset, latency in zip(
+                    map(keyed.__getitem__, group_ids.tolist()),
+                    timestamps,
+                    prices,
+                    offsets,
+                    latencies,
+                    strict=True,
+                )
+            ]
+        out: list[OutMessage] = []
+        for position, (group, stamp, price, offset, latency) in enumerate(
+            zip(group_ids.tolist(), timestamps, prices, offsets, latencies, strict=True)
+        ):
+            parts = templates[group]
+            if parts is None:
+                record = records[position]
+                error = ValueError(
+                    f"the prediction of {columns.names[int(columns.symbol_ids[position])]} cannot be written"
+                )
+                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
+                continue
+            head, after_price, tail = parts
+            out.append(
+                OutMessage(
+                    topic, message_keys[group], join((head, stamp, price, after_price, offset, latency, tail))
+                )
+            )
+        return out
+
+    def _template(
+        self, symbol: str, bar_ts: int, late: bool, topic: str, partition: int
+    ) -> tuple[bytes, ...]:
+        """The template of a symbol's predictions scored at `bar_ts` (NO_BAR: none) from one partition,
+        kept while the bar's score stays the same object (a refresh replaces it)."""
+        score, bar_text = _EMPTY_SCORE, None
+        if bar_ts != NO_BAR:
+            score = self.scores.get(symbol, _NO_SCORES).get(bar_ts, _EMPTY_SCORE)
+        key = (symbol, bar_ts, late, topic, partition)
+        cached = self._templates.get(key)
+        if cached is not None and cached[0] is score:
+            return cached[1]
+        if bar_ts != NO_BAR:
+            bar_text = format_timestamp(bar_ts)
+        parts = PredictionTemplate(
+            {
+                "symbol": symbol,
+                "risk_score": score.risk_score,
+                "vol_regime": score.vol_regime,
+                "nowcast_ret": score.nowcast_ret,
+                "predicted_volatility": score.predicted_volatility,
+                "model_version": score.model_version,
+                "bar_timestamp": bar_text,
+                "late": late,
+                "topic": topic,
+                "partition": partition,
+                "intervals": score.intervals,
+                "value_at_risk": score.value_at_risk,
+                "expected_shortfall": score.expected_shortfall,
+                "var_level": score.var_level,
+            }
+        ).spliced
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+        self._templates[key] = (score, parts)
+        return parts
+
     def _prediction(
         self,
         item: _Scored,
         predictions_topic: str,
-        encode: Callable[[_Prediction], bytes],
+        encode: Callable[[Prediction], bytes],
         tick_text: str,
         bar_texts: dict[int, str],
     ) -> tuple[OutMessage, list[Alert] | None]:
@@ -552,7 +989,7 @@ class ScorerState:
             if bar_text is None:
                 bar_text = bar_texts[bar_ts] = format_timestamp(bar_ts)
         now = time.time_ns() // 1_000_000
-        payload = _Prediction(
+        payload = Prediction(
             symbol,
             tick_text,
             tick.price,
@@ -563,7 +1000,7 @@ class ScorerState:
             score.model_version,
             bar_text,
             item.late,
-            _Source(record.topic, record.partition, record.offset),
+            Source(record.topic, record.partition, record.offset),
             now - record.timestamp if record.timestamp > 0 else None,
             score.intervals,
             score.value_at_risk,
