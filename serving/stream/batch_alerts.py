@@ -19,9 +19,9 @@ case; out-of-order ticks inside the open bar do exist), the same figures come fr
 A run whose timestamps go backwards anywhere (in it, or behind what the deques hold) answers None: the
 caller feeds those ticks to `on_tick` one by one, which is exact for any order.
 
-The engine's per-symbol state is its own (`AlertEngine` keeps it private): this module reads and writes
-it where `on_tick` does, so that both paths share one state; `test_stream_batch_path.py` checks the
-alerts and the state left against `on_tick` on random streams.
+Both paths step one state, the engine's (`AlertEngine.price_rule`: the symbol's window and gate), and
+raise the same alert (`AlertEngine.price_move_alert`); `test_stream_batch_path.py` checks the alerts and
+the state left against `on_tick` on random streams.
 """
 
 from __future__ import annotations
@@ -31,16 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crypto_platform.lib.stream.alerts import PRICE_MOVE, Alert, AlertEngine, Gate, _MoveWindow
-
-
-def _rule(engine: AlertEngine, symbol: str) -> tuple[_MoveWindow, Gate]:
-    """The symbol's window and gate, created as `on_tick` creates them."""
-    rule = engine._price_rule.get(symbol)
-    if rule is None:
-        window = engine._windows[symbol] = _MoveWindow(engine.config.price_move_window_ms)
-        rule = engine._price_rule[symbol] = (window, engine._gate(symbol, PRICE_MOVE))
-    return rule
+from crypto_platform.lib.stream.alerts import Alert, AlertEngine
 
 
 class _SparseTable:
@@ -110,7 +101,7 @@ def _window_extremes(
 ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
     """For several symbols at once (`held[s]`: (ts, price) of the symbol's deque, `runs[s]`: its
     ticks'): per tick the extreme price of its window, and per symbol (ts, price) of the deque
-    `_MoveWindow.add` would leave. Each symbol is a segment of one concatenation, so the numpy calls
+    `MoveWindow.add` would leave. Each symbol is a segment of one concatenation, so the numpy calls
     are per batch, not per symbol."""
     ts_parts, price_parts, bounds = [], [], [0]
     for (old_ts, old_price), (ts, price) in zip(held, runs, strict=True):
@@ -175,7 +166,7 @@ def plan_price_moves(
     for s, (symbol, ts, _) in enumerate(runs):
         if ts.size == 0 or (ts.size > 1 and bool((np.diff(ts) < 0).any())):
             continue
-        window, _ = _rule(engine, symbol)
+        window, _ = engine.price_rule(symbol)
         highs = copies.arrays(symbol, True, window.highs)
         lows = copies.arrays(symbol, False, window.lows)
         first = int(ts[0])
@@ -199,8 +190,8 @@ def plan_price_moves(
             symbol,
             ts,
             move,
-            magnitude >= engine._move_threshold,
-            magnitude < engine._move_rearm,
+            magnitude >= engine.move_threshold,
+            magnitude < engine.move_rearm,
             high_deques[k],
             low_deques[k],
         )
@@ -210,7 +201,7 @@ def plan_price_moves(
 def apply_price_moves(engine: AlertEngine, plan: MovePlan, copies: DequeCopies) -> list[tuple[int, Alert]]:
     """Step the symbol's gate through a planned run and leave its deques as `on_tick` would: the
     alerts raised, each with the index of its tick in the run."""
-    window, gate = _rule(engine, plan.symbol)
+    window, gate = engine.price_rule(plan.symbol)
     for is_highs, (kept_ts, kept_price) in ((True, plan.highs), (False, plan.lows)):
         entries = deque(zip(kept_ts.tolist(), kept_price.tolist(), strict=True))
         if is_highs:
@@ -219,8 +210,6 @@ def apply_price_moves(engine: AlertEngine, plan: MovePlan, copies: DequeCopies) 
             window.lows = entries
         copies.keep(plan.symbol, is_highs, entries, kept_ts, kept_price)
     ts, move, active, cleared = plan.ts, plan.move, plan.active, plan.cleared
-    threshold = engine._move_threshold
-    minutes = engine.config.price_move_window_ms / 60_000
     alerts: list[tuple[int, Alert]] = []
     active_at, cleared_at = np.flatnonzero(active), np.flatnonzero(cleared)
     i, n = 0, ts.size
@@ -234,9 +223,7 @@ def apply_price_moves(engine: AlertEngine, plan: MovePlan, copies: DequeCopies) 
         else:
             j = i  # the gate's first look sets its starting state
         if gate.update(bool(active[j]), bool(cleared[j]), int(ts[j])):
-            value = float(move[j])
-            text = f"price moved {value:+.2%} within {minutes:g} min"  # on_tick's message
-            alerts.append((j, engine._alert(PRICE_MOVE, plan.symbol, value, threshold, int(ts[j]), text)))
+            alerts.append((j, engine.price_move_alert(plan.symbol, float(move[j]), int(ts[j]))))
         i = j + 1
     return alerts
 

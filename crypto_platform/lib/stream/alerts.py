@@ -97,7 +97,7 @@ class Gate:
         return True
 
 
-class _MoveWindow:
+class MoveWindow:
     """Min and max price over a sliding event-time window, O(1) amortised per tick (monotonic deques)."""
 
     __slots__ = ("highs", "lows", "window_ms")
@@ -131,11 +131,12 @@ class AlertEngine:
         _, self.turbulent_vol = vol_thresholds(timeframe)
         self.horizon_bars = horizon_bars
         self._gates: dict[tuple[str, str], Gate] = {}
-        self._windows: dict[str, _MoveWindow] = {}
+        self._windows: dict[str, MoveWindow] = {}
         # The price-move rule runs on every tick: its window and gate per symbol in one lookup.
-        self._price_rule: dict[str, tuple[_MoveWindow, Gate]] = {}
-        self._move_threshold = self.config.price_move_threshold
-        self._move_rearm = self.config.price_move_threshold * self.config.rearm_ratio
+        self._price_rule: dict[str, tuple[MoveWindow, Gate]] = {}
+        # The price-move rule's levels: a move of `move_threshold` fires, one under `move_rearm` re-arms.
+        self.move_threshold = self.config.price_move_threshold
+        self.move_rearm = self.config.price_move_threshold * self.config.rearm_ratio
 
     @property
     def forecast_threshold(self) -> float:
@@ -163,24 +164,32 @@ class AlertEngine:
             timestamp_ms=ts,
         )
 
-    def on_tick(self, symbol: str, ts_ms: int, price: float) -> Alert | None:
-        """Price-move rule; call with every in-order tick (late ticks are skipped by the scorer)."""
+    def price_rule(self, symbol: str) -> tuple[MoveWindow, Gate]:
+        """The symbol's price-move window and gate (created on first use): the state `on_tick` steps,
+        which a batch evaluation of the same rule (serving.stream.batch_alerts) steps too."""
         rule = self._price_rule.get(symbol)
         if rule is None:
-            window = self._windows[symbol] = _MoveWindow(self.config.price_move_window_ms)
+            window = self._windows[symbol] = MoveWindow(self.config.price_move_window_ms)
             rule = self._price_rule[symbol] = (window, self._gate(symbol, PRICE_MOVE))
+        return rule
+
+    def price_move_alert(self, symbol: str, move: float, ts_ms: int) -> Alert:
+        """The alert of a price move that fired its gate."""
+        minutes = self.config.price_move_window_ms / 60_000
+        text = f"price moved {move:+.2%} within {minutes:g} min"
+        return self._alert(PRICE_MOVE, symbol, move, self.move_threshold, ts_ms, text)
+
+    def on_tick(self, symbol: str, ts_ms: int, price: float) -> Alert | None:
+        """Price-move rule; call with every in-order tick (late ticks are skipped by the scorer)."""
+        rule = self._price_rule.get(symbol) or self.price_rule(symbol)
         window, gate = rule
         low, high = window.add(ts_ms, price)
         up, down = price / low - 1.0, price / high - 1.0
         move = up if up >= -down else down
-        threshold = self._move_threshold
         magnitude = abs(move)
-        if not gate.update(magnitude >= threshold, magnitude < self._move_rearm, ts_ms):
+        if not gate.update(magnitude >= self.move_threshold, magnitude < self.move_rearm, ts_ms):
             return None
-        minutes = self.config.price_move_window_ms / 60_000
-        return self._alert(
-            PRICE_MOVE, symbol, move, threshold, ts_ms, f"price moved {move:+.2%} within {minutes:g} min"
-        )
+        return self.price_move_alert(symbol, move, ts_ms)
 
     def on_regime(self, symbol: str, bar_ts_ms: int, vol: float, regime: str) -> Alert | None:
         """Turbulent-regime entry, evaluated at each newly closed bar."""
