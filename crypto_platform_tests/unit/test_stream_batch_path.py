@@ -14,14 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crypto_platform.lib.features import MODEL_FEATURES
 from crypto_platform.lib.market.simulator import simulate_ohlcv
 from crypto_platform.lib.model.intervals import fit_dispersion
-from crypto_platform.lib.model.windows import FEATURE_BARS, SEQUENCE_LENGTH
+from crypto_platform.lib.model.windows import FEATURE_BARS
 from crypto_platform.lib.stream.alerts import AlertConfig, AlertEngine
 from crypto_platform.lib.stream.bars import BarBook
 from crypto_platform.lib.stream.ticks import Tick, encode_tick, format_timestamp
-from serving.core.model_store import LoadedModel
+from crypto_platform_tests.unit.test_stream_scorer_state import model as scorer_model
 from serving.stream.batch_alerts import DequeCopies, price_moves
 from serving.stream.batch_bars import NO_BAR, add_ticks
 from serving.stream.prediction_wire import (
@@ -42,7 +41,6 @@ HOUR_MS = 3_600_000
 T0 = 1_748_736_000_000  # 2025-06-01T00:00Z
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 TOPICS = OutputTopics("preds", "alerts", "dlq")
-RV24 = MODEL_FEATURES.index("realized_vol_24")
 ALWAYS_ONE_BY_ONE = 10**9  # a `min_vector_batch` no batch reaches
 
 
@@ -143,6 +141,34 @@ def _pair(**kwargs) -> tuple[ScorerState, ScorerState]:
     return batch, single
 
 
+def _encoded(
+    constants: dict, topic: str, partition: int, ms: int, price: float, offset: int, latency: int | None
+) -> bytes:
+    """The message `encode_prediction` writes for these variable fields over the template's constants."""
+    fields = {k: v for k, v in constants.items() if k not in ("topic", "partition")}
+    return encode_prediction(
+        Prediction(
+            timestamp=format_timestamp(ms),
+            price=price,
+            source=Source(topic, partition, offset),
+            latency_ms=latency,
+            **fields,
+        )
+    )
+
+
+def _add_ticks(book: BarBook, names: list[str], ticks: list[Tick]):
+    """`add_ticks` on `ticks` as the columns the parser hands over."""
+    return add_ticks(
+        book,
+        names,
+        np.array([names.index(t.symbol) for t in ticks]),
+        np.array([t.price for t in ticks]),
+        np.array([t.volume for t in ticks]),
+        np.array([t.timestamp_ms for t in ticks]),
+    )
+
+
 @pytest.mark.parametrize(("seed", "disorder"), [(1, True), (2, True), (3, False), (4, False)])
 def test_random_streams_give_the_same_messages_alerts_and_state_as_tick_by_tick(seed, disorder):
     ticks = _stream(seed, 3000, disorder=disorder)
@@ -197,24 +223,7 @@ def test_forecasts_intervals_and_a_failed_symbol_are_written_as_one_by_one():
     """With a model (forecasts with intervals, a refresh per bar close) and one symbol whose scoring
     fails (its ticks are dead letters), the batch path writes the same bytes."""
 
-    def predict(X: np.ndarray) -> np.ndarray:
-        return X[:, -1, RV24].astype(np.float64) * 1.1
-
-    model = LoadedModel(
-        name="m",
-        version="3",
-        alias="champion",
-        family="test",
-        run_id=None,
-        load_time=0.0,
-        metrics={},
-        sequence_length=SEQUENCE_LENGTH,
-        feature_columns=MODEL_FEATURES,
-        timeframe="1h",
-        horizon_bars=24,
-        predict=predict,
-        dispersion=fit_dispersion(np.random.default_rng(0).normal(0.0, 0.4, size=500)),
-    )
+    model = scorer_model("3", dispersion=fit_dispersion(np.random.default_rng(0).normal(0.0, 0.4, size=500)))
     batch, single = _pair(model=lambda: model)
     for state in (batch, single):
         for symbol in SYMBOLS:
@@ -261,14 +270,7 @@ def test_bars_built_from_columns_are_those_of_symbol_bars_add(seed, disorder):
         part = ticks[lo:hi]
         expected = [one_by_one.add(t) for t in part]
         names = list(SYMBOLS)
-        steps = add_ticks(
-            columns,
-            names,
-            np.array([names.index(t.symbol) for t in part]),
-            np.array([t.price for t in part]),
-            np.array([t.volume for t in part]),
-            np.array([t.timestamp_ms for t in part]),
-        )
+        steps = _add_ticks(columns, names, part)
         assert steps.late.tolist() == [e.late for e in expected]
         assert [(c,) if c != NO_BAR else () for c in steps.closed.tolist()] == [e.closed for e in expected]
         assert _book_state(columns) == _book_state(one_by_one)
@@ -306,14 +308,7 @@ def test_the_scored_bar_of_each_tick_is_the_newest_closed_after_it():
     ticks = _stream(21, 1200)
     names = list(SYMBOLS)
     book, reference = BarBook("1h", 500), BarBook("1h", 500)
-    steps = add_ticks(
-        book,
-        names,
-        np.array([names.index(t.symbol) for t in ticks]),
-        np.array([t.price for t in ticks]),
-        np.array([t.volume for t in ticks]),
-        np.array([t.timestamp_ms for t in ticks]),
-    )
+    steps = _add_ticks(book, names, ticks)
     expected = []
     for t in ticks:
         reference.add(t)
@@ -447,16 +442,7 @@ def test_a_template_writes_the_bytes_msgspec_writes(
         rows, stamps, prices, offsets, latencies, strict=True
     ):
         spliced = b"".join((head, stamp, after_stamp, p, after_price, o, after_offset, lat, tail))
-        fields = {k: v for k, v in constants.items() if k not in ("topic", "partition")}
-        expected = encode_prediction(
-            Prediction(
-                timestamp=format_timestamp(ms),
-                price=price,
-                source=Source(topic, partition, offset),
-                latency_ms=latency,
-                **fields,
-            )
-        )
+        expected = _encoded(constants, topic, partition, ms, price, offset, latency)
         assert spliced == expected
         assert msgspec.json.decode(spliced)["price"] == price
     # The same bytes with the field names after the timestamp and the offset written onto the columns.
@@ -466,16 +452,7 @@ def test_a_template_writes_the_bytes_msgspec_writes(
     for stamp, p, o, lat, (ms, price, offset, latency) in zip(
         stamps, prices, offsets, latencies, rows, strict=True
     ):
-        fields = {k: v for k, v in constants.items() if k not in ("topic", "partition")}
-        expected = encode_prediction(
-            Prediction(
-                timestamp=format_timestamp(ms),
-                price=price,
-                source=Source(topic, partition, offset),
-                latency_ms=latency,
-                **fields,
-            )
-        )
+        expected = _encoded(constants, topic, partition, ms, price, offset, latency)
         assert b"".join((head, stamp, p, after_price, o, lat, tail)) == expected
 
 

@@ -24,7 +24,7 @@ SYMBOLS = ("BTC/USDT", "ETH/USDT")
 RV24 = MODEL_FEATURES.index("realized_vol_24")
 
 
-def model(version: str, calls: list[int] | None = None, scale: float = 1.1) -> LoadedModel:
+def model(version: str, calls: list[int] | None = None, scale: float = 1.1, dispersion=None) -> LoadedModel:
     def predict(X: np.ndarray) -> np.ndarray:
         if calls is not None:
             calls.append(X.shape[0])
@@ -43,6 +43,7 @@ def model(version: str, calls: list[int] | None = None, scale: float = 1.1) -> L
         timeframe="1h",
         horizon_bars=24,
         predict=predict,
+        dispersion=dispersion,
     )
 
 
