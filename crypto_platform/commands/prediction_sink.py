@@ -9,12 +9,9 @@ Exit status: 0 after SIGTERM/SIGINT (the batch in flight stored and committed), 
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 import click
 
-from crypto_platform.commands.service_process import configure_logging, exit_on_sigterm
+from crypto_platform.commands.service_process import configure_logging, exit_on_sigterm, run_until_signalled
 
 
 @click.command(name="prediction-sink")
@@ -54,12 +51,4 @@ def command(
         client_id=f"{stream.client_id}-prediction-sink",
     )
 
-    async def main() -> None:
-        sink = PredictionSink(config)
-        sink.install_signal_handlers()
-        await sink.run()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    run_until_signalled(lambda: PredictionSink(config))

@@ -8,12 +8,9 @@ Exit status: 0 after SIGTERM/SIGINT (drained and committed), 2 on bad arguments,
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 import click
 
-from crypto_platform.commands.service_process import configure_logging, exit_on_sigterm
+from crypto_platform.commands.service_process import configure_logging, exit_on_sigterm, run_until_signalled
 
 
 def _default_instance() -> str:
@@ -105,12 +102,4 @@ def command(
         max_future_ms=max_future_ms,
     )
 
-    async def main() -> None:
-        scorer = Scorer(config)
-        scorer.install_signal_handlers()
-        await scorer.run()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
-        sys.exit(0)
+    run_until_signalled(lambda: Scorer(config))

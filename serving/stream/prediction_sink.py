@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -181,11 +180,6 @@ class PredictionSink:
 
     def request_stop(self) -> None:
         self.stopping.set()
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
 
     async def run(self) -> None:
         config = self.config

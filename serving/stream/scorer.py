@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -216,11 +215,6 @@ class Scorer:
 
     def request_stop(self) -> None:
         self.stopping.set()
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
 
     async def run(self) -> None:
         config = self.config
