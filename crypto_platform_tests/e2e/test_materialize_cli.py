@@ -38,6 +38,16 @@ def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
     )
 
 
+def _cli_on_replay(tmp_path: Path, server, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """One day from the started replay `server` (`--source exchange`), which is stopped afterwards."""
+    try:
+        return _cli(
+            tmp_path, "--source", "exchange", "--days", "1", *args, CRYPTO_EXCHANGE_API_URL=server.url, **env
+        )
+    finally:
+        server.stop()
+
+
 def test_materialize_simulated_two_days(tmp_path: Path) -> None:
     # The market group only: two days are far too little history to train a model on.
     done = _cli(tmp_path, "--source", "simulated", "--days", "2", "--select", "group:market")
@@ -76,20 +86,7 @@ def test_materialize_runs_the_healthy_symbol_again_when_one_fails(tmp_path: Path
 
     broken = FaultRule("500", count=10_000, endpoint="klines", symbol="ETHUSDT")
     server = ReplayServer(simulate=("BTCUSDT", "ETHUSDT"), faults=[broken]).start()
-    try:
-        done = _cli(
-            tmp_path,
-            "--source",
-            "exchange",
-            "--days",
-            "1",
-            "--select",
-            "group:market",
-            CRYPTO_EXCHANGE_API_URL=server.url,
-            CRYPTO_EXCHANGE_RETRY_BUDGET_S="1",
-        )
-    finally:
-        server.stop()
+    done = _cli_on_replay(tmp_path, server, "--select", "group:market", CRYPTO_EXCHANGE_RETRY_BUDGET_S="1")
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
     # the batch fails naming ETH, then BTC runs alone and succeeds, ETH runs alone and fails
@@ -122,19 +119,7 @@ def test_materialize_exits_nonzero_when_a_blocking_check_fails(tmp_path: Path) -
 
     first_day = datetime.now(UTC).date() - timedelta(days=1)
     server = ReplayServer(data_dir=_bad_replay_dir(tmp_path / "replay", first_day)).start()
-    try:
-        done = _cli(
-            tmp_path,
-            "--source",
-            "exchange",
-            "--days",
-            "1",
-            "--symbols",
-            "BTC/USDT",
-            CRYPTO_EXCHANGE_API_URL=server.url,
-        )
-    finally:
-        server.stop()
+    done = _cli_on_replay(tmp_path, server, "--symbols", "BTC/USDT")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "check ohlcv:ohlc_consistency     FAILED (ERROR)" in done.stdout
     assert "FAILED: 1 of 1 run(s) failed (BTCUSDT " in done.stderr

@@ -26,6 +26,13 @@ def market_settings(data_location: str | Path, **env: str) -> Settings:
     return load_settings({**base, **env})
 
 
+def exchange_settings(data_location: str | Path, exchange_url: str, **env: str) -> Settings:
+    """`market_settings` fetching through ccxt from the exchange (replay server) at `exchange_url`."""
+    return market_settings(
+        data_location, CRYPTO_MARKET_SOURCE="exchange", CRYPTO_EXCHANGE_API_URL=exchange_url, **env
+    )
+
+
 def range_tags(
     first_day: str, last_day: str, symbol_id: str, last_symbol_id: str | None = None
 ) -> dict[str, str]:

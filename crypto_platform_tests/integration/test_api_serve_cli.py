@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,30 +19,45 @@ from crypto_platform_tests.fixtures.servers import stop_process_group, venv_bin,
 pytestmark = pytest.mark.integration
 
 
-def test_serve_command_answers_probes_and_signals(api_data_dir, tmp_path, closed_port_url):
+def _start_serve(api_data_dir, tmp_path, closed_port_url, **env: str) -> tuple[subprocess.Popen, str, Path]:
+    """`crypto-platform serve` on a free port over the test store, MLflow unreachable (the API must come
+    up anyway and say why it is not ready), `env` on top; (process, base URL, log file) once healthy."""
     port = free_port()
-    env = {
+    full_env = {
         **os.environ,
         "CRYPTO_DATA_LOCATION": str(api_data_dir),
         "CRYPTO_SYMBOLS": "BTC/USDT,ETH/USDT",
         "CRYPTO_MARKET_SOURCE": "simulated",
-        "CRYPTO_API_HISTORY_URL": f"sqlite:///{tmp_path / 'history.db'}",
-        # MLflow unreachable: the API must come up anyway and say why it is not ready.
         "MLFLOW_TRACKING_URI": closed_port_url,
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "CRYPTO_API_MODEL_STARTUP_S": "5",
+        **env,
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [venv_bin("crypto-platform"), "serve", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
             lambda: requests.get(f"{url}/health", timeout=2).ok, 90, "crypto-platform serve", proc, log
         )
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return proc, url, log
+
+
+def test_serve_command_answers_probes_and_signals(api_data_dir, tmp_path, closed_port_url):
+    proc, url, _ = _start_serve(
+        api_data_dir,
+        tmp_path,
+        closed_port_url,
+        CRYPTO_API_HISTORY_URL=f"sqlite:///{tmp_path / 'history.db'}",
+        CRYPTO_API_MODEL_STARTUP_S="5",
+    )
+    try:
         assert requests.get(f"{url}/ready", timeout=5).status_code == 503
         # The stored bars end at the fixtures' frozen clock, hours or days ago by now: the API goes to
         # the live (here: simulated) source for the newest bars.
@@ -77,29 +93,16 @@ def test_api_reads_the_stored_asset_from_s3(make_api_client, api_settings, s3_lo
 def test_sigterm_writes_every_served_signal_to_the_history(api_data_dir, tmp_path, closed_port_url):
     """N signals served while the history DB is locked (they wait in the write-behind queue), then
     SIGTERM: the server's shutdown drains the queue, and the DB holds all N once the process is gone."""
-    port, db = free_port(), tmp_path / "history.db"
-    env = {
-        **os.environ,
-        "CRYPTO_DATA_LOCATION": str(api_data_dir),
-        "CRYPTO_SYMBOLS": "BTC/USDT,ETH/USDT",
-        "CRYPTO_MARKET_SOURCE": "simulated",
-        "CRYPTO_API_HISTORY_URL": f"sqlite:///{db}",
-        "CRYPTO_API_RATE_LIMIT": "0",
-        "MLFLOW_TRACKING_URI": closed_port_url,
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "CRYPTO_API_MODEL_STARTUP_S": "1",
-    }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [venv_bin("crypto-platform"), "serve", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url, n = f"http://127.0.0.1:{port}", 40
+    db, n = tmp_path / "history.db", 40
+    proc, url, log = _start_serve(
+        api_data_dir,
+        tmp_path,
+        closed_port_url,
+        CRYPTO_API_HISTORY_URL=f"sqlite:///{db}",
+        CRYPTO_API_RATE_LIMIT="0",
+        CRYPTO_API_MODEL_STARTUP_S="1",
+    )
     try:
-        wait_until(
-            lambda: requests.get(f"{url}/health", timeout=2).ok, 90, "crypto-platform serve", proc, log
-        )
         session = requests.Session()
         # Warm: features computed, the first row written (a tail read waits for queued writes).
         assert session.post(f"{url}/v1/crypto/signal", json={"symbol": "BTC/USDT"}, timeout=60).ok

@@ -35,7 +35,7 @@ from crypto_platform_tests.integration.market_days import (
     served_closed_bars,
     stored_bars,
 )
-from crypto_platform_tests.integration.market_runs import build, market_settings
+from crypto_platform_tests.integration.market_runs import build, exchange_settings
 
 pytestmark = pytest.mark.integration
 
@@ -83,11 +83,10 @@ def test_a_failing_symbol_fails_alone_and_the_others_are_materialised(
     tmp_path: Path, four_symbol_exchange: ReplayServer, dagster_instance: DagsterInstance
 ) -> None:
     exchange = four_symbol_exchange
-    settings = market_settings(
+    settings = exchange_settings(
         tmp_path / "data",
+        exchange.url,
         CRYPTO_SYMBOLS=",".join(SYMBOL_IDS),
-        CRYPTO_MARKET_SOURCE="exchange",
-        CRYPTO_EXCHANGE_API_URL=exchange.url,
         CRYPTO_PARTITIONS_START="2025-05-01",
         # the broken symbol exhausts its retries in about a second instead of a minute
         CRYPTO_EXCHANGE_RETRY_BUDGET_S="1",

@@ -25,7 +25,7 @@ from crypto_platform_tests.integration.market_days import (
     set_exchange_clock,
     stored_bars,
 )
-from crypto_platform_tests.integration.market_runs import build, market_settings, run_range
+from crypto_platform_tests.integration.market_runs import build, exchange_settings, run_range
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +47,10 @@ LATE_BARS_SERVED_FROM = datetime(2025, 6, 3, 0, 30, tzinfo=UTC)
 @pytest.mark.timeout(1200)
 def test_three_simulated_days_keep_every_closed_bar(tmp_path: Path, replay_server) -> None:
     started = time.monotonic()
-    settings = market_settings(
+    settings = exchange_settings(
         tmp_path / "data",
+        replay_server.url,
         CRYPTO_SYMBOLS=",".join(SYMBOLS.values()),
-        CRYPTO_MARKET_SOURCE="exchange",
-        CRYPTO_EXCHANGE_API_URL=replay_server.url,
         CRYPTO_PARTITIONS_START="2025-05-01",
         CRYPTO_EXCHANGE_RETRY_BUDGET_S="5",
     )
@@ -165,11 +164,10 @@ OUTAGE_DAY = "2023-03-24"
 
 
 def test_gap_repair_gives_up_on_a_real_exchange_outage(tmp_path: Path, real_replay_server) -> None:
-    settings = market_settings(
+    settings = exchange_settings(
         tmp_path / "data",
+        real_replay_server.url,
         CRYPTO_SYMBOLS=SYMBOL,
-        CRYPTO_MARKET_SOURCE="exchange",
-        CRYPTO_EXCHANGE_API_URL=real_replay_server.url,
         CRYPTO_PARTITIONS_START="2023-01-01",
     )
     defs = build(settings)

@@ -36,6 +36,7 @@ from crypto_platform_tests.integration.market_runs import (
     RANGE_START_TAG,
     build,
     check_results,
+    exchange_settings,
     market_settings,
     materializations,
     run_range,
@@ -223,10 +224,9 @@ def test_real_bars_replayed_one_paginated_fetch_per_symbol(
     tmp_path: Path, shared_ohlcv_dir: Path, real_replay_server
 ) -> None:
     first_day, last_day = date(2026, 3, 1), date(2026, 4, 15)  # the replay clock stands at 2026-04-16 00:30
-    settings = market_settings(
+    settings = exchange_settings(
         tmp_path / "data",
-        CRYPTO_MARKET_SOURCE="exchange",
-        CRYPTO_EXCHANGE_API_URL=real_replay_server.url,
+        real_replay_server.url,
         CRYPTO_PARTITIONS_START="2017-08-17",
     )
     defs = build(settings)
