@@ -135,8 +135,7 @@ def build_market_assets(settings: Settings) -> list[AssetsDefinition]:
             market_data, contiguous_ranges(list(context.partition_keys))
         ):
             symbol = symbol_for_id(day_range.symbol_id)
-            start_ms = day_start_ms(day_range.first_day)
-            end_ms = day_start_ms(day_range.last_day) + DAY_MS
+            start_ms, end_ms = day_range.bounds_ms
             if isinstance(data, BaseException):
                 failures[day_range.symbol_id] = f"{type(data).__name__}: {data}"
                 context.log.error(f"{symbol} {day_range.first_day}..{day_range.last_day}: {data}")
@@ -383,9 +382,7 @@ def _fetch_concurrently(
     workers = max(1, min(market_data.fetch_concurrency, len(day_ranges)))
 
     def load(day_range: DayRange) -> MarketData:
-        start_ms = day_start_ms(day_range.first_day)
-        end_ms = day_start_ms(day_range.last_day) + DAY_MS
-        return market_data.load(symbol_for_id(day_range.symbol_id), start_ms, end_ms)
+        return market_data.load(symbol_for_id(day_range.symbol_id), *day_range.bounds_ms)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ohlcv-fetch") as pool:
         futures = [pool.submit(load, day_range) for day_range in day_ranges]

@@ -26,6 +26,7 @@ from dagster import (
 
 from crypto_platform.lib.market.symbols import exchange_symbol_id, normalize_symbol
 from crypto_platform.lib.market.timeframes import bars_per_day
+from crypto_platform.lib.storage import DAY_MS, day_start_ms
 from crypto_platform.settings import Settings
 
 DATE_DIM = "date"
@@ -49,12 +50,15 @@ def market_partitions_def(settings: Settings) -> MultiPartitionsDefinition:
     return _build(settings.partitions_start, symbol_ids)
 
 
-def market_symbol_order(settings: Settings) -> list[str]:
-    """Symbol ids in the symbol dimension's order (that of `settings.symbols`): a partition-key range
+def symbol_order(partitions_def: MultiPartitionsDefinition) -> list[str]:
+    """Symbol ids in the symbol dimension's order (that of `Settings.symbols`): a partition-key range
     over several symbols covers the ones between its ends in this order."""
-    return list(
-        market_partitions_def(settings).get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys()
-    )
+    return list(partitions_def.get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys())
+
+
+def market_symbol_order(settings: Settings) -> list[str]:
+    """`symbol_order` of the market partitions `settings` define."""
+    return symbol_order(market_partitions_def(settings))
 
 
 def market_partition_key(day: str | date, symbol: str) -> MultiPartitionKey:
@@ -90,6 +94,11 @@ class DayRange:
     def days(self) -> list[str]:
         n = (self.last_day - self.first_day).days + 1
         return [(self.first_day + timedelta(days=i)).isoformat() for i in range(n)]
+
+    @property
+    def bounds_ms(self) -> tuple[int, int]:
+        """[start, end) of the range in epoch ms: the first day's midnight to the one after the last."""
+        return day_start_ms(self.first_day), day_start_ms(self.last_day) + DAY_MS
 
 
 def contiguous_ranges(partition_keys: list[str]) -> list[DayRange]:

@@ -36,9 +36,9 @@ from dagster import (
 )
 
 from crypto_platform.defs.market.partitions import (
-    SYMBOL_DIM,
     market_partition_key,
     split_partition_key,
+    symbol_order,
 )
 from crypto_platform.lib.market.symbols import exchange_symbol_id
 
@@ -165,7 +165,7 @@ def batch_of_run(tags: Mapping[str, str], partitions_def: MultiPartitionsDefinit
         )
     except ValueError:
         return None
-    order = list(partitions_def.get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys())
+    order = symbol_order(partitions_def)
     if first_symbol not in order or last_symbol not in order:
         return None  # symbols dropped from the configuration since
     symbols = order[order.index(first_symbol) : order.index(last_symbol) + 1]
@@ -207,10 +207,10 @@ def failed_symbols(events: Iterable[DagsterEvent] | ExecuteInProcessResult) -> l
 def split_failed_batch(batch: SymbolBatch, failed_symbol_ids: Collection[str]) -> list[SymbolBatch]:
     """What to run after `batch` failed: the failing symbols alone, the healthy stretches together.
 
-        `failed_symbol_ids` are the symbols `ohlcv` could not fetch; empty (the run failed elsewhere: a
-        blocking check, `features`) means unknown, and the batch is bisected so the culprit is isolated in
-        log2(batch) rounds. A batch of one symbol, or one where every symbol failed (the exchange is down),
-    is not split: the next refresh or repair retries it.
+    `failed_symbol_ids` are the symbols the run named (`failed_symbols`); empty (it failed where no
+    symbol is named, e.g. in `features`) means unknown, and the batch is bisected so the culprit is
+    isolated in log2(batch) rounds. A batch of one symbol, or one where every symbol failed (the
+    exchange is down), is not split: the next refresh or repair retries it.
     """
     failed = [s for s in batch.symbol_ids if s in set(failed_symbol_ids)]
     if len(batch.symbol_ids) == 1 or len(failed) == len(batch.symbol_ids):

@@ -40,9 +40,9 @@ from dagster import (
 from crypto_platform.defs.market.assets import COVERED_UNTIL_META, OHLCV_KEY
 from crypto_platform.defs.market.partitions import (
     DATE_DIM,
-    SYMBOL_DIM,
     market_partitions_def,
     split_partition_key,
+    symbol_order,
 )
 from crypto_platform.defs.market.run_requests import batch_symbols, market_run_request
 from crypto_platform.lib.market.timeframes import timeframe_ms, validate_timeframe
@@ -109,7 +109,7 @@ def refresh_days(
 def build_market_schedules(settings: Settings, job_name: str) -> list[ScheduleDefinition]:
     """The schedules of the market group; `job_name` is the market job defined beside them."""
     partitions_def = market_partitions_def(settings)
-    symbol_ids = list(partitions_def.get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys())
+    symbol_ids = symbol_order(partitions_def)
     first_day = date.fromisoformat(
         partitions_def.get_partitions_def_for_dimension(DATE_DIM).get_first_partition_key()
     )

@@ -43,10 +43,10 @@ from dagster import (
 
 from crypto_platform.defs.market.assets import MISSING_BARS_META, OHLCV_KEY
 from crypto_platform.defs.market.partitions import (
-    SYMBOL_DIM,
     contiguous_ranges,
     market_partitions_def,
     split_partition_key,
+    symbol_order,
 )
 from crypto_platform.defs.market.run_requests import (
     batch_of_run,
@@ -123,7 +123,7 @@ def build_market_sensors(settings: Settings, job: Any) -> list[SensorDefinition]
     `define_asset_job` returns; its class is not public API, hence `Any`)."""
     job_name = job.name
     valid_partitions = market_partitions_def(settings)
-    symbol_order = list(valid_partitions.get_partitions_def_for_dimension(SYMBOL_DIM).get_partition_keys())
+    market_symbols = symbol_order(valid_partitions)
     batch_size = settings.refresh_batch_symbols
 
     @sensor(
@@ -169,7 +169,7 @@ def build_market_sensors(settings: Settings, job: Any) -> list[SensorDefinition]
         # Partitions that no longer exist (symbols dropped, start moved) are not asked for.
         due = [p for p in due if valid_partitions.has_partition_key(p)]
         requests: list[RunRequest] = []
-        batches = batch_symbols(_repair_ranges(due), symbol_order, batch_size, REPAIR_MAX_SPAN_DAYS)
+        batches = batch_symbols(_repair_ranges(due), market_symbols, batch_size, REPAIR_MAX_SPAN_DAYS)
         for batch in batches[:MAX_REPAIR_RUNS_PER_TICK]:
             members = set(batch.symbol_ids)
             for partition in due:
