@@ -162,7 +162,7 @@ def create_app(
             SummaryController,
             EvidenceController,
         ],
-        # reader_guard's rule, as middleware (see ReaderGateMiddleware: a guard costs a handler copy)
+        # the reader rule as middleware, not a guard (see ReaderGateMiddleware: a guard costs a handler copy)
         middleware=[ReaderGateMiddleware(keyring)],
     )
     middleware: list[Any] = [

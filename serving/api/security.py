@@ -71,20 +71,16 @@ def _keyring(connection: ASGIConnection) -> KeyRing:
     return connection.app.state.keyring
 
 
-# Guards are `async def` although they only hash a header: Litestar runs a sync guard in a worker thread,
-# a hop that cost more than the whole ml-signal handler (profiled: ~0.3 ms per request under load).
-async def reader_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Any valid key; none needed unless CRYPTO_API_REQUIRE_KEY is set."""
-    require(connection, _keyring(connection), READER)
-
-
+# `async def` although it only hashes a header: Litestar runs a sync guard in a worker thread, a hop
+# that cost more than the whole ml-signal handler (profiled: ~0.3 ms per request under load).
 async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     require(connection, _keyring(connection), ADMIN)
 
 
 class ReaderGateMiddleware(ASGIMiddleware):
-    """`reader_guard`'s rule for a whole router, as middleware: the same decision (`require`) and the
-    same 401/403 body Litestar makes of the guard's exception, answered here.
+    """The reader rule for a whole router (any valid key; none needed unless CRYPTO_API_REQUIRE_KEY is
+    set), as middleware: the same decision (`require`) and the same 401/403 body Litestar makes of a
+    guard's exception, answered here.
 
     On a router every route pays for its guards, and Litestar calls each guard with a fresh copy of
     the route handler (`copy(handler)` per guard per request): profiled under wrk, that copy cost as
