@@ -526,9 +526,8 @@ class Scorer:
             if topic == dlq_topic:  # one dead letter per batch
                 for message in messages:
                     batch = producer.create_batch()
-                    _append(
-                        batch, message
-                    )  # the first message of a batch always fits; the broker may refuse it
+                    # the first message of a batch always fits; the broker may refuse it
+                    _append(batch, message)
                     sent.append(([message], await _send_closed(producer, batch, topic, partition)))
                 continue
             # Predictions and alerts: as many per batch as fit (the append inlined: this loop runs once

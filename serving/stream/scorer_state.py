@@ -429,7 +429,6 @@ class ScorerState:
         """The batch's valid ticks and their records (input order); the others become dead letters."""
         now = self.clock_ms()
         # Locals for what every record touches: this loop is the scorer's per-tick cost.
-        symbols, max_future_ms = self.symbols, self.max_future_ms
         offsets = work.offsets
         valid_records: list[InputRecord] = []
         valid_ticks: list[Tick] = []
@@ -441,19 +440,8 @@ class ScorerState:
                 consumed += 1
                 offsets[(record.topic, record.partition)] = record.offset + 1
                 if tick is None:
-                    try:
-                        tick = parse_tick(record.value, symbols, now, max_future_ms)
-                    except InvalidTick as exc:
-                        self._reject(work, record, exc.code, exc.reason, exc)
-                        continue
-                    except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
-                        log.exception(
-                            "the tick parser failed on %s:%d@%d",
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                        )
-                        self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+                    tick = self._parse_or_reject(work, record, now)
+                    if tick is None:
                         continue
                 keep_record(record)
                 keep_tick(tick)
@@ -475,7 +463,7 @@ class ScorerState:
                     log.exception(
                         "adding a tick failed at %s:%d@%d", record.topic, record.partition, record.offset
                     )
-                    self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
+                    self._score_failed(work, record, exc)
                     continue
                 valid += 1
                 if ingested.late:
@@ -500,17 +488,8 @@ class ScorerState:
         symbol_ids, price, volume, ts = parsed.symbol_ids, parsed.price, parsed.volume, parsed.ts
         now = self.clock_ms()
         for row in np.flatnonzero(symbol_ids < 0).tolist():
-            record = records[row]
-            try:
-                tick = parse_tick(record.value, self.symbols, now, self.max_future_ms)
-            except InvalidTick as exc:
-                self._reject(work, record, exc.code, exc.reason, exc)
-                continue
-            except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
-                log.exception(
-                    "the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset
-                )
-                self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+            tick = self._parse_or_reject(work, records[row], now)
+            if tick is None:
                 continue
             symbol_ids[row] = parsed.id_of(tick.symbol)
             price[row], volume[row], ts[row] = tick.price, tick.volume, tick.timestamp_ms
@@ -553,9 +532,7 @@ class ScorerState:
                 )
                 keep[plan.index] = False
                 for position in np.sort(plan.index).tolist():
-                    self._reject(
-                        work, records[position], SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc
-                    )
+                    self._score_failed(work, records[position], exc)
         if not keep.all():
             columns = columns.subset(np.flatnonzero(keep))
         work.columns = columns
@@ -566,6 +543,21 @@ class ScorerState:
             symbol = columns.names[int(columns.symbol_ids[position])]
             work.new_bars.setdefault(symbol, []).append(int(steps.closed[position]))
             work.refresh_symbols.add(symbol)
+
+    def _parse_or_reject(self, work: BatchWork, record: InputRecord, now: int) -> Tick | None:
+        """`parse_tick` of one record; None when it is not a tick (it is then a dead letter, with why)."""
+        try:
+            return parse_tick(record.value, self.symbols, now, self.max_future_ms)
+        except InvalidTick as exc:
+            self._reject(work, record, exc.code, exc.reason, exc)
+        except Exception as exc:  # parse_tick promises InvalidTick only; a bug must not block
+            log.exception("the tick parser failed on %s:%d@%d", record.topic, record.partition, record.offset)
+            self._reject(work, record, PARSE_ERROR, f"{PARSE_ERROR}: {_describe(exc)}", exc)
+        return None
+
+    def _score_failed(self, work: BatchWork, record: InputRecord, error: BaseException) -> None:
+        """A valid tick that could not be added, scored or written: a dead letter saying what failed."""
+        self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
 
     def _reject(
         self, work: BatchWork, record: InputRecord, code: str, reason: str, error: BaseException
@@ -739,15 +731,12 @@ class ScorerState:
             tick, record = item.tick, item.record
             failed = work.failed_symbols.get(tick.symbol)
             if failed is not None:
-                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(failed)}", failed)
+                self._score_failed(work, record, failed)
                 continue
             try:
                 message, tick_alerts = self._prediction(item, predictions_topic, encode, tick_text, bar_texts)
             except Exception as exc:
-                log.exception(
-                    "scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset
-                )
-                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
+                self._reject_scored(work, record, exc)
                 continue
             predictions.append(message)
             if tick_alerts:
@@ -799,7 +788,7 @@ class ScorerState:
             for position in np.flatnonzero(lost).tolist():
                 error = work.failed_symbols[columns.names[int(columns.symbol_ids[position])]]
                 record = columns.records[position]
-                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
+                self._score_failed(work, record, error)
         # Alerts with their tick's position: a tick's bar alerts come before its price-move alert.
         raised: list[tuple[int, int, Alert]] = []
         broken = np.zeros(ids.size, dtype=bool)  # ticks whose alerts failed: dead letters, as one by one
@@ -835,8 +824,9 @@ class ScorerState:
         return True
 
     def _reject_scored(self, work: BatchWork, record: InputRecord, exc: BaseException) -> None:
+        """`_score_failed`, logged with the tick's position (inside an `except`)."""
         log.exception("scoring the tick at %s:%d@%d failed", record.topic, record.partition, record.offset)
-        self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(exc)}", exc)
+        self._score_failed(work, record, exc)
 
     def _encode_columns(self, work: BatchWork, columns: TickColumns) -> list[OutMessage]:
         """The prediction messages of `columns` (input order), each spliced into its group's template."""
@@ -915,7 +905,7 @@ class ScorerState:
                 error = ValueError(
                     f"the prediction of {columns.names[int(columns.symbol_ids[position])]} cannot be written"
                 )
-                self._reject(work, record, SCORE_ERROR, f"{SCORE_ERROR}: {_describe(error)}", error)
+                self._score_failed(work, record, error)
                 continue
             head, after_price, tail = parts
             out.append(
