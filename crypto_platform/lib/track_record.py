@@ -241,18 +241,31 @@ def build_track_record(
     )
 
 
+def count_inside(
+    observations: Iterable[tuple[float | None, float, float, float]],
+) -> dict[float | None, tuple[int, int]]:
+    """(level, lower, upper, realized) per served interval → per level (None: a level nobody stated):
+    (intervals, realized values inside them, bounds inclusive). A calibrated 80 % interval holds ~80 %."""
+    counts: dict[float | None, list[int]] = {}
+    for level, lower, upper, value in observations:
+        seen = counts.setdefault(level, [0, 0])
+        seen[0] += 1
+        seen[1] += int(lower <= value <= upper)
+    ordered = sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or 0.0))
+    return {level: (n, inside) for level, (n, inside) in ordered}
+
+
 def interval_coverage(intervals: Sequence[str | None], realized: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Per level: how many of the forecasts that carried an interval of that level saw the realized
-    volatility land inside it (bounds inclusive). `intervals`: each forecast's JSON, None without."""
-    counts: dict[float, list[int]] = {}
-    for text, value in zip(intervals, realized, strict=True):
-        for interval in json.loads(text) if text else ():
-            seen = counts.setdefault(float(interval["level"]), [0, 0])
-            seen[0] += 1
-            seen[1] += int(interval["lower"] <= value <= interval["upper"])
+    """`count_inside` of the scored forecasts' intervals, as the record stores it: level ("0.8") →
+    {n, inside, coverage}. `intervals`: each forecast's JSON [{level, lower, upper}, ...], None without."""
+    counted = count_inside(
+        (float(i["level"]), i["lower"], i["upper"], value)
+        for text, value in zip(intervals, realized, strict=True)
+        for i in (json.loads(text) if text else ())
+    )
     return {
         f"{level:g}": {"n": n, "inside": inside, "coverage": inside / n}
-        for level, (n, inside) in sorted(counts.items())
+        for level, (n, inside) in counted.items()
     }
 
 

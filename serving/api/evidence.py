@@ -64,6 +64,7 @@ from crypto_platform.lib.storage import (
     ObjectStore,
     newest_json_key,
 )
+from crypto_platform.lib.track_record import count_inside
 from serving.api import evidence_schemas as es
 from serving.api.scoring import NotEnoughHistoryError, finite, iso_ms
 from serving.api.services import InvalidInputError, Services
@@ -272,18 +273,13 @@ def track_record(
 
 def interval_coverage(forecasts: Sequence[es.ServedForecast]) -> list[es.IntervalCoverage]:
     """Per interval level, the matched forecasts that carried one and how many saw the realized
-    volatility land inside it: a calibrated 80 % interval holds about 80 % of them."""
-    counts: dict[float | None, list[int]] = {}
-    for f in forecasts:
-        if f.interval is None or f.realized_volatility is None:
-            continue
-        seen = counts.setdefault(f.interval.level, [0, 0])
-        seen[0] += 1
-        seen[1] += int(f.interval.lower <= f.realized_volatility <= f.interval.upper)
-    return [
-        es.IntervalCoverage(level=level, n=n, inside=inside)
-        for level, (n, inside) in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or 0.0))
-    ]
+    volatility land inside it (`lib.track_record.count_inside`, the stored record's rule)."""
+    counted = count_inside(
+        (f.interval.level, f.interval.lower, f.interval.upper, f.realized_volatility)
+        for f in forecasts
+        if f.interval is not None and f.realized_volatility is not None
+    )
+    return [es.IntervalCoverage(level=level, n=n, inside=inside) for level, (n, inside) in counted.items()]
 
 
 def overview_row(
