@@ -137,10 +137,10 @@ def _refresh(
         reset_exchange_probe()
         server.reset()
         started = time.perf_counter()
-        context = build_schedule_context(
+        with build_schedule_context(
             instance=instance, scheduled_execution_time=tick, repository_def=repository
-        )
-        requests: list[RunRequest] = list(schedule.evaluate_tick(context).run_requests or [])
+        ) as context:
+            requests: list[RunRequest] = list(schedule.evaluate_tick(context).run_requests or [])
         failed = 0
         for request in requests:
             result = job.execute_in_process(

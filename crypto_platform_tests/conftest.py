@@ -57,6 +57,12 @@ def _isolated_dagster_state_storage():
     Dagster keeps the storage of the last instance entered as a context manager in a ContextVar; a
     re-entered instance never resets it, so after a test the variable can point at a disposed
     instance and the next Definitions load fails ("undefined DagsterInstance weakref").
+
+    This fixture cannot undo a leak that happens later: a schedule or sensor evaluation context
+    opens its own instance from the ref and only closes it on `__exit__`. Left unclosed, the garbage
+    collector finalises it whenever it runs, possibly during another test, and that restores the
+    storage of the instance that was current when it opened. Tests therefore always use
+    `with build_schedule_context(...) as context:` (and the sensor equivalents).
     """
     from dagster._core.storage.defs_state.base import set_defs_state_storage
 

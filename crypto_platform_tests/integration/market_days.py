@@ -133,14 +133,13 @@ class Daemonless:
             return
         self.failed_runs.append(request.run_key or "")
         sensor = self.defs.resolve_sensor_def(BATCH_SPLIT_SENSOR)
-        answer = sensor(
-            build_run_status_sensor_context(
-                sensor_name=BATCH_SPLIT_SENSOR,
-                dagster_event=result.get_run_failure_event(),
-                dagster_instance=self.instance,
-                dagster_run=result.dagster_run,
-            )
-        )
+        with build_run_status_sensor_context(
+            sensor_name=BATCH_SPLIT_SENSOR,
+            dagster_event=result.get_run_failure_event(),
+            dagster_instance=self.instance,
+            dagster_run=result.dagster_run,
+        ) as context:
+            answer = sensor(context)
         for split in answer if isinstance(answer, list) else []:
             self.split_requests.append(split)
             self.execute(split)
@@ -148,16 +147,13 @@ class Daemonless:
     def tick(self, at: datetime) -> Tick:
         set_exchange_clock(self.exchange_url, at)
         schedule = self.defs.resolve_schedule_def(REFRESH_SCHEDULE)
-        refresh = list(
-            schedule.evaluate_tick(
-                build_schedule_context(
-                    instance=self.instance,
-                    scheduled_execution_time=at,
-                    repository_def=self.defs.get_repository_def(),
-                )
-            ).run_requests
-            or []
-        )
+        # a closed context releases the instance it opened from the ref (see _tick in test_ml_sensors)
+        with build_schedule_context(
+            instance=self.instance,
+            scheduled_execution_time=at,
+            repository_def=self.defs.get_repository_def(),
+        ) as context:
+            refresh = list(schedule.evaluate_tick(context).run_requests or [])
         for request in refresh:
             self.execute(request)
         result = self.repair_tick()
@@ -166,9 +162,10 @@ class Daemonless:
     def repair_tick(self) -> SensorResult:
         """One evaluation of the gap-repair sensor (cursor carried over) and its runs, executed."""
         sensor = self.defs.resolve_sensor_def(GAP_REPAIR_SENSOR)
-        result = sensor(
-            build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources)
-        )
+        with build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources=self.resources
+        ) as context:
+            result = sensor(context)
         assert isinstance(result, SensorResult)
         self.cursor = result.cursor
         for request in result.run_requests or []:

@@ -188,10 +188,10 @@ def test_lookback_days_and_contiguous_ranges() -> None:
 def _refresh_requests(defs: Definitions, instance: DagsterInstance, when: datetime) -> list[RunRequest]:
     schedule = defs.resolve_schedule_def("market_hourly_refresh")
     # with the repository, evaluate_tick also resolves each request against the job's partitions
-    context = build_schedule_context(
+    with build_schedule_context(
         instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
-    )
-    return list(schedule.evaluate_tick(context).run_requests or [])
+    ) as context:
+        return list(schedule.evaluate_tick(context).run_requests or [])
 
 
 def _stored(instance: DagsterInstance, partition: str, covered_until: datetime) -> None:

@@ -68,14 +68,15 @@ def fresh_champion(mlflow_server) -> str:
 
 def _tick(defs, name: str, instance, resource, cursor: str | None = None):
     sensor = defs.resolve_sensor_def(name)
-    return sensor.evaluate_tick(
-        build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            resources={"ml": resource},
-            repository_def=defs.get_repository_def(),  # an asset sensor resolves its assets in it
-        )
-    )
+    # closing the context releases the instance it opened from the ref; left open, Dagster's
+    # current defs-state storage keeps pointing at that instance after it is collected
+    with build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"ml": resource},
+        repository_def=defs.get_repository_def(),  # an asset sensor resolves its assets in it
+    ) as context:
+        return sensor.evaluate_tick(context)
 
 
 def _report(instance, asset: str, **metadata) -> None:
@@ -327,13 +328,12 @@ def test_schedules_request_the_weekly_retrain_and_the_daily_report(tmp_path, mlf
     report = defs.resolve_schedule_def("daily_report_schedule")
     with instance_for_test() as instance:
         resource = ml_resource(settings, SENSOR_MODEL, fast_training=True)
-        context = build_schedule_context(
+        with build_schedule_context(
             instance, scheduled_execution_time=monday, resources={"ml": resource}
-        )
-        (retrain,) = weekly.evaluate_tick(context).run_requests
-        (daily,) = report.evaluate_tick(
-            build_schedule_context(instance, scheduled_execution_time=monday)
-        ).run_requests
+        ) as context:
+            (retrain,) = weekly.evaluate_tick(context).run_requests
+        with build_schedule_context(instance, scheduled_execution_time=monday) as context:
+            (daily,) = report.evaluate_tick(context).run_requests
     assert retrain.run_config == {"ops": {"trained_model": {"config": {"fast": True}}}}
     assert retrain.tags[TRIGGER_TAG] == "weekly" and retrain.run_key == "weekly-2026-04-13"
     assert daily.run_config == {"ops": {"daily_report": {"config": {"date": "2026-04-13"}}}}
@@ -352,10 +352,10 @@ def test_daily_drift_verdict_runs_alone_and_no_drift_launches_no_retrain(
     tuesday = datetime(2026, 4, 14, 0, 20, tzinfo=UTC)
     with instance_for_test() as instance:
         resource = ml_resource(settings, SENSOR_MODEL)
-        context = build_schedule_context(
+        with build_schedule_context(
             instance, scheduled_execution_time=tuesday, resources={"ml": resource}
-        )
-        (request,) = daily.evaluate_tick(context).run_requests
+        ) as context:
+            (request,) = daily.evaluate_tick(context).run_requests
         # the window ends with the day that just closed (whole days, as the benchmark judges them)
         assert request.run_config == {"ops": {"feature_drift": {"config": {"end_date": "2026-04-13"}}}}
         assert request.run_key == "drift-2026-04-13" and request.tags[TRIGGER_TAG] == "daily-drift"
@@ -373,8 +373,8 @@ def test_daily_drift_verdict_runs_alone_and_no_drift_launches_no_retrain(
     # no champion yet: nothing to judge against, so no run (the retrain sensor trains the first one)
     with instance_for_test() as instance:
         resource = ml_resource(settings, "crypto-volatility-no-champion-yet")
-        context = build_schedule_context(
+        with build_schedule_context(
             instance, scheduled_execution_time=tuesday, resources={"ml": resource}
-        )
-        result = daily.evaluate_tick(context)
+        ) as context:
+            result = daily.evaluate_tick(context)
     assert not result.run_requests and "no champion" in result.skip_message
