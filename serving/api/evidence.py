@@ -9,7 +9,8 @@ Where each piece comes from
   features from `lib.features.compute_features`, the pipeline's one feature function.
 - Served forecasts: the history DB's `ml_predictions` (one row per request), reduced in SQL to one
   forecast per (bar, model version) — the memoised forecast at a closed bar never changes, so repeats are
-  counted, not drawn.
+  counted, not drawn. Intervals from its `intervals` column; a row stored before that column existed
+  has them only in its stored answer, which is then read instead.
 - What happened after: the realized volatility of the 24 bars after the forecast's bar is the model's
   target (lib.model.windows), which is `realized_vol_24` at the bar 24 bars later; `compute_features`
   leaves it null when any of those bars is missing, so a forecast across a hole stays unmatched.
@@ -68,7 +69,7 @@ from crypto_platform.lib.track_record import count_inside
 from serving.api import evidence_schemas as es
 from serving.api.scoring import NotEnoughHistoryError, finite, iso_ms
 from serving.api.services import InvalidInputError, Services
-from serving.core.history import History, ml_predictions
+from serving.core.history import History, ml_predictions, payload_unless_column
 from serving.core.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class ServedRow:
     predicted_volatility: float
     first_served_at: float  # epoch seconds
     times_served: int
-    prediction: Mapping[str, Any]  # the served `ml_prediction` object (interval, regime, ...)
+    prediction: Mapping[str, Any]  # `intervals` (the column) or the served `ml_prediction` (older rows)
 
 
 def _qlike_one(realized: float, forecast: float) -> float | None:
@@ -436,6 +437,17 @@ def check_day(day: str) -> str:
 # --- readers: history DB ---------------------------------------------------------------------------
 
 
+def _served_prediction(intervals: str | None, payload: str | None) -> Mapping[str, Any]:
+    """What `interval_of` reads of a stored forecast: its `intervals` column when the row has it, else
+    the stored answer's `ml_prediction` (rows stored before the column; `payload` is None otherwise)."""
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        if intervals is not None:
+            return {"intervals": json.loads(intervals)}
+        prediction = json.loads(payload or "null")["ml_prediction"]
+        return prediction if isinstance(prediction, Mapping) else {}
+    return {}
+
+
 def served_forecasts(
     history: History, symbol: str, timeframe: str, start_ts: int, end_ts: int
 ) -> list[ServedRow]:
@@ -464,17 +476,13 @@ def served_forecasts(
         if not groups:
             return []
         firsts = conn.execute(
-            select(t.c.id, t.c.created_at, t.c.predicted_volatility, t.c.payload).where(
-                t.c.id.in_(list(groups))
-            )
+            select(
+                t.c.id, t.c.created_at, t.c.predicted_volatility, t.c.intervals, payload_unless_column(t)
+            ).where(t.c.id.in_(list(groups)))
         ).all()
     rows = []
     for r in firsts:
         group = groups[r.id]
-        try:
-            prediction = json.loads(r.payload).get("ml_prediction") or {}
-        except (ValueError, AttributeError):
-            prediction = {}
         rows.append(
             ServedRow(
                 bar_ts=int(group.bar_ts),
@@ -482,7 +490,7 @@ def served_forecasts(
                 predicted_volatility=float(r.predicted_volatility),
                 first_served_at=float(r.created_at),
                 times_served=int(group.times),
-                prediction=prediction if isinstance(prediction, Mapping) else {},
+                prediction=_served_prediction(r.intervals, r.payload),
             )
         )
     return rows

@@ -44,7 +44,7 @@ from serving.api.scoring import (
     signal_response,
 )
 from serving.api.services import InvalidInputError, Services
-from serving.core.history import UnknownCursorError
+from serving.core.history import UnknownCursorError, intervals_column
 from serving.core.model_store import LoadedModel, ModelUnavailableError
 from serving.core.redaction import redact, redact_optional
 
@@ -354,7 +354,8 @@ def ml_signal_response(
 
 
 def prediction_row(response: schemas.MLSignalResponse, bar_ts: int) -> dict[str, Any]:
-    """The history columns of an ml-signal answer (the payload is the answer itself)."""
+    """The history columns of an ml-signal answer (the payload is the answer itself; its intervals are
+    a column too, so the track record reads them without decoding the answer)."""
     prediction = response.ml_prediction
     return {
         "symbol": response.symbol,
@@ -366,6 +367,7 @@ def prediction_row(response: schemas.MLSignalResponse, bar_ts: int) -> dict[str,
         "volatility_regime": prediction.volatility_regime,
         "bar_ts": bar_ts,
         "source": response.source,
+        "intervals": intervals_column(prediction.intervals),
     }
 
 

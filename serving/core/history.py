@@ -3,7 +3,8 @@
 SQLAlchemy Core. Three tables, each indexed on `created_at` (epoch seconds, float):
 - `signals` and `ml_predictions`: what the API (REST, GraphQL, gRPC) served, written behind the request
   by one writer thread (`History`); tails are read newest first through the index, paged by a row-id
-  cursor, and the full response body is kept as JSON so a tail returns exactly what was served;
+  cursor, and the full response body is kept as JSON so a tail returns exactly what was served
+  (`ml_predictions` also keeps the answer's predictive intervals in a column of their own);
 - `stream_forecasts`: the Kafka scorer's forecasts, one row per (symbol, bar, model version) — the
   scorer sends one prediction per tick, but every tick of a bar carries that bar's forecast — written
   by the prediction sink (`serving.stream.prediction_sink`) with `store_stream_forecasts`, which is
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -25,8 +27,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -39,11 +42,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    case,
     create_engine,
     event,
     func,
     insert,
     inspect,
+    null,
     or_,
     select,
     text,
@@ -107,6 +112,9 @@ ml_predictions = Table(
     Column("bar_ts", BigInteger, nullable=True),  # epoch ms: > 2^31
     Column("source", String(16), nullable=True),
     Column("payload", Text, nullable=False),
+    # JSON [{level, lower, upper}, ...] (`intervals_column`), also inside the payload: the track record
+    # reads them here without decoding the whole answer. Null: none, or a row stored before the column.
+    Column("intervals", Text, nullable=True),
     Index("ix_ml_predictions_created_at", "created_at"),
 )
 
@@ -133,7 +141,28 @@ stream_forecasts = Table(
 
 # Nullable columns added after a table was first released: a database created by an older version gets
 # them on start-up (its rows read as null); create_all never alters a table that exists.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"stream_forecasts": ("intervals",)}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "stream_forecasts": ("intervals",),
+    "ml_predictions": ("intervals",),
+}
+
+
+class IntervalBounds(Protocol):
+    """One predictive interval, whichever struct carries it (the API's answer, a `predictions` message)."""
+
+    level: float
+    lower: float
+    upper: float
+
+
+def intervals_column(intervals: Iterable[IntervalBounds] | None) -> str | None:
+    """A forecast's intervals as both tables' `intervals` column stores them: JSON
+    [{level, lower, upper}, ...]; None without any, or with a non-finite bound (an interval that cannot
+    be checked against what happened)."""
+    rows = [{"level": i.level, "lower": i.lower, "upper": i.upper} for i in intervals or ()]
+    if not rows or not all(math.isfinite(v) for row in rows for v in row.values()):
+        return None
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -437,13 +466,41 @@ API_SOURCE = "api"
 STREAM_SOURCE = "scorer"
 
 
-def _payload_intervals(payload: str | None) -> str | None:
-    """The `ml_prediction.intervals` of a stored ml-signal answer, as JSON; None when it has none."""
-    try:
-        intervals = json.loads(payload or "null")["ml_prediction"]["intervals"]
-    except (ValueError, TypeError, KeyError):
+class _PayloadInterval(msgspec.Struct):
+    level: float
+    lower: float
+    upper: float
+
+
+class _PayloadPrediction(msgspec.Struct):
+    intervals: list[_PayloadInterval] | None = None
+
+
+class _PayloadAnswer(msgspec.Struct):
+    """The one field of a stored ml-signal answer the track record reads (the rest is skipped unread)."""
+
+    ml_prediction: _PayloadPrediction | None = None
+
+
+_PAYLOAD_DECODER = msgspec.json.Decoder(_PayloadAnswer)
+
+
+def payload_intervals(payload: str | bytes | None) -> str | None:
+    """`intervals_column` of a stored ml-signal answer's `ml_prediction.intervals`: what a row stored
+    before ml_predictions had its `intervals` column carries only in its payload. None without any."""
+    if not payload:
         return None
-    return json.dumps(intervals) if isinstance(intervals, list) and intervals else None
+    try:
+        prediction = _PAYLOAD_DECODER.decode(payload).ml_prediction
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return intervals_column(prediction.intervals) if prediction is not None else None
+
+
+def payload_unless_column(table: Table) -> Any:
+    """A select column: `table.payload` where the row's `intervals` column is null, else SQL null, so
+    only a row that may carry its intervals in the payload alone ships (and decodes) the payload."""
+    return case((table.c.intervals.is_(None), table.c.payload), else_=null()).label("payload")
 
 
 @dataclass(frozen=True)
@@ -499,19 +556,22 @@ class HistoryReader:
         out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
             for source, table in ((API_SOURCE, ml_predictions), (STREAM_SOURCE, stream_forecasts)):
-                # the API stores the answer it sent, intervals inside; the sink stores them apart
-                intervals = table.c.payload if table is ml_predictions else table.c.intervals
+                # Both tables keep the intervals in their `intervals` column; the API's rows stored
+                # before it had that column carry them in the answer they stored (the payload) alone.
+                api = table is ml_predictions
                 query = select(
                     table.c.symbol,
                     table.c.bar_ts,
                     table.c.model_version,
                     table.c.predicted_volatility,
                     table.c.created_at,
-                    intervals.label("intervals"),
+                    table.c.intervals,
+                    *((payload_unless_column(table),) if api else ()),
                 ).where(table.c.bar_ts >= first_bar_ms, table.c.bar_ts < end_bar_ms)
                 for row in conn.execute(query):
                     served = {"source": source, **row._mapping}
-                    if table is ml_predictions:
-                        served["intervals"] = _payload_intervals(served["intervals"])
+                    payload = served.pop("payload", None)
+                    if served["intervals"] is None and payload is not None:
+                        served["intervals"] = payload_intervals(payload)
                     out.append(served)
         return out

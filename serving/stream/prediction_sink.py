@@ -37,7 +37,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from crypto_platform.lib.stream.ticks import InvalidTick, parse_timestamp_ms
-from serving.core.history import History, StreamForecast
+from serving.core.history import History, StreamForecast, intervals_column
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def forecasts_of(records: Iterable, timeframe: str) -> ParsedBatch:
                 model_version=message.model_version,
                 bar_ts=bar_ms,
                 predicted_volatility=float(value),
-                intervals=_intervals_json(message.intervals),
+                intervals=intervals_column(message.intervals),
                 first_tick_ts=tick_ms,
                 source_topic=record.topic,
                 source_partition=record.partition,
@@ -139,17 +139,6 @@ def forecasts_of(records: Iterable, timeframe: str) -> ParsedBatch:
             )
         )
     return batch
-
-
-def _intervals_json(intervals: list[_Interval] | None) -> str | None:
-    """The prediction's intervals as the history stores them; None without any (or a non-finite bound:
-    an interval that cannot be checked against what happened)."""
-    if not intervals:
-        return None
-    rows = [{"level": i.level, "lower": i.lower, "upper": i.upper} for i in intervals]
-    if not all(math.isfinite(v) for row in rows for v in row.values()):
-        return None
-    return msgspec.json.encode(rows).decode()
 
 
 @dataclass
