@@ -122,6 +122,24 @@ def test_interval_is_read_from_either_payload_shape(prediction, expected):
     assert evidence.interval_of(prediction) == expected
 
 
+def test_every_served_interval_is_read_narrowest_first_and_broken_ones_left_out():
+    prediction = {
+        "intervals": [
+            {"level": 0.8, "lower": 0.015, "upper": 0.03},
+            {"level": 0.9, "lower": 0.02, "upper": None},  # a bound that is not a number
+            {"level": 0.95, "lower": 0.01, "upper": 0.04},
+        ]
+    }
+    assert evidence.intervals_of(prediction) == [
+        es.Interval(lower=0.015, upper=0.03, level=0.8),
+        es.Interval(lower=0.01, upper=0.04, level=0.95),
+    ]
+    assert evidence.intervals_of({"interval": {"lower": 0.01, "upper": 0.03}}) == [
+        es.Interval(lower=0.01, upper=0.03)
+    ]
+    assert evidence.intervals_of({"intervals": None}) == [] and evidence.intervals_of(None) == []
+
+
 def test_change_over_a_day_is_matched_by_time_not_by_row():
     bars = _bars([100.0 + i for i in range(30)])
     assert evidence.change_over_day(bars, "1h") == pytest.approx(129 / 105 - 1)
@@ -309,11 +327,16 @@ def test_track_record_counts_the_realized_values_inside_each_served_interval(fea
     made = [int(t) for t in features["ts"][180:360:3]]
     realized_at = dict(features.select("ts", "realized_vol_24").iter_rows())
     truth = [realized_at[t + 24 * HOUR] for t in made]
-    # 80 % intervals around a constant forecast: some realized values inside, some not
-    served = [
-        _served(t, 0.01, {"intervals": [{"level": 0.8, "lower": 0.006, "upper": 0.012}]}) for t in made[:-5]
-    ] + [_served(t, 0.01) for t in made[-5:]]  # a model without intervals served these
+    # 80 % and 95 % intervals around a constant forecast: some realized values inside, some not
+    levels = {0.8: (0.006, 0.012), 0.95: (0.004, 0.016)}
+    intervals = [{"level": lv, "lower": lo, "upper": hi} for lv, (lo, hi) in levels.items()]
+    served = [_served(t, 0.01, {"intervals": intervals}) for t in made[:-5]] + [
+        _served(t, 0.01)
+        for t in made[-5:]  # a model without intervals served these
+    ]
     record = evidence.track_record(evidence.match_forecasts(served, features, "1h"), features)
-    expected = sum(0.006 <= v <= 0.012 for v in truth[:-5])
-    assert [(c.level, c.n, c.inside) for c in record.interval_coverage] == [(0.8, len(made) - 5, expected)]
-    assert 0 < expected < len(made) - 5
+    expected = {lv: sum(lo <= v <= hi for v in truth[:-5]) for lv, (lo, hi) in levels.items()}
+    assert [(c.level, c.n, c.inside) for c in record.interval_coverage] == [
+        (lv, len(made) - 5, inside) for lv, inside in expected.items()
+    ]
+    assert 0 < expected[0.8] < expected[0.95] < len(made) - 5

@@ -101,23 +101,8 @@ def now_iso() -> str:
 # --- pure computations ------------------------------------------------------------------------------
 
 
-def interval_of(prediction: Mapping[str, Any] | None) -> es.Interval | None:
-    """The forecast interval a served prediction carries, in any shape a payload may use: the served
-    `intervals: [{level, lower, upper}, ...]` (the first, i.e. the narrowest level the model was fitted
-    with), `interval: {lower, upper, level}` or flat `interval_lower` / `interval_upper` /
-    `interval_level`. None when it carries none (models without intervals) or the bounds are not
-    finite numbers."""
-    if not prediction:
-        return None
-    nested = prediction.get("interval")
-    listed = prediction.get("intervals")
-    if isinstance(listed, list) and listed and isinstance(listed[0], Mapping):
-        nested = listed[0]
-    if isinstance(nested, Mapping):
-        lower, upper, level = nested.get("lower"), nested.get("upper"), nested.get("level")
-    else:
-        lower, upper = prediction.get("interval_lower"), prediction.get("interval_upper")
-        level = prediction.get("interval_level")
+def _bounded(lower: Any, upper: Any, level: Any) -> es.Interval | None:
+    """An interval from payload values; None unless both bounds are finite numbers, lower ≤ upper."""
     try:
         lo, hi = finite(lower), finite(upper)
         lv = finite(level) if level is not None else None
@@ -126,6 +111,39 @@ def interval_of(prediction: Mapping[str, Any] | None) -> es.Interval | None:
     if lo is None or hi is None or lo > hi:
         return None
     return es.Interval(lower=lo, upper=hi, level=lv)
+
+
+def intervals_of(prediction: Mapping[str, Any] | None) -> list[es.Interval]:
+    """Every forecast interval a served prediction carries, in any shape a payload may use: the served
+    `intervals: [{level, lower, upper}, ...]` (narrowest level first, as the model was fitted), else
+    one `interval: {lower, upper, level}` or flat `interval_lower` / `interval_upper` /
+    `interval_level`. Empty when it carries none (models without intervals); an entry whose bounds are
+    not finite numbers is left out."""
+    if not prediction:
+        return []
+    listed = prediction.get("intervals")
+    if isinstance(listed, list) and listed:
+        found = (
+            _bounded(i.get("lower"), i.get("upper"), i.get("level")) for i in listed if isinstance(i, Mapping)
+        )
+        return [i for i in found if i is not None]
+    nested = prediction.get("interval")
+    if isinstance(nested, Mapping):
+        one = _bounded(nested.get("lower"), nested.get("upper"), nested.get("level"))
+    else:
+        one = _bounded(
+            prediction.get("interval_lower"),
+            prediction.get("interval_upper"),
+            prediction.get("interval_level"),
+        )
+    return [one] if one is not None else []
+
+
+def interval_of(prediction: Mapping[str, Any] | None) -> es.Interval | None:
+    """The interval a forecast is drawn with: the first of `intervals_of` (the narrowest level), None
+    when it carries none."""
+    found = intervals_of(prediction)
+    return found[0] if found else None
 
 
 def change_over_day(frame: pl.DataFrame, timeframe: str) -> float | None:
@@ -196,6 +214,7 @@ def match_forecasts(
                 realized_volatility=value,
                 qlike=_qlike_one(value, row.predicted_volatility) if value is not None else None,
                 interval=interval_of(row.prediction),
+                intervals=intervals_of(row.prediction),
                 served_at=datetime.fromtimestamp(row.first_served_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 times_served=row.times_served,
             )
@@ -274,11 +293,13 @@ def track_record(
 
 def interval_coverage(forecasts: Sequence[es.ServedForecast]) -> list[es.IntervalCoverage]:
     """Per interval level, the matched forecasts that carried one and how many saw the realized
-    volatility land inside it (`lib.track_record.count_inside`, the stored record's rule)."""
+    volatility land inside it (`lib.track_record.count_inside`, the stored record's rule, over every
+    level served, as the stored record counts them)."""
     counted = count_inside(
-        (f.interval.level, f.interval.lower, f.interval.upper, f.realized_volatility)
+        (i.level, i.lower, i.upper, f.realized_volatility)
         for f in forecasts
-        if f.interval is not None and f.realized_volatility is not None
+        if f.realized_volatility is not None
+        for i in f.intervals
     )
     return [es.IntervalCoverage(level=level, n=n, inside=inside) for level, (n, inside) in counted.items()]
 

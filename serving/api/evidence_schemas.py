@@ -86,7 +86,8 @@ class ServedForecast(msgspec.Struct, kw_only=True):
     predicted_volatility: float
     realized_volatility: float | None  # realized_vol_24 at target_ts; None until those bars closed
     qlike: float | None  # per-forecast QLIKE on variances; None without a realized value
-    interval: Interval | None = None
+    interval: Interval | None = None  # the narrowest of `intervals`, the one the table shows
+    intervals: list[Interval] = []  # every level it was served with, narrowest first
     served_at: str  # when it was first served (UTC)
     times_served: int  # how often this (bar, version) forecast was served
 
