@@ -74,3 +74,57 @@ def test_a_stream_forecasts_table_from_before_the_intervals_column_is_upgraded(p
         rows = {r["symbol"]: r for r in reader.served_forecasts(0, 2**62)}
     assert rows["BTC/USDT"]["intervals"] is None and rows["BTC/USDT"]["predicted_volatility"] == 0.05
     assert json.loads(rows["ETH/USDT"]["intervals"]) == json.loads(stored)
+
+
+def test_ml_predictions_from_before_the_intervals_column_keep_their_intervals(postgres_server):
+    """The previous release's ml_predictions (no `intervals`) on PostgreSQL gets the column when opened;
+    its rows read their intervals from the stored answer, new rows from the column, for the track
+    record's reader and the UI's alike."""
+    import json
+
+    import msgspec
+    import psycopg2
+
+    from crypto_platform_tests.unit.test_history_intervals import INTERVALS, _answer
+    from serving.api import evidence, operations
+    from serving.api import evidence_schemas as es
+    from serving.core.history import HistoryReader
+
+    bar = 1_700_000_000_000
+    db = postgres_server.create_database("serving_history_ml_upgrade")
+    old = _answer("BTC/USDT", 0.05, INTERVALS)
+    row = {k: v for k, v in operations.prediction_row(old, bar).items() if k != "intervals"}
+    row |= {"created_at": 1.0, "payload": msgspec.json.encode(old).decode()}
+    conn = psycopg2.connect(
+        host=db.host, port=db.port, user=db.user, password=db.password, dbname=db.database
+    )
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE ml_predictions (id SERIAL PRIMARY KEY, created_at FLOAT NOT NULL, "
+                "symbol VARCHAR(32) NOT NULL, exchange VARCHAR(32) NOT NULL, timeframe VARCHAR(8) NOT NULL, "
+                "model_version VARCHAR(32) NOT NULL, predicted_volatility FLOAT NOT NULL, "
+                "current_volatility FLOAT, volatility_regime VARCHAR(16) NOT NULL, bar_ts BIGINT, "
+                "source VARCHAR(16), payload TEXT NOT NULL)"
+            )
+            cur.execute(
+                f"INSERT INTO ml_predictions ({', '.join(row)}) VALUES ({', '.join('%s' for _ in row)})",
+                list(row.values()),
+            )
+    finally:
+        conn.close()
+    history = History(db.url)
+    try:
+        new = _answer("ETH/USDT", 0.07, INTERVALS[1:])
+        history.record_prediction(operations.prediction_row(new, bar), msgspec.json.encode(new))
+        history.flush()
+        with HistoryReader(db.url) as reader:
+            served = {r["symbol"]: json.loads(r["intervals"]) for r in reader.served_forecasts(0, 2**62)}
+        ui = {
+            s: evidence.intervals_of(evidence.served_forecasts(history, s, "1h", bar, bar)[0].prediction)
+            for s in ("BTC/USDT", "ETH/USDT")
+        }
+    finally:
+        history.close()
+    assert served == {"BTC/USDT": INTERVALS, "ETH/USDT": INTERVALS[1:]}
+    assert ui == {s: [es.Interval(**i) for i in served[s]] for s in served}
