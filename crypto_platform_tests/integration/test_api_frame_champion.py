@@ -8,10 +8,12 @@ predictive intervals and 99 % VaR / ES; bad input is still a 4xx naming the fiel
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import polars as pl
 import pytest
+from sqlalchemy import select
 
 from crypto_platform.lib.model.intervals import expected_shortfall, value_at_risk, volatility_interval
 from crypto_platform.lib.model.windows import FEATURE_BARS
@@ -19,6 +21,7 @@ from crypto_platform_tests.fixtures.api import API_SYMBOLS, FRAME_MODEL_NAME, HO
 from crypto_platform_tests.fixtures.frame_models import frame_rows, simulated_bars
 from crypto_platform_tests.integration.test_grpc import ServerThread, as_dict, call
 from serving.api.services import build_services
+from serving.core.history import ml_predictions
 from serving.grpc.server import pb2
 
 pytestmark = pytest.mark.integration
@@ -81,6 +84,12 @@ def test_rest_serves_the_frame_champion_with_intervals_var_and_es(
     # The history keeps what was served, intervals included.
     tail = frame_client.get("/v1/crypto/ml-predictions/tail").json()
     assert {row["symbol"]: row["ml_prediction"] for row in tail} == served
+    # … and in its own column, which the track record and the UI read without decoding the answer
+    with frame_client.app.state.services.history.engine.connect() as conn:
+        columns = dict(conn.execute(select(ml_predictions.c.symbol, ml_predictions.c.intervals)).all())
+    assert {symbol: json.loads(text) for symbol, text in columns.items()} == {
+        symbol: ml["intervals"] for symbol, ml in served.items()
+    }
     compare = frame_client.get("/v1/crypto/signals/compare", params={"symbol": "ETH/USDT"})
     assert compare.status_code == 200, compare.text
     assert compare.json()["ml"]["predicted_volatility"] == pytest.approx(expected["ETH/USDT"], rel=1e-6)
