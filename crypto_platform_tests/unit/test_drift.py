@@ -152,9 +152,12 @@ def test_effect_size_floor_ignores_significant_but_small_shifts():
     rng = np.random.default_rng(3)
     reference = _iid_frame(rng, 300)
     current = _iid_frame(rng, 7, start_ms=320 * DAY_MS, x=0.2)
-    without_floor = detect_drift(reference, current, ["x"], label_column=None, ks_floor=0.0, psi_floor=0.0)
+    # the floor is under test, not the default level: both verdicts at alpha 0.05
+    without_floor = detect_drift(
+        reference, current, ["x"], label_column=None, alpha=0.05, ks_floor=0.0, psi_floor=0.0
+    )
     assert without_floor.drifted_features == ["x"]  # significant against same-length windows …
-    report = detect_drift(reference, current, ["x"], label_column=None)
+    report = detect_drift(reference, current, ["x"], label_column=None, alpha=0.05)
     x = report.features[0]
     assert x.p_value_adjusted is not None and x.p_value_adjusted <= 0.05
     assert x.ks_null_median is not None and x.ks_statistic - x.ks_null_median < 0.1

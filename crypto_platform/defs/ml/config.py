@@ -8,6 +8,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
+from crypto_platform.lib.drift import DEFAULT_ALPHA
 from crypto_platform.lib.model.selection import SelectionSpec
 
 GROUP = "ml"
@@ -100,7 +101,15 @@ class DriftConfig(Config):
     end_date: str | None = Field(
         default=None, description="Last UTC day of the current window; empty: today."
     )
-    alpha: float = 0.05
+    alpha: float = Field(
+        default=DEFAULT_ALPHA,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "Nominal level of the drift test's family (below the ≤ 5 % false alarms it is measured to "
+            "give out of sample: see lib/drift.py DEFAULT_ALPHA)."
+        ),
+    )
     ks_floor: float = 0.1
     psi_floor: float = 0.2
     scale_floor: float = Field(
