@@ -328,23 +328,24 @@ SPREAD_QUANTILES = np.array([0.9, 0.95, 0.99])
 _NORMAL_QUANTILES = np.array([1.2816, 1.6449, 2.3263])
 
 
-def _standardise(values: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """(value − null median) / null upper-tail spread, element-wise; null: (windows, …)."""
+def _null_scale(null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(median, upper-tail spread) of a null (windows, …), element-wise over the other axes."""
+    if null.shape[0] == 0:  # no stretch fits the reference: `test` reports "undetermined", reads neither
+        return np.full(null.shape[1:], math.nan), np.full(null.shape[1:], MIN_NULL_SPREAD)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a statistic that does not apply: all NaN
         quantiles = np.nanquantile(null, [0.5, *SPREAD_QUANTILES], axis=0)
         median = quantiles[0]
         readings = (quantiles[1:] - median) / _NORMAL_QUANTILES.reshape((-1,) + (1,) * median.ndim)
         widest = np.nanmax(readings, axis=0)
-    spread = np.maximum(np.nan_to_num(widest, nan=MIN_NULL_SPREAD), MIN_NULL_SPREAD)
-    return (values - median) / spread
+    return median, np.maximum(np.nan_to_num(widest, nan=MIN_NULL_SPREAD), MIN_NULL_SPREAD)
 
 
-def _null_max_z(null_stat: np.ndarray) -> np.ndarray:
+def _null_max_z(null_stat: np.ndarray, median: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """Each null window's largest standardised statistic over the family: the Westfall–Young max-T null."""
     if null_stat.shape[0] == 0:  # a reference too short for one stretch: `test` reports "undetermined"
         return np.empty(0)
-    z = _standardise(null_stat, null_stat).reshape(null_stat.shape[0], -1)
+    z = ((null_stat - median) / spread).reshape(null_stat.shape[0], -1)
     return np.where(np.isfinite(z), z, -np.inf).max(axis=1)
 
 
@@ -420,6 +421,10 @@ class ReferenceNull:
     null_psi: np.ndarray  # (windows, scales, columns)
     scale_center: np.ndarray  # (scales, columns, symbols): the null windows' median mean log |value|
     change_center: np.ndarray  # (scales, columns, symbols): their median change within the window
+    # (statistics, scales, columns): each statistic's null median and upper-tail spread (`_null_scale`),
+    # read once here rather than by every `test` of a recent window
+    null_median: np.ndarray
+    null_spread: np.ndarray
     null_max_z: np.ndarray  # (windows,) largest standardised statistic of each window over the family
     reference_days: float
 
@@ -508,8 +513,9 @@ class ReferenceNull:
                 1.0,
             )
             everything = position == list(range(len(self.columns)))
-            max_z = self.null_max_z if everything else _null_max_z(null_stat)
-            z = np.where(np.isfinite(stat), _standardise(stat, null_stat), -np.inf)
+            median, spread = self.null_median[..., position], self.null_spread[..., position]
+            max_z = self.null_max_z if everything else _null_max_z(null_stat, median, spread)
+            z = np.where(np.isfinite(stat), (stat - median) / spread, -np.inf)
             p_adj = (1 + np.sum(max_z[:, None, None, None] >= z[None], axis=0)) / (1 + max_z.size)
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -667,6 +673,7 @@ def fit_reference_null(
     scale_center, change_center = _median_over_windows(null_scale_mean), _median_over_windows(null_change)
     null_stat[:, SCALE] = np.abs(common_shift(null_scale_mean - scale_center[None]))
     null_stat[:, CHANGE] = np.abs(common_shift(null_change - change_center[None]))
+    null_median, null_spread = _null_scale(null_stat)
     return ReferenceNull(
         columns=tuple(columns),
         window_bars=int(window_bars),
@@ -684,7 +691,9 @@ def fit_reference_null(
         null_stat=null_stat,
         null_psi=null_psi,
         scale_center=scale_center,
-        null_max_z=_null_max_z(null_stat),
+        null_median=null_median,
+        null_spread=null_spread,
+        null_max_z=_null_max_z(null_stat, null_median, null_spread),
         reference_days=n_bars * bar_ms / 86_400_000,
     )
 
