@@ -29,6 +29,7 @@ from crypto_platform_tests.fixtures.api import (
     API_SYMBOLS,
     HOUR_MS,
     STORED_DAYS,
+    serving_settings,
     write_pipeline_store,
 )
 
@@ -205,17 +206,7 @@ def ui_registry(api_champion) -> Registry:
 
 
 def _settings(data_dir: Path, registry: Registry, history_url: str):
-    from crypto_platform.settings import Settings
-    from serving.api.settings import ServingSettings
-
-    platform = Settings(
-        symbols=SERVED_SYMBOLS, data_location=str(data_dir), market_source="simulated",
-        mlflow_tracking_uri=registry.tracking_uri,
-    )  # fmt: skip
-    return ServingSettings(
-        platform=platform, model_name=UI_MODEL, history_url=history_url, model_poll_s=0.0,
-        model_startup_wait_s=60.0, key_pepper="test-pepper",
-    )  # fmt: skip
+    return serving_settings(data_dir, registry.tracking_uri, history_url, UI_MODEL, SERVED_SYMBOLS)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,13 @@ import pytest
 
 from crypto_platform_tests.e2e import test_api_browser
 from crypto_platform_tests.e2e.test_ui_evidence import _watch
-from crypto_platform_tests.fixtures.api import API_NOW_MS, API_SYMBOLS, FRAME_MODEL_NAME, HOUR_MS
+from crypto_platform_tests.fixtures.api import (
+    API_NOW_MS,
+    API_SYMBOLS,
+    FRAME_MODEL_NAME,
+    HOUR_MS,
+    serving_settings,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 browser = test_api_browser.browser  # the Debian-Chromium fixture, shared
@@ -34,17 +40,7 @@ SERVED_AT_BARS = [LAST_CLOSED - k * 3 * HOUR_MS for k in range(48)]
 
 
 def _settings(data_dir: Path, tracking_uri: str, history_url: str):
-    from crypto_platform.settings import Settings
-    from serving.api.settings import ServingSettings
-
-    platform = Settings(
-        symbols=API_SYMBOLS, data_location=str(data_dir), market_source="simulated",
-        mlflow_tracking_uri=tracking_uri,
-    )  # fmt: skip
-    return ServingSettings(
-        platform=platform, model_name=FRAME_MODEL_NAME, history_url=history_url, model_poll_s=0.0,
-        model_startup_wait_s=60.0, key_pepper="test-pepper",
-    )  # fmt: skip
+    return serving_settings(data_dir, tracking_uri, history_url, FRAME_MODEL_NAME, API_SYMBOLS)
 
 
 @pytest.fixture(scope="module")
