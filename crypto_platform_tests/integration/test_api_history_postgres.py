@@ -35,35 +35,41 @@ def test_history_on_postgres(postgres_server):
         history.close()
 
 
-def test_a_stream_forecasts_table_from_before_the_intervals_column_is_upgraded(postgres_server):
-    """The previous release's table (no `intervals`) on PostgreSQL gets the column when opened, and
-    its rows stay."""
-    import json
-
+def _previous_release_table(db, create: str, insert: str, params: list | None = None) -> None:
+    """A table as the previous release created it, with one row, written with plain psycopg2 (not
+    through today's schema)."""
     import psycopg2
 
-    from serving.core.history import HistoryReader, StreamForecast
-
-    db = postgres_server.create_database("serving_history_upgrade")
     conn = psycopg2.connect(
         host=db.host, port=db.port, user=db.user, password=db.password, dbname=db.database
     )
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE stream_forecasts (id SERIAL PRIMARY KEY, created_at FLOAT NOT NULL, "
-                "symbol VARCHAR(32) NOT NULL, timeframe VARCHAR(8) NOT NULL, "
-                "model_version VARCHAR(32) NOT NULL, bar_ts BIGINT NOT NULL, "
-                "predicted_volatility FLOAT NOT NULL, first_tick_ts BIGINT, source_topic VARCHAR(255), "
-                "source_partition INTEGER, source_offset BIGINT, "
-                "CONSTRAINT uq_stream_forecasts_bar UNIQUE (symbol, bar_ts, model_version))"
-            )
-            cur.execute(
-                "INSERT INTO stream_forecasts (created_at, symbol, timeframe, model_version, bar_ts, "
-                "predicted_volatility) VALUES (1.0, 'BTC/USDT', '1h', '3', 1700000000000, 0.05)"
-            )
+            cur.execute(create)
+            cur.execute(insert, params)
     finally:
         conn.close()
+
+
+def test_a_stream_forecasts_table_from_before_the_intervals_column_is_upgraded(postgres_server):
+    """The previous release's table (no `intervals`) on PostgreSQL gets the column when opened, and
+    its rows stay."""
+    import json
+
+    from serving.core.history import HistoryReader, StreamForecast
+
+    db = postgres_server.create_database("serving_history_upgrade")
+    _previous_release_table(
+        db,
+        "CREATE TABLE stream_forecasts (id SERIAL PRIMARY KEY, created_at FLOAT NOT NULL, "
+        "symbol VARCHAR(32) NOT NULL, timeframe VARCHAR(8) NOT NULL, "
+        "model_version VARCHAR(32) NOT NULL, bar_ts BIGINT NOT NULL, "
+        "predicted_volatility FLOAT NOT NULL, first_tick_ts BIGINT, source_topic VARCHAR(255), "
+        "source_partition INTEGER, source_offset BIGINT, "
+        "CONSTRAINT uq_stream_forecasts_bar UNIQUE (symbol, bar_ts, model_version))",
+        "INSERT INTO stream_forecasts (created_at, symbol, timeframe, model_version, bar_ts, "
+        "predicted_volatility) VALUES (1.0, 'BTC/USDT', '1h', '3', 1700000000000, 0.05)",
+    )
     history = History(db.url)
     stored = json.dumps([{"level": 0.8, "lower": 0.04, "upper": 0.06}])
     history.store_stream_forecasts(
@@ -83,7 +89,6 @@ def test_ml_predictions_from_before_the_intervals_column_keep_their_intervals(po
     import json
 
     import msgspec
-    import psycopg2
 
     from crypto_platform_tests.unit.test_history_intervals import INTERVALS, _answer
     from serving.api import evidence, operations
@@ -95,24 +100,16 @@ def test_ml_predictions_from_before_the_intervals_column_keep_their_intervals(po
     old = _answer("BTC/USDT", 0.05, INTERVALS)
     row = {k: v for k, v in operations.prediction_row(old, bar).items() if k != "intervals"}
     row |= {"created_at": 1.0, "payload": msgspec.json.encode(old).decode()}
-    conn = psycopg2.connect(
-        host=db.host, port=db.port, user=db.user, password=db.password, dbname=db.database
+    _previous_release_table(
+        db,
+        "CREATE TABLE ml_predictions (id SERIAL PRIMARY KEY, created_at FLOAT NOT NULL, "
+        "symbol VARCHAR(32) NOT NULL, exchange VARCHAR(32) NOT NULL, timeframe VARCHAR(8) NOT NULL, "
+        "model_version VARCHAR(32) NOT NULL, predicted_volatility FLOAT NOT NULL, "
+        "current_volatility FLOAT, volatility_regime VARCHAR(16) NOT NULL, bar_ts BIGINT, "
+        "source VARCHAR(16), payload TEXT NOT NULL)",
+        f"INSERT INTO ml_predictions ({', '.join(row)}) VALUES ({', '.join('%s' for _ in row)})",
+        list(row.values()),
     )
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE ml_predictions (id SERIAL PRIMARY KEY, created_at FLOAT NOT NULL, "
-                "symbol VARCHAR(32) NOT NULL, exchange VARCHAR(32) NOT NULL, timeframe VARCHAR(8) NOT NULL, "
-                "model_version VARCHAR(32) NOT NULL, predicted_volatility FLOAT NOT NULL, "
-                "current_volatility FLOAT, volatility_regime VARCHAR(16) NOT NULL, bar_ts BIGINT, "
-                "source VARCHAR(16), payload TEXT NOT NULL)"
-            )
-            cur.execute(
-                f"INSERT INTO ml_predictions ({', '.join(row)}) VALUES ({', '.join('%s' for _ in row)})",
-                list(row.values()),
-            )
-    finally:
-        conn.close()
     history = History(db.url)
     try:
         new = _answer("ETH/USDT", 0.07, INTERVALS[1:])
