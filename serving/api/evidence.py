@@ -205,6 +205,7 @@ def match_forecasts(
     for row in sorted(served, key=lambda r: (r.bar_ts, r.first_served_at)):
         target = row.bar_ts + horizon_bars * bar_ms
         value = finite(realized.get(target))
+        intervals = intervals_of(row.prediction)
         out.append(
             es.ServedForecast(
                 made_at_ts=row.bar_ts,
@@ -213,8 +214,8 @@ def match_forecasts(
                 predicted_volatility=row.predicted_volatility,
                 realized_volatility=value,
                 qlike=_qlike_one(value, row.predicted_volatility) if value is not None else None,
-                interval=interval_of(row.prediction),
-                intervals=intervals_of(row.prediction),
+                interval=intervals[0] if intervals else None,  # what `interval_of` reads
+                intervals=intervals,
                 served_at=datetime.fromtimestamp(row.first_served_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 times_served=row.times_served,
             )
