@@ -99,26 +99,29 @@ def test_track_record_without_matches_explains_itself(features):
     assert record.matched == 0 and record.pending == 1 and "24 bars closed" in record.note
 
 
+def _listed(*intervals: dict) -> dict:
+    return {"intervals": list(intervals), "predicted_volatility": 0.02}
+
+
 @pytest.mark.parametrize(
     ("prediction", "expected"),
     [
         (
-            {"interval": {"lower": 0.01, "upper": 0.03, "level": 0.8}},
-            es.Interval(lower=0.01, upper=0.03, level=0.8),
-        ),
-        ({"interval_lower": 0.01, "interval_upper": 0.03}, es.Interval(lower=0.01, upper=0.03, level=None)),
-        (
-            {"intervals": [{"level": 0.8, "lower": 0.015, "upper": 0.03}, {"level": 0.95, "lower": 0.01}]},
+            _listed({"level": 0.8, "lower": 0.015, "upper": 0.03}, {"level": 0.95, "lower": 0.01}),
             es.Interval(lower=0.015, upper=0.03, level=0.8),
         ),
         ({"intervals": None, "predicted_volatility": 0.02}, None),  # a model without dispersion
         ({"predicted_volatility": 0.02}, None),
-        ({"interval": {"lower": 0.03, "upper": 0.01}}, None),  # inverted bounds are not an interval
-        ({"interval": {"lower": "x", "upper": 0.01}}, None),
+        (_listed({"level": 0.8, "lower": 0.03, "upper": 0.01}), None),  # inverted bounds are not an interval
+        (_listed({"level": 0.8, "lower": "x", "upper": 0.01}), None),
+        (_listed({"level": 0.8, "lower": float("nan"), "upper": 0.01}), None),
+        ({"intervals": {"level": 0.8, "lower": 0.01, "upper": 0.03}}, None),  # not a list
+        # Shapes no release served (a single `interval`, flat bounds) are not guessed at.
+        ({"interval": {"lower": 0.01, "upper": 0.03, "level": 0.8}}, None),
         (None, None),
     ],
 )
-def test_interval_is_read_from_either_payload_shape(prediction, expected):
+def test_interval_is_the_narrowest_valid_served_interval(prediction, expected):
     assert evidence.interval_of(prediction) == expected
 
 
@@ -133,9 +136,6 @@ def test_every_served_interval_is_read_narrowest_first_and_broken_ones_left_out(
     assert evidence.intervals_of(prediction) == [
         es.Interval(lower=0.015, upper=0.03, level=0.8),
         es.Interval(lower=0.01, upper=0.04, level=0.95),
-    ]
-    assert evidence.intervals_of({"interval": {"lower": 0.01, "upper": 0.03}}) == [
-        es.Interval(lower=0.01, upper=0.03)
     ]
     assert evidence.intervals_of({"intervals": None}) == [] and evidence.intervals_of(None) == []
 
@@ -169,7 +169,7 @@ def test_served_forecasts_are_one_per_bar_and_version_with_the_first_payload(tmp
             payload = {
                 "ml_prediction": {
                     "predicted_volatility": value,
-                    "interval": {"lower": value / 2, "upper": value * 2},
+                    "intervals": [{"level": 0.8, "lower": value / 2, "upper": value * 2}],
                 }
             }
             history.record_prediction(
@@ -197,7 +197,8 @@ def test_served_forecasts_are_one_per_bar_and_version_with_the_first_payload(tmp
         (HOUR, "1", 0.04, 1),
     ]
     assert rows[0].first_served_at == 100.0
-    assert evidence.interval_of(rows[0].prediction) == es.Interval(lower=0.01, upper=0.04)
+    # A row stored without the intervals column: read from its stored answer.
+    assert evidence.interval_of(rows[0].prediction) == es.Interval(lower=0.01, upper=0.04, level=0.8)
 
 
 def test_evaluation_rows_come_from_the_logged_artifact():

@@ -69,7 +69,7 @@ from crypto_platform.lib.track_record import count_inside
 from serving.api import evidence_schemas as es
 from serving.api.scoring import NotEnoughHistoryError, finite, iso_ms
 from serving.api.services import InvalidInputError, Services
-from serving.core.history import History, ml_predictions, payload_unless_column
+from serving.core.history import History, ml_predictions, payload_unless_column, stored_intervals
 from serving.core.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -114,29 +114,16 @@ def _bounded(lower: Any, upper: Any, level: Any) -> es.Interval | None:
 
 
 def intervals_of(prediction: Mapping[str, Any] | None) -> list[es.Interval]:
-    """Every forecast interval a served prediction carries, in any shape a payload may use: the served
-    `intervals: [{level, lower, upper}, ...]` (narrowest level first, as the model was fitted), else
-    one `interval: {lower, upper, level}` or flat `interval_lower` / `interval_upper` /
-    `interval_level`. Empty when it carries none (models without intervals); an entry whose bounds are
-    not finite numbers is left out."""
-    if not prediction:
+    """Every forecast interval a served prediction carries (`intervals: [{level, lower, upper}, ...]`,
+    the only shape the API and the scorer have served, narrowest level first as the model was fitted).
+    Empty when it carries none (models without intervals); an entry whose bounds are not finite
+    numbers, or are inverted, is left out."""
+    listed = prediction.get("intervals") if prediction else None
+    if not isinstance(listed, list):
         return []
-    listed = prediction.get("intervals")
-    if isinstance(listed, list) and listed:
-        found = (
-            _bounded(i.get("lower"), i.get("upper"), i.get("level")) for i in listed if isinstance(i, Mapping)
-        )
-        return [i for i in found if i is not None]
-    nested = prediction.get("interval")
-    if isinstance(nested, Mapping):
-        one = _bounded(nested.get("lower"), nested.get("upper"), nested.get("level"))
-    else:
-        one = _bounded(
-            prediction.get("interval_lower"),
-            prediction.get("interval_upper"),
-            prediction.get("interval_level"),
-        )
-    return [one] if one is not None else []
+    entries = (i for i in listed if isinstance(i, Mapping))
+    found = (_bounded(i.get("lower"), i.get("upper"), i.get("level")) for i in entries)
+    return [i for i in found if i is not None]
 
 
 def interval_of(prediction: Mapping[str, Any] | None) -> es.Interval | None:
@@ -460,13 +447,11 @@ def check_day(day: str) -> str:
 
 
 def _served_prediction(intervals: str | None, payload: str | None) -> Mapping[str, Any]:
-    """What `interval_of` reads of a stored forecast: its `intervals` column when the row has it, else
-    the stored answer's `ml_prediction` (rows stored before the column; `payload` is None otherwise)."""
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        if intervals is not None:
-            return {"intervals": json.loads(intervals)}
-        prediction = json.loads(payload or "null")["ml_prediction"]
-        return prediction if isinstance(prediction, Mapping) else {}
+    """What `intervals_of` reads of a stored forecast: its intervals as `history.stored_intervals` reads
+    them (the column, else an old row's stored answer), the same rule the track record applies."""
+    with contextlib.suppress(ValueError):  # a column not written by `intervals_column`
+        stored = stored_intervals(intervals, payload)
+        return {"intervals": json.loads(stored)} if stored else {}
     return {}
 
 

@@ -497,6 +497,13 @@ def payload_intervals(payload: str | bytes | None) -> str | None:
     return intervals_column(prediction.intervals) if prediction is not None else None
 
 
+def stored_intervals(column: str | None, payload: str | bytes | None) -> str | None:
+    """A stored forecast's intervals as `intervals_column` writes them: the row's `intervals` column,
+    else (an API row stored before that column; `payload_unless_column` ships its payload) what its
+    stored answer carries. The one reading of both, for the track record and the UI alike."""
+    return column if column is not None else payload_intervals(payload)
+
+
 def payload_unless_column(table: Table) -> Any:
     """A select column: `table.payload` where the row's `intervals` column is null, else SQL null, so
     only a row that may carry its intervals in the payload alone ships (and decodes) the payload."""
@@ -570,8 +577,6 @@ class HistoryReader:
                 ).where(table.c.bar_ts >= first_bar_ms, table.c.bar_ts < end_bar_ms)
                 for row in conn.execute(query):
                     served = {"source": source, **row._mapping}
-                    payload = served.pop("payload", None)
-                    if served["intervals"] is None and payload is not None:
-                        served["intervals"] = payload_intervals(payload)
+                    served["intervals"] = stored_intervals(served["intervals"], served.pop("payload", None))
                     out.append(served)
         return out
