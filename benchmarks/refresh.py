@@ -31,6 +31,9 @@ least two such events per materialisation it reports (planned + materialised;
 its wall time that no work saved elsewhere lowers, and `ratio_ceiling_from_event_writes` (run per
 symbol's wall time / that floor) the most a batched run of these assets could reach there. On
 PostgreSQL the materialisations are written in batches, so that product is no floor and is not given.
+The exchange adds its own floor: the client spaces klines requests by Binance's weight limit (ccxt's
+`rateLimit` × the endpoint's cost: `klines_interval_ms`), and a run fetches before it writes, so
+`ratio_ceiling_from_event_writes_and_fetches` also counts `klines_requests × klines_interval_ms`.
 
 Prints one JSON document: per design and N, runs, wall seconds, seconds per symbol, asset
 materialisations; per N the ratio per_symbol / batched (and on SQLite its ceiling); and the goals
@@ -68,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto_platform.definitions import build_definitions
 from crypto_platform.devtools.replay.server import ReplayServer
-from crypto_platform.lib.market.client import clear_exchange_clients
+from crypto_platform.lib.market.client import SUPPORTED_EXCHANGES, clear_exchange_clients
 from crypto_platform.lib.market.simulator import set_simulator_cache_size
 from crypto_platform.lib.market.source import reset_exchange_probe
 from crypto_platform.lib.storage import LocalStore, list_partitions
@@ -192,6 +195,13 @@ def event_write_s(postgres: PostgresServer | None, events: int = 300) -> float:
         return (time.perf_counter() - started) / events
 
 
+def klines_interval_s() -> float:
+    """The spacing the ccxt client's rate limiter keeps between two klines requests to Binance (6,000
+    request weight a minute; ccxt prices the endpoint as a fraction of `rateLimit`)."""
+    exchange = SUPPORTED_EXCHANGES["binance"]()
+    return exchange.rateLimit * float(exchange.api["public"]["get"]["klines"]["cost"]) / 1000
+
+
 def _sizes(text: str) -> list[int]:
     return sorted({int(part) for part in text.split(",") if part.strip()})
 
@@ -261,19 +271,17 @@ def main() -> None:
         n: round(by_n["per_symbol"][n]["wall_s"] / by_n["batched"][n]["wall_s"], 2)
         for n in sorted(set(by_n["batched"]) & set(by_n["per_symbol"]))
     }
-    # SQLite writes every event alone: two per materialisation are a floor under a batched run's time.
-    ceilings = (
-        {
-            n: round(
-                by_n["per_symbol"][n]["wall_s"]
-                / (2 * by_n["batched"][n]["asset_materialisations"] * write_s),
-                1,
-            )
-            for n in ratios
+    # SQLite writes every event alone: two per materialisation are a floor under a batched run's time,
+    # and so, after them, are its fetches at the exchange's pace.
+    interval_s = klines_interval_s()
+    ceilings = ceilings_with_fetches = None
+    if args.storage == "sqlite":
+        writes_s = {n: 2 * by_n["batched"][n]["asset_materialisations"] * write_s for n in ratios}
+        fetches_s = {n: by_n["batched"][n]["klines_requests"] * interval_s for n in ratios}
+        ceilings = {n: round(by_n["per_symbol"][n]["wall_s"] / writes_s[n], 1) for n in ratios}
+        ceilings_with_fetches = {
+            n: round(by_n["per_symbol"][n]["wall_s"] / (writes_s[n] + fetches_s[n]), 1) for n in ratios
         }
-        if args.storage == "sqlite"
-        else None
-    )
     goals: dict[str, Any] = {}
     if 64 in by_n["batched"]:
         per_symbol_64 = by_n["batched"][64]["per_symbol_s"]
@@ -287,6 +295,7 @@ def main() -> None:
         }
         if ceilings is not None:
             goals["ratio_at_256"]["ceiling_from_event_writes"] = ceilings[256]
+            goals["ratio_at_256"]["ceiling_from_event_writes_and_fetches"] = ceilings_with_fetches[256]
     print(
         json.dumps(
             {
@@ -301,7 +310,9 @@ def main() -> None:
                 "results": results,
                 "event_write_ms": round(1000 * write_s, 3),
                 "ratio_per_symbol_over_batched": ratios,
+                "klines_interval_ms": round(1000 * interval_s, 3),
                 "ratio_ceiling_from_event_writes": ceilings,
+                "ratio_ceiling_from_event_writes_and_fetches": ceilings_with_fetches,
                 "goals": goals,
             },
             indent=2,
