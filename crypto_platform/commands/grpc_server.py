@@ -38,6 +38,7 @@ def command(host: str, port: int, grace: float, log_level: str) -> None:
 
 async def _serve(settings, host: str, port: int, grace: float) -> None:
     from serving.api.services import build_services
+    from serving.core.gc_pauses import freeze_startup_heap
     from serving.grpc.server import SERVICE_NAME, running_server
 
     stop = asyncio.Event()
@@ -46,6 +47,9 @@ async def _serve(settings, host: str, port: int, grace: float) -> None:
         loop.add_signal_handler(sig, stop.set)
     services = build_services(settings)
     async with running_server(services, host, port, grace_s=grace) as running:
+        # Started (the first model load awaited): what is alive now lives as long as the process, and
+        # a full collection no longer walks it (serving.core.gc_pauses).
+        freeze_startup_heap()
         click.echo(f"{SERVICE_NAME} listening on {host}:{running.port}", err=True)
         await stop.wait()
         click.echo("stopping", err=True)

@@ -65,9 +65,34 @@ def test_serve_command_answers_probes_and_signals(api_data_dir, tmp_path, closed
         assert response.status_code == 200, response.text
         assert response.json()["source"] == "simulated"
         assert requests.get(url, timeout=5).headers["content-type"].startswith("text/html")
+        # A server process freezes its start-up heap (TensorFlow, polars, MLflow: hundreds of thousands
+        # of objects a full collection would otherwise walk while every request waits).
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        assert _sample(metrics, "crypto_api_gc_frozen_objects") > 100_000
     finally:
         stop_process_group(proc)
     assert proc.returncode is not None
+
+
+def _sample(metrics: str, name: str) -> float:
+    """The value of the sample `name` (with its labels, if any) in a /metrics text; 0 when absent."""
+    lines = [line for line in metrics.splitlines() if line.startswith(f"{name} ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_an_app_built_in_a_test_process_times_collections_and_freezes_nothing(make_api_client):
+    import gc
+
+    full_collections = 'crypto_api_gc_pause_seconds_count{generation="2"}'
+    frozen_before = gc.get_freeze_count()
+    client = make_api_client()  # lifespan entered: every collection is timed from here on
+    before = _sample(client.get("/metrics").text, full_collections)
+    gc.collect()
+    metrics = client.get("/metrics").text
+    assert _sample(metrics, full_collections) >= before + 1
+    # Frozen objects are never reclaimed if they turn into cyclic garbage: only a server process
+    # (create_app_from_env, the gRPC command) freezes, never an app a test process builds and drops.
+    assert gc.get_freeze_count() == frozen_before == _sample(metrics, "crypto_api_gc_frozen_objects")
 
 
 def test_api_reads_the_stored_asset_from_s3(make_api_client, api_settings, s3_location, api_last_closed_ms):

@@ -35,6 +35,7 @@ from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
 from serving.api.freshness import freshness_lifetime
 from serving.api.json_depth import JsonDepthMiddleware
+from serving.api.metrics import GC_PAUSE
 from serving.api.ratelimit import UNMETERED_PATHS, RateLimitMiddleware
 from serving.api.request_metrics import RequestMetricsMiddleware
 from serving.api.scoring import NotEnoughHistoryError
@@ -49,6 +50,7 @@ from serving.api.services import (
 )
 from serving.api.settings import ServingSettings, get_serving_settings
 from serving.core.auth import KeyRing
+from serving.core.gc_pauses import GcPauseTimer, freeze_startup_heap
 from serving.core.history import History
 from serving.core.market import LiveLoader, MarketService, MarketUnavailableError
 from serving.core.model_store import ModelStore, ModelUnavailableError
@@ -118,11 +120,15 @@ def create_app(
     now_ms: Callable[[], int] | None = None,
     live_loader: LiveLoader | None = None,
     start_model_poller: bool = True,
+    freeze_heap: bool = False,
 ) -> Litestar:
     """The API. Every stateful piece can be injected (tests); what is not is built from `settings`:
     the object store at `platform.data_location`, the history DB at `history_url`, the model store on
     `platform.mlflow_tracking_uri`. `now_ms` freezes the market clock (replays, tests);
-    `start_model_poller=False` leaves the model store as given (no MLflow contact at all)."""
+    `start_model_poller=False` leaves the model store as given (no MLflow contact at all).
+    `freeze_heap`: once start-up is done (the first model load awaited), freeze what is alive out of
+    the garbage collector's generations (`serving.core.gc_pauses`); for a server process, not for apps
+    built in a test process."""
     settings = settings or get_serving_settings()
     services = build_services(
         settings,
@@ -142,11 +148,19 @@ def create_app(
         install_log_redaction()
         # The freshness exporter (pipeline gauges for Grafana / alerts) runs with the poller: tests that
         # build apps without background work turn both off together.
+        gc_timer = GcPauseTimer(GC_PAUSE)
         async with (
             serving_lifetime(services, start_model_poller),
             freshness_lifetime(services, start_model_poller),
         ):
-            yield
+            if freeze_heap:
+                frozen = freeze_startup_heap()
+                log.info("start-up heap frozen: %d objects out of the collector's generations", frozen)
+            gc_timer.start()
+            try:
+                yield
+            finally:
+                gc_timer.stop()
 
     # async: Litestar runs a sync before_request hook in a worker thread, a hop per request.
     async def count_request(_: Request) -> None:
@@ -221,6 +235,7 @@ def _state(services: Services, keyring: KeyRing) -> State:
 
 
 def create_app_from_env() -> Litestar:
-    """uvicorn factory: settings from the environment (logs are redacted from start-up on)."""
+    """uvicorn factory: settings from the environment (logs are redacted from start-up on); the
+    process's start-up heap is frozen once the app has started."""
     install_log_redaction()
-    return create_app(get_serving_settings())
+    return create_app(get_serving_settings(), freeze_heap=True)

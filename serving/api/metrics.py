@@ -7,6 +7,7 @@ share them, which is harmless: tests read the summary counters, which are per ap
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import weakref
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
+
+from serving.core.gc_pauses import GC_BUCKETS
 
 MODEL_LOADED = Gauge("crypto_api_model_loaded", "1 when a champion model is loaded and served, else 0")
 MODEL_INFO = Info("crypto_api_model", "The served model: name, version, family, alias")
@@ -37,6 +40,19 @@ HISTORY_QUEUE_DEPTH = Gauge(
 HISTORY_QUEUE_CAPACITY = Gauge(
     "crypto_api_history_queue_capacity", "History rows the write-behind queue holds at most"
 )
+
+GC_PAUSE = Histogram(
+    "crypto_api_gc_pause_seconds",
+    "Wall time of each garbage collection in the API process, per generation: the event loop stands "
+    "still meanwhile, so every request in flight waits that long",
+    ["generation"],
+    buckets=GC_BUCKETS,
+)
+GC_FROZEN_OBJECTS = Gauge(
+    "crypto_api_gc_frozen_objects",
+    "Objects frozen out of the collector's generations at start-up (0: not frozen, as in tests)",
+)
+GC_FROZEN_OBJECTS.set_function(gc.get_freeze_count)
 
 
 def watch_history_queue(history: Any) -> None:

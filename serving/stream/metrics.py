@@ -6,14 +6,12 @@ collide and the endpoint shows the scorer's metrics only (plus the process colle
 
 from __future__ import annotations
 
-import gc
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
+from serving.core.gc_pauses import GC_BUCKETS, GcPauseTimer
+
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class ScorerMetrics:
@@ -81,24 +79,14 @@ class ScorerMetrics:
             registry=r,
         )
         self._version: str | None = None
-        self._gc_started: float | None = None
-
-    def _on_gc(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        elif self._gc_started is not None:
-            elapsed = time.perf_counter() - self._gc_started
-            self._gc_started = None
-            self.gc_pause_seconds.labels(generation=str(info.get("generation"))).observe(elapsed)
+        self._gc_timer = GcPauseTimer(self.gc_pause_seconds)
 
     def watch_gc(self) -> None:
         """Time every collection of this process (`gc.callbacks`) until `unwatch_gc`."""
-        if self._on_gc not in gc.callbacks:
-            gc.callbacks.append(self._on_gc)
+        self._gc_timer.start()
 
     def unwatch_gc(self) -> None:
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
+        self._gc_timer.stop()
 
     def set_model(self, version: str | None) -> None:
         if version == self._version:

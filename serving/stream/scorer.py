@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import Counter
@@ -61,6 +60,7 @@ from crypto_platform.lib.model.windows import FEATURE_BARS
 from crypto_platform.lib.stream.alerts import AlertConfig
 from crypto_platform.lib.stream.ticks import DEFAULT_MAX_FUTURE_MS
 from crypto_platform.settings import Settings
+from serving.core.gc_pauses import freeze_startup_heap
 from serving.core.model_store import ModelStore
 from serving.stream.config import Topics, ensure_topics
 from serving.stream.metrics import ScorerMetrics
@@ -253,8 +253,7 @@ class Scorer:
         # Everything alive now (modules, polars, the model, the warm-start history) lives as long as the
         # process: moved out of the collector's generations, a full collection no longer walks it, so a
         # gen-2 collection in the loop costs what the loop allocated, not what start-up did.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_heap()
         self.metrics.watch_gc()
         try:
             await self._loop()
