@@ -38,7 +38,8 @@ processes load, the steadier figure.
 `--rounds N` measures every server N times, interleaved, and reports the median run (and the ratio to
 the bare app as the median of the per-round ratios): on a shared machine, use 3 or more.
 `api_gc`: the API process's garbage collections over the whole run (its `crypto_api_gc_pause_seconds`):
-per generation how many, their total and how many stopped the loop for more than 25 ms, and how many
+per generation and over all how many, their total and how many stopped the loop for more than 10 and
+25 ms, and how many
 objects its start-up froze out of the collector's generations (`serving.core.gc_pauses`).
 `--server serve` (default) runs both uvicorn apps with `crypto-platform serve`'s connection settings
 (benchmarks/run_app.py); `plain` with `python -m uvicorn`'s defaults, as the numbers of issue 17 were.
@@ -63,6 +64,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from gc_histogram import gc_pauses  # this folder, on sys.path as the script's own
+from prometheus_client.parser import text_string_to_metric_families
 
 from crypto_platform.devtools.ports import free_port
 
@@ -219,28 +222,21 @@ def load_wrk(
     }
 
 
-def gc_pauses(port: int) -> dict:
-    """The API's garbage collections over the whole run, from its /metrics: per generation how many, their
-    total and how many stopped the loop longer than 25 ms; and the objects frozen at its start-up."""
+def api_gc_pauses(port: int) -> dict:
+    """The API's garbage collections over the whole run, from its /metrics (`gc_histogram.gc_pauses`),
+    and the objects frozen at its start-up."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(("crypto_api_gc_pause_seconds", "crypto_api_gc_frozen_objects")):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    per_generation = {}
-    for generation in ("0", "1", "2"):
-        label = f'generation="{generation}"'
-        count = samples.get(f"crypto_api_gc_pause_seconds_count{{{label}}}", 0.0)
-        within = samples.get(f'crypto_api_gc_pause_seconds_bucket{{{label},le="0.025"}}', 0.0)
-        per_generation[generation] = {
-            "collections": int(count),
-            "total_ms": round(1000 * samples.get(f"crypto_api_gc_pause_seconds_sum{{{label}}}", 0.0), 1),
-            "over_25ms": int(count - within),
-        }
-    return {"frozen_objects": int(samples.get("crypto_api_gc_frozen_objects", 0)), **per_generation}
+    frozen = next(
+        (
+            int(family.samples[0].value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "crypto_api_gc_frozen_objects" and family.samples
+        ),
+        0,
+    )
+    return {"frozen_objects": frozen, **gc_pauses(text, "crypto_api_gc_pause_seconds")}
 
 
 def load(port: int, path: str, body: bytes, clients: int, per_client: int, warmup: int = 20) -> dict:
@@ -403,7 +399,7 @@ def main() -> None:
                     else:
                         measured = load(port, path, body, clients, per_client)
                     runs[name].setdefault(key, []).append(measured)
-        api_gc = gc_pauses(api_port)
+        api_gc = api_gc_pauses(api_port)
     finally:
         for server in servers:
             stop(server)

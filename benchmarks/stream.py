@@ -48,6 +48,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gc_histogram import gc_pauses  # noqa: E402  (this folder, on sys.path as the script's own)
+
 from crypto_platform.devtools.kafka.runner import LocalKafka  # noqa: E402
 from crypto_platform.devtools.ports import free_port  # noqa: E402
 from crypto_platform.lib.stream.ticks import Tick, encode_tick, tick_key  # noqa: E402
@@ -58,6 +60,7 @@ GOAL_TICKS_PER_S = 20_000
 GOAL_RATIO = 50
 GOAL_P99_MS = 50
 GOAL_PASS_THROUGH_RATIO = 0.75
+SCORER_GC_METRIC = "crypto_scorer_gc_pause_seconds"
 
 
 def now_ms() -> int:
@@ -274,29 +277,6 @@ def scrape(port: int) -> str:
         return ""
 
 
-def gc_pauses(metrics_text: str) -> dict:
-    """The scorer's GC pauses from its histogram: count, total seconds, and how many took ≥ 10 / 25 ms."""
-    count = total = 0.0
-    buckets: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        if not line.startswith("crypto_scorer_gc_pause_seconds"):
-            continue
-        name, value = line.rsplit(" ", 1)
-        if name.startswith("crypto_scorer_gc_pause_seconds_count"):
-            count += float(value)
-        elif name.startswith("crypto_scorer_gc_pause_seconds_sum"):
-            total += float(value)
-        elif 'le="' in name:
-            le = name.split('le="', 1)[1].split('"', 1)[0]
-            buckets[le] = buckets.get(le, 0.0) + float(value)
-    return {
-        "pauses": int(count),
-        "total_ms": round(total * 1000, 1),
-        "ge_10ms": int(count - buckets.get("0.01", count)),
-        "ge_25ms": int(count - buckets.get("0.025", count)),
-    }
-
-
 # -- 1. throughput: the scorer and the pass-through on the same messages -------------------------------
 
 
@@ -450,7 +430,7 @@ def latency(
             await asyncio.sleep(0.05)
         received_at.clear()
         before = scrape(metrics_port)
-        marks["gc_before"] = gc_pauses(before)
+        marks["gc_before"] = gc_pauses(before, SCORER_GC_METRIC)["all"]
         marks["loadavg_before"] = load_average()
         marks["watch"] = CpuWatch(scorer=proc.pid, broker=broker_pid).start()
         items = ticks(symbols, n, now_ms() - 1000, 1000)
@@ -476,7 +456,7 @@ def latency(
         await reader
         marks["cpu"] = marks["watch"].stop()
         marks["loadavg_after"] = load_average()
-        marks["gc_after"] = gc_pauses(scrape(metrics_port))
+        marks["gc_after"] = gc_pauses(scrape(metrics_port), SCORER_GC_METRIC)["all"]
         await producer.stop()
 
     try:
