@@ -84,8 +84,11 @@ def test_an_app_built_in_a_test_process_times_collections_and_freezes_nothing(ma
     import gc
 
     full_collections = 'crypto_api_gc_pause_seconds_count{generation="2"}'
-    frozen_before = gc.get_freeze_count()
+    frozen_before, callbacks_before = gc.get_freeze_count(), len(gc.callbacks)
     client = make_api_client()  # lifespan entered: every collection is timed from here on
+    make_api_client()
+    # One timer per process, not per app: two apps would otherwise count each collection twice.
+    assert len(gc.callbacks) <= callbacks_before + 1
     before = _sample(client.get("/metrics").text, full_collections)
     gc.collect()
     metrics = client.get("/metrics").text

@@ -35,7 +35,7 @@ from serving.api.controllers.signals import SignalsController
 from serving.api.controllers.system import UI_DIR, SummaryController, SystemController
 from serving.api.freshness import freshness_lifetime
 from serving.api.json_depth import JsonDepthMiddleware
-from serving.api.metrics import GC_PAUSE
+from serving.api.metrics import GC_TIMER
 from serving.api.ratelimit import UNMETERED_PATHS, RateLimitMiddleware
 from serving.api.request_metrics import RequestMetricsMiddleware
 from serving.api.scoring import NotEnoughHistoryError
@@ -50,7 +50,7 @@ from serving.api.services import (
 )
 from serving.api.settings import ServingSettings, get_serving_settings
 from serving.core.auth import KeyRing
-from serving.core.gc_pauses import GcPauseTimer, freeze_startup_heap
+from serving.core.gc_pauses import freeze_startup_heap
 from serving.core.history import History
 from serving.core.market import LiveLoader, MarketService, MarketUnavailableError
 from serving.core.model_store import ModelStore, ModelUnavailableError
@@ -148,7 +148,6 @@ def create_app(
         install_log_redaction()
         # The freshness exporter (pipeline gauges for Grafana / alerts) runs with the poller: tests that
         # build apps without background work turn both off together.
-        gc_timer = GcPauseTimer(GC_PAUSE)
         async with (
             serving_lifetime(services, start_model_poller),
             freshness_lifetime(services, start_model_poller),
@@ -156,11 +155,8 @@ def create_app(
             if freeze_heap:
                 frozen = freeze_startup_heap()
                 log.info("start-up heap frozen: %d objects out of the collector's generations", frozen)
-            gc_timer.start()
-            try:
-                yield
-            finally:
-                gc_timer.stop()
+            GC_TIMER.start()  # once per process: a second app's start is a no-op
+            yield
 
     # async: Litestar runs a sync before_request hook in a worker thread, a hop per request.
     async def count_request(_: Request) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-from serving.core.gc_pauses import GC_BUCKETS
+from serving.core.gc_pauses import GC_BUCKETS, GcPauseTimer
 
 MODEL_LOADED = Gauge("crypto_api_model_loaded", "1 when a champion model is loaded and served, else 0")
 MODEL_INFO = Info("crypto_api_model", "The served model: name, version, family, alias")
@@ -53,6 +53,9 @@ GC_FROZEN_OBJECTS = Gauge(
     "Objects frozen out of the collector's generations at start-up (0: not frozen, as in tests)",
 )
 GC_FROZEN_OBJECTS.set_function(gc.get_freeze_count)
+# Process-wide like the histogram it feeds: one timer however many apps a process starts (a timer per
+# app would count each collection once per app). Started by an app's lifespan, left running after.
+GC_TIMER = GcPauseTimer(GC_PAUSE)
 
 
 def watch_history_queue(history: Any) -> None:
